@@ -1,0 +1,20 @@
+//! The domain of Toolhub: the four aggregates (workflows, executions, secrets
+//! and MCP servers), their commands, events and errors, and the validation of
+//! workflow definitions.
+//!
+//! This crate is pure. It must never perform I/O, and it must never depend on
+//! sqlx, axum, async-graphql, tokio-postgres or any other infrastructure crate:
+//! everything here is a function of the events already recorded and the
+//! command being handled. Infrastructure concerns (storage, sealing secret
+//! values, HTTP) live in the crates above it.
+
+pub mod common;
+pub mod definition;
+pub mod execution;
+pub mod mcp_server;
+pub mod secret;
+pub mod workflow;
+
+pub use common::{
+    AggregateRoot, CommandTraits, ExecutionId, McpServerId, Role, SecretId, TenantId, WorkflowId,
+};

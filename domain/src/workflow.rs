@@ -1,0 +1,1263 @@
+//! The workflow aggregate: a named, versioned workflow definition with its
+//! triggers.
+//!
+//! Every change to the definition is a new version: creation is version 1,
+//! each [`WorkflowCommand::UpdateDefinition`] and each
+//! [`WorkflowCommand::Revert`] adds one. Nothing is ever overwritten, so the
+//! state keeps every version (a revert copies an earlier one) and an
+//! execution can pin the version it runs. Definitions are validated by
+//! [`WorkflowDefinition::parse`] on every change.
+//!
+//! Archiving hides a workflow and freezes it; restoring undoes that. A
+//! workflow is never deleted, because executions and the audit log refer to
+//! it.
+
+use crate::common::{AggregateRoot, CommandTraits, Role, TenantId};
+use crate::definition::{DefinitionError, WorkflowDefinition};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeSet;
+
+/// The longest workflow name, in characters.
+pub const MAX_WORKFLOW_NAME_LEN: usize = 200;
+
+/// The longest workflow description, in characters.
+pub const MAX_WORKFLOW_DESCRIPTION_LEN: usize = 2_000;
+
+/// The longest version comment, in characters.
+pub const MAX_VERSION_COMMENT_LEN: usize = 2_000;
+
+/// The most triggers a workflow may have.
+pub const MAX_TRIGGERS: usize = 20;
+
+/// The longest webhook key, in characters.
+pub const MAX_WEBHOOK_KEY_LEN: usize = 128;
+
+/// What starts an execution of a workflow without a person pressing "run".
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Trigger {
+    /// Runs on a schedule.
+    Cron {
+        /// A five-field cron expression (minute, hour, day of month, month,
+        /// day of week), in UTC.
+        schedule: String,
+    },
+    /// Runs when a request arrives at the workflow's webhook URL.
+    Webhook {
+        /// The URL path segment that selects this workflow,
+        /// `[A-Za-z0-9_-]{1,128}`.
+        key: String,
+    },
+}
+
+impl Trigger {
+    /// Checks the trigger, returning why it is unusable.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            Self::Cron { schedule } => check_cron(schedule),
+            Self::Webhook { key } => {
+                let valid = !key.is_empty()
+                    && key.len() <= MAX_WEBHOOK_KEY_LEN
+                    && key
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                if valid {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "a webhook key is 1 to {MAX_WEBHOOK_KEY_LEN} letters, digits, '_' or '-'"
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// One cron field: its name, bounds and optional three-letter names.
+struct CronField {
+    name: &'static str,
+    min: u32,
+    max: u32,
+    names: &'static [&'static str],
+}
+
+const CRON_FIELDS: [CronField; 5] = [
+    CronField {
+        name: "minute",
+        min: 0,
+        max: 59,
+        names: &[],
+    },
+    CronField {
+        name: "hour",
+        min: 0,
+        max: 23,
+        names: &[],
+    },
+    CronField {
+        name: "day of month",
+        min: 1,
+        max: 31,
+        names: &[],
+    },
+    CronField {
+        name: "month",
+        min: 1,
+        max: 12,
+        names: &[
+            "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
+        ],
+    },
+    CronField {
+        name: "day of week",
+        min: 0,
+        max: 7,
+        names: &["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"],
+    },
+];
+
+/// A basic syntax check of a five-field cron expression: each field is a
+/// comma-separated list of `*`, `N` or `N-M`, each optionally followed by
+/// `/STEP`, with values in the field's range (months and days of the week may
+/// be written as three-letter English names). The engine's scheduler does the
+/// full interpretation; this catches typos before they are recorded.
+fn check_cron(schedule: &str) -> Result<(), String> {
+    let fields: Vec<&str> = schedule.split_whitespace().collect();
+    if fields.len() != CRON_FIELDS.len() {
+        return Err(
+            "a cron schedule has five fields: minute, hour, day of month, month, day of week"
+                .into(),
+        );
+    }
+    for (text, field) in fields.iter().zip(&CRON_FIELDS) {
+        let bad = |why: &str| format!("the {} field `{text}` {why}", field.name);
+        let value = |v: &str| -> Result<u32, String> {
+            let n = match v.parse::<u32>() {
+                Ok(n) => n,
+                Err(_) => field
+                    .names
+                    .iter()
+                    .position(|name| name.eq_ignore_ascii_case(v))
+                    .and_then(|i| u32::try_from(i).ok())
+                    .map(|i| i + field.min)
+                    .ok_or_else(|| bad("has a value that is not a number"))?,
+            };
+            if (field.min..=field.max).contains(&n) {
+                Ok(n)
+            } else {
+                Err(bad(&format!(
+                    "has a value outside {}-{}",
+                    field.min, field.max
+                )))
+            }
+        };
+        for item in text.split(',') {
+            let (range, step) = match item.split_once('/') {
+                Some((range, step)) => (range, Some(step)),
+                None => (item, None),
+            };
+            if let Some(step) = step {
+                match step.parse::<u32>() {
+                    Ok(step) if step >= 1 && step <= field.max => {}
+                    _ => return Err(bad("has an invalid step")),
+                }
+            }
+            if range == "*" {
+                continue;
+            }
+            match range.split_once('-') {
+                Some((low, high)) => {
+                    if value(low)? > value(high)? {
+                        return Err(bad("has a range that runs backwards"));
+                    }
+                }
+                None => {
+                    value(range)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The state of one workflow, folded from its events.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Workflow {
+    /// The owner; `None` until [`WorkflowEvent::WorkflowCreated`] is applied.
+    tenant: Option<TenantId>,
+    /// The display name.
+    name: String,
+    /// What the workflow is for.
+    description: String,
+    /// Every version's definition: version `n` is at index `n - 1`. Kept
+    /// whole because a revert copies an earlier version.
+    versions: Vec<WorkflowDefinition>,
+    /// True while archived: hidden, frozen, not triggered.
+    archived: bool,
+    /// What starts executions automatically.
+    triggers: Vec<Trigger>,
+}
+
+impl Workflow {
+    /// True once the workflow has been created.
+    pub fn exists(&self) -> bool {
+        self.tenant.is_some()
+    }
+
+    /// The display name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What the workflow is for.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// The latest version number; 0 before creation.
+    pub fn current_version(&self) -> u64 {
+        self.versions.len() as u64
+    }
+
+    /// The definition of a version, if it exists.
+    pub fn definition(&self, version: u64) -> Option<&WorkflowDefinition> {
+        let index = usize::try_from(version.checked_sub(1)?).ok()?;
+        self.versions.get(index)
+    }
+
+    /// The latest definition, once created.
+    pub fn current_definition(&self) -> Option<&WorkflowDefinition> {
+        self.versions.last()
+    }
+
+    /// True while archived.
+    pub fn is_archived(&self) -> bool {
+        self.archived
+    }
+
+    /// What starts executions automatically.
+    pub fn triggers(&self) -> &[Trigger] {
+        &self.triggers
+    }
+}
+
+/// What a caller may ask of a workflow. Every command needs the Editor role.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkflowCommand {
+    /// Creates the workflow with its first definition (version 1).
+    Create {
+        /// The owner.
+        tenant: TenantId,
+        /// The display name, 1 to 200 characters once trimmed.
+        name: String,
+        /// What the workflow is for, at most 2,000 characters.
+        description: String,
+        /// The definition as the user sent it; validated here.
+        definition: Value,
+    },
+    /// Records a new version of the definition.
+    UpdateDefinition {
+        /// The definition as the user sent it; validated here.
+        definition: Value,
+        /// Why it changed, shown in the version history.
+        comment: Option<String>,
+    },
+    /// Changes the display name.
+    Rename {
+        /// The new name, 1 to 200 characters once trimmed.
+        name: String,
+    },
+    /// Replaces the triggers (an empty list removes them all).
+    SetTriggers {
+        /// The new triggers, without duplicates.
+        triggers: Vec<Trigger>,
+    },
+    /// Hides and freezes the workflow.
+    Archive,
+    /// Undoes [`WorkflowCommand::Archive`].
+    Restore,
+    /// Records a new version that copies an earlier one.
+    Revert {
+        /// The version to copy.
+        to_version: u64,
+        /// Why, shown in the version history.
+        comment: Option<String>,
+    },
+}
+
+impl CommandTraits for WorkflowCommand {
+    fn is_creation(&self) -> bool {
+        matches!(self, Self::Create { .. })
+    }
+
+    fn is_retry_safe(&self) -> bool {
+        // A revert chose its target while looking at a particular history; on
+        // top of a concurrent change it may no longer be what the caller
+        // meant. The other commands set a value outright.
+        !matches!(self, Self::Create { .. } | Self::Revert { .. })
+    }
+
+    fn required_role(&self) -> Role {
+        Role::Editor
+    }
+}
+
+/// What happened to a workflow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum WorkflowEvent {
+    /// The workflow was created; its definition is version 1 (emitted by
+    /// [`WorkflowCommand::Create`]).
+    WorkflowCreated {
+        /// The owner.
+        tenant: TenantId,
+        /// The display name, trimmed.
+        name: String,
+        /// What the workflow is for.
+        description: String,
+        /// Version 1 of the definition.
+        definition: WorkflowDefinition,
+    },
+    /// A new version of the definition (emitted by
+    /// [`WorkflowCommand::UpdateDefinition`]).
+    WorkflowDefinitionUpdated {
+        /// The new version number: the previous one plus one.
+        version: u64,
+        /// The new definition.
+        definition: WorkflowDefinition,
+        /// Why it changed.
+        comment: Option<String>,
+    },
+    /// The display name changed (emitted by [`WorkflowCommand::Rename`]).
+    WorkflowRenamed {
+        /// The new name, trimmed.
+        name: String,
+    },
+    /// The triggers were replaced (emitted by
+    /// [`WorkflowCommand::SetTriggers`]).
+    WorkflowTriggersSet {
+        /// The complete new list.
+        triggers: Vec<Trigger>,
+    },
+    /// The workflow was archived (emitted by [`WorkflowCommand::Archive`]).
+    WorkflowArchived,
+    /// The workflow was restored (emitted by [`WorkflowCommand::Restore`]).
+    WorkflowRestored,
+    /// A new version copying an earlier one (emitted by
+    /// [`WorkflowCommand::Revert`]).
+    WorkflowReverted {
+        /// The new version number: the previous one plus one.
+        version: u64,
+        /// The version that was copied.
+        from_version: u64,
+        /// The copied definition, so that the event alone says what the
+        /// new version contains.
+        definition: WorkflowDefinition,
+        /// Why.
+        comment: Option<String>,
+    },
+}
+
+impl DomainEvent for WorkflowEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::WorkflowCreated { .. } => "WorkflowCreated",
+            Self::WorkflowDefinitionUpdated { .. } => "WorkflowDefinitionUpdated",
+            Self::WorkflowRenamed { .. } => "WorkflowRenamed",
+            Self::WorkflowTriggersSet { .. } => "WorkflowTriggersSet",
+            Self::WorkflowArchived => "WorkflowArchived",
+            Self::WorkflowRestored => "WorkflowRestored",
+            Self::WorkflowReverted { .. } => "WorkflowReverted",
+        }
+        .to_string()
+    }
+
+    fn event_version(&self) -> String {
+        "1.0".to_string()
+    }
+}
+
+/// Why a workflow command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WorkflowError {
+    /// Create on a workflow that already exists.
+    #[error("the workflow already exists")]
+    AlreadyExists,
+    /// A command other than Create on a workflow that does not exist.
+    #[error("the workflow does not exist")]
+    NotFound,
+    /// A change to an archived workflow.
+    #[error("the workflow is archived; restore it first")]
+    Archived,
+    /// Restore on a workflow that is not archived.
+    #[error("the workflow is not archived")]
+    NotArchived,
+    /// Archive on an archived workflow.
+    #[error("the workflow is already archived")]
+    AlreadyArchived,
+    /// Revert to a version that does not exist.
+    #[error("the workflow has no version {version}")]
+    UnknownVersion {
+        /// The requested version.
+        version: u64,
+    },
+    /// The name is blank, too long, or has control characters.
+    #[error("invalid name: {reason}")]
+    InvalidName {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The description is longer than 2,000 characters.
+    #[error("a description is at most {MAX_WORKFLOW_DESCRIPTION_LEN} characters")]
+    InvalidDescription,
+    /// The version comment is longer than 2,000 characters.
+    #[error("a version comment is at most {MAX_VERSION_COMMENT_LEN} characters")]
+    InvalidComment,
+    /// A trigger is unusable, or there are too many, or one is repeated.
+    #[error("invalid trigger: {reason}")]
+    InvalidTrigger {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The definition broke a rule.
+    #[error("invalid definition: {0}")]
+    InvalidDefinition(#[from] DefinitionError),
+    /// Rename to the current name.
+    #[error("the workflow already has that name")]
+    Unchanged,
+}
+
+/// Trims and checks a workflow name.
+fn check_name(name: &str) -> Result<String, WorkflowError> {
+    let name = name.trim();
+    let reason = if name.is_empty() {
+        "a name must not be blank".to_string()
+    } else if name.chars().count() > MAX_WORKFLOW_NAME_LEN {
+        format!("a name is at most {MAX_WORKFLOW_NAME_LEN} characters")
+    } else if name.chars().any(char::is_control) {
+        "a name must not contain control characters".to_string()
+    } else {
+        return Ok(name.to_string());
+    };
+    Err(WorkflowError::InvalidName { reason })
+}
+
+fn check_comment(comment: &Option<String>) -> Result<(), WorkflowError> {
+    match comment {
+        Some(c) if c.chars().count() > MAX_VERSION_COMMENT_LEN => {
+            Err(WorkflowError::InvalidComment)
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_triggers(triggers: &[Trigger]) -> Result<(), WorkflowError> {
+    let invalid = |reason: String| WorkflowError::InvalidTrigger { reason };
+    if triggers.len() > MAX_TRIGGERS {
+        return Err(invalid(format!(
+            "a workflow has at most {MAX_TRIGGERS} triggers"
+        )));
+    }
+    let mut seen = BTreeSet::new();
+    for trigger in triggers {
+        trigger.validate().map_err(invalid)?;
+        if !seen.insert(trigger) {
+            return Err(invalid("the same trigger is listed twice".into()));
+        }
+    }
+    Ok(())
+}
+
+impl Workflow {
+    /// Decides which events a command produces, without changing anything.
+    fn decide(&self, command: WorkflowCommand) -> Result<Vec<WorkflowEvent>, WorkflowError> {
+        if let WorkflowCommand::Create {
+            tenant,
+            name,
+            description,
+            definition,
+        } = command
+        {
+            if self.exists() {
+                return Err(WorkflowError::AlreadyExists);
+            }
+            let name = check_name(&name)?;
+            if description.chars().count() > MAX_WORKFLOW_DESCRIPTION_LEN {
+                return Err(WorkflowError::InvalidDescription);
+            }
+            let definition = WorkflowDefinition::parse(&definition)?;
+            return Ok(vec![WorkflowEvent::WorkflowCreated {
+                tenant,
+                name,
+                description,
+                definition,
+            }]);
+        }
+        if !self.exists() {
+            return Err(WorkflowError::NotFound);
+        }
+        let next_version = self.current_version() + 1;
+        let event = match command {
+            WorkflowCommand::Create { .. } => return Err(WorkflowError::AlreadyExists),
+            WorkflowCommand::Archive if self.archived => {
+                return Err(WorkflowError::AlreadyArchived)
+            }
+            WorkflowCommand::Archive => WorkflowEvent::WorkflowArchived,
+            WorkflowCommand::Restore if !self.archived => return Err(WorkflowError::NotArchived),
+            WorkflowCommand::Restore => WorkflowEvent::WorkflowRestored,
+            _ if self.archived => return Err(WorkflowError::Archived),
+            WorkflowCommand::UpdateDefinition {
+                definition,
+                comment,
+            } => {
+                check_comment(&comment)?;
+                WorkflowEvent::WorkflowDefinitionUpdated {
+                    version: next_version,
+                    definition: WorkflowDefinition::parse(&definition)?,
+                    comment,
+                }
+            }
+            WorkflowCommand::Rename { name } => {
+                let name = check_name(&name)?;
+                if name == self.name {
+                    return Err(WorkflowError::Unchanged);
+                }
+                WorkflowEvent::WorkflowRenamed { name }
+            }
+            WorkflowCommand::SetTriggers { triggers } => {
+                check_triggers(&triggers)?;
+                WorkflowEvent::WorkflowTriggersSet { triggers }
+            }
+            WorkflowCommand::Revert {
+                to_version,
+                comment,
+            } => {
+                let definition =
+                    self.definition(to_version)
+                        .ok_or(WorkflowError::UnknownVersion {
+                            version: to_version,
+                        })?;
+                check_comment(&comment)?;
+                // The old version was valid under the rules of its day; it
+                // must also be valid under today's to become current again.
+                definition.validate()?;
+                WorkflowEvent::WorkflowReverted {
+                    version: next_version,
+                    from_version: to_version,
+                    definition: definition.clone(),
+                    comment,
+                }
+            }
+        };
+        Ok(vec![event])
+    }
+}
+
+impl Aggregate for Workflow {
+    const TYPE: &'static str = "workflow";
+    type Command = WorkflowCommand;
+    type Event = WorkflowEvent;
+    type Error = WorkflowError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _services: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        for event in self.decide(command)? {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        match event {
+            WorkflowEvent::WorkflowCreated {
+                tenant,
+                name,
+                description,
+                definition,
+            } => {
+                self.tenant = Some(tenant);
+                self.name = name;
+                self.description = description;
+                self.versions = vec![definition];
+            }
+            WorkflowEvent::WorkflowDefinitionUpdated { definition, .. }
+            | WorkflowEvent::WorkflowReverted { definition, .. } => {
+                // Versions are consecutive by construction, so the new one is
+                // simply the next slot.
+                self.versions.push(definition);
+            }
+            WorkflowEvent::WorkflowRenamed { name } => self.name = name,
+            WorkflowEvent::WorkflowTriggersSet { triggers } => self.triggers = triggers,
+            WorkflowEvent::WorkflowArchived => self.archived = true,
+            WorkflowEvent::WorkflowRestored => self.archived = false,
+        }
+    }
+}
+
+impl AggregateRoot for Workflow {
+    fn tenant(&self) -> Option<&TenantId> {
+        self.tenant.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cqrs_es::test::TestFramework;
+    use serde_json::json;
+
+    type WorkflowTest = TestFramework<Workflow>;
+
+    fn tenant() -> TenantId {
+        TenantId::parse("acme").expect("a valid tenant")
+    }
+
+    fn definition_json(milliseconds: u64) -> Value {
+        json!({"nodes": [{"id": "wait", "type": "delay", "params": {"milliseconds": milliseconds}}],
+               "edges": []})
+    }
+
+    fn definition(milliseconds: u64) -> WorkflowDefinition {
+        WorkflowDefinition::parse(&definition_json(milliseconds)).expect("valid")
+    }
+
+    fn cyclic_json() -> Value {
+        json!({"nodes": [
+                {"id": "s", "type": "delay", "params": {"milliseconds": 1}},
+                {"id": "a", "type": "delay", "params": {"milliseconds": 1}},
+                {"id": "b", "type": "delay", "params": {"milliseconds": 1}}],
+               "edges": [{"from": "s", "to": "a"}, {"from": "a", "to": "b"}, {"from": "b", "to": "a"}]})
+    }
+
+    fn cycle_error() -> WorkflowError {
+        WorkflowError::InvalidDefinition(DefinitionError::Cycle {
+            path: vec!["a".into(), "b".into(), "a".into()],
+        })
+    }
+
+    fn created() -> WorkflowEvent {
+        WorkflowEvent::WorkflowCreated {
+            tenant: tenant(),
+            name: "Hello".into(),
+            description: "Greets".into(),
+            definition: definition(1),
+        }
+    }
+
+    fn updated(version: u64, milliseconds: u64) -> WorkflowEvent {
+        WorkflowEvent::WorkflowDefinitionUpdated {
+            version,
+            definition: definition(milliseconds),
+            comment: None,
+        }
+    }
+
+    fn create(name: &str, description: &str, definition: Value) -> WorkflowCommand {
+        WorkflowCommand::Create {
+            tenant: tenant(),
+            name: name.into(),
+            description: description.into(),
+            definition,
+        }
+    }
+
+    fn update(milliseconds: u64) -> WorkflowCommand {
+        WorkflowCommand::UpdateDefinition {
+            definition: definition_json(milliseconds),
+            comment: Some("slower".into()),
+        }
+    }
+
+    fn cron(schedule: &str) -> Trigger {
+        Trigger::Cron {
+            schedule: schedule.into(),
+        }
+    }
+
+    fn webhook(key: &str) -> Trigger {
+        Trigger::Webhook { key: key.into() }
+    }
+
+    fn assert_invalid_name(result: Result<Vec<WorkflowEvent>, WorkflowError>) {
+        assert!(
+            matches!(result, Err(WorkflowError::InvalidName { .. })),
+            "expected InvalidName, got {result:?}"
+        );
+    }
+
+    fn assert_invalid_trigger(result: Result<Vec<WorkflowEvent>, WorkflowError>) {
+        assert!(
+            matches!(result, Err(WorkflowError::InvalidTrigger { .. })),
+            "expected InvalidTrigger, got {result:?}"
+        );
+    }
+
+    // Create
+
+    #[test]
+    fn creating_a_workflow_records_version_one_with_a_trimmed_name() {
+        WorkflowTest::with(())
+            .given_no_previous_events()
+            .when(create("  Hello ", "Greets", definition_json(1)))
+            .then_expect_events(vec![created()]);
+    }
+
+    #[test]
+    fn creating_an_existing_workflow_is_rejected() {
+        WorkflowTest::with(())
+            .given(vec![created()])
+            .when(create("Hello", "", definition_json(1)))
+            .then_expect_error(WorkflowError::AlreadyExists);
+    }
+
+    #[test]
+    fn creating_a_workflow_with_a_blank_name_is_rejected() {
+        let result = WorkflowTest::with(())
+            .given_no_previous_events()
+            .when(create("   ", "", definition_json(1)))
+            .inspect_result();
+        assert_invalid_name(result);
+    }
+
+    #[test]
+    fn creating_a_workflow_with_a_too_long_name_is_rejected() {
+        let result = WorkflowTest::with(())
+            .given_no_previous_events()
+            .when(create(
+                &"n".repeat(MAX_WORKFLOW_NAME_LEN + 1),
+                "",
+                definition_json(1),
+            ))
+            .inspect_result();
+        assert_invalid_name(result);
+    }
+
+    #[test]
+    fn creating_a_workflow_with_a_too_long_description_is_rejected() {
+        WorkflowTest::with(())
+            .given_no_previous_events()
+            .when(create(
+                "Hello",
+                &"d".repeat(MAX_WORKFLOW_DESCRIPTION_LEN + 1),
+                definition_json(1),
+            ))
+            .then_expect_error(WorkflowError::InvalidDescription);
+    }
+
+    #[test]
+    fn creating_a_workflow_with_a_cyclic_definition_is_rejected() {
+        WorkflowTest::with(())
+            .given_no_previous_events()
+            .when(create("Hello", "", cyclic_json()))
+            .then_expect_error(cycle_error());
+    }
+
+    // UpdateDefinition
+
+    #[test]
+    fn updating_the_definition_records_the_next_version() {
+        WorkflowTest::with(())
+            .given(vec![created(), updated(2, 2)])
+            .when(update(3))
+            .then_expect_events(vec![WorkflowEvent::WorkflowDefinitionUpdated {
+                version: 3,
+                definition: definition(3),
+                comment: Some("slower".into()),
+            }]);
+    }
+
+    #[test]
+    fn updating_the_definition_of_a_missing_workflow_is_rejected() {
+        WorkflowTest::with(())
+            .given_no_previous_events()
+            .when(update(2))
+            .then_expect_error(WorkflowError::NotFound);
+    }
+
+    #[test]
+    fn updating_the_definition_of_an_archived_workflow_is_rejected() {
+        WorkflowTest::with(())
+            .given(vec![created(), WorkflowEvent::WorkflowArchived])
+            .when(update(2))
+            .then_expect_error(WorkflowError::Archived);
+    }
+
+    #[test]
+    fn updating_the_definition_with_a_cycle_is_rejected() {
+        WorkflowTest::with(())
+            .given(vec![created()])
+            .when(WorkflowCommand::UpdateDefinition {
+                definition: cyclic_json(),
+                comment: None,
+            })
+            .then_expect_error(cycle_error());
+    }
+
+    #[test]
+    fn updating_the_definition_with_a_too_long_comment_is_rejected() {
+        WorkflowTest::with(())
+            .given(vec![created()])
+            .when(WorkflowCommand::UpdateDefinition {
+                definition: definition_json(2),
+                comment: Some("c".repeat(MAX_VERSION_COMMENT_LEN + 1)),
+            })
+            .then_expect_error(WorkflowError::InvalidComment);
+    }
+
+    // Rename
+
+    #[test]
+    fn renaming_a_workflow_records_the_new_name() {
+        WorkflowTest::with(())
+            .given(vec![created()])
+            .when(WorkflowCommand::Rename {
+                name: "Goodbye ".into(),
+            })
+            .then_expect_events(vec![WorkflowEvent::WorkflowRenamed {
+                name: "Goodbye".into(),
+            }]);
+    }
+
+    #[test]
+    fn renaming_a_missing_workflow_is_rejected() {
+        WorkflowTest::with(())
+            .given_no_previous_events()
+            .when(WorkflowCommand::Rename { name: "X".into() })
+            .then_expect_error(WorkflowError::NotFound);
+    }
+
+    #[test]
+    fn renaming_an_archived_workflow_is_rejected() {
+        WorkflowTest::with(())
+            .given(vec![created(), WorkflowEvent::WorkflowArchived])
+            .when(WorkflowCommand::Rename { name: "X".into() })
+            .then_expect_error(WorkflowError::Archived);
+    }
+
+    #[test]
+    fn renaming_a_workflow_to_a_name_with_a_newline_is_rejected() {
+        let result = WorkflowTest::with(())
+            .given(vec![created()])
+            .when(WorkflowCommand::Rename {
+                name: "Two\nlines".into(),
+            })
+            .inspect_result();
+        assert_invalid_name(result);
+    }
+
+    #[test]
+    fn renaming_a_workflow_to_its_current_name_is_rejected() {
+        WorkflowTest::with(())
+            .given(vec![created()])
+            .when(WorkflowCommand::Rename {
+                name: " Hello".into(),
+            })
+            .then_expect_error(WorkflowError::Unchanged);
+    }
+
+    // SetTriggers
+
+    #[test]
+    fn setting_triggers_records_the_complete_list() {
+        let triggers = vec![cron("*/15 9-17 * * MON-FRI"), webhook("hello-hook_1")];
+        WorkflowTest::with(())
+            .given(vec![created()])
+            .when(WorkflowCommand::SetTriggers {
+                triggers: triggers.clone(),
+            })
+            .then_expect_events(vec![WorkflowEvent::WorkflowTriggersSet { triggers }]);
+    }
+
+    #[test]
+    fn setting_no_triggers_removes_them_all() {
+        WorkflowTest::with(())
+            .given(vec![
+                created(),
+                WorkflowEvent::WorkflowTriggersSet {
+                    triggers: vec![webhook("k")],
+                },
+            ])
+            .when(WorkflowCommand::SetTriggers { triggers: vec![] })
+            .then_expect_events(vec![WorkflowEvent::WorkflowTriggersSet {
+                triggers: vec![],
+            }]);
+    }
+
+    #[test]
+    fn setting_triggers_on_a_missing_workflow_is_rejected() {
+        WorkflowTest::with(())
+            .given_no_previous_events()
+            .when(WorkflowCommand::SetTriggers { triggers: vec![] })
+            .then_expect_error(WorkflowError::NotFound);
+    }
+
+    #[test]
+    fn setting_triggers_on_an_archived_workflow_is_rejected() {
+        WorkflowTest::with(())
+            .given(vec![created(), WorkflowEvent::WorkflowArchived])
+            .when(WorkflowCommand::SetTriggers { triggers: vec![] })
+            .then_expect_error(WorkflowError::Archived);
+    }
+
+    #[test]
+    fn setting_a_cron_trigger_with_four_fields_is_rejected() {
+        let result = WorkflowTest::with(())
+            .given(vec![created()])
+            .when(WorkflowCommand::SetTriggers {
+                triggers: vec![cron("* * * *")],
+            })
+            .inspect_result();
+        assert_invalid_trigger(result);
+    }
+
+    #[test]
+    fn setting_a_webhook_trigger_with_a_slash_in_its_key_is_rejected() {
+        let result = WorkflowTest::with(())
+            .given(vec![created()])
+            .when(WorkflowCommand::SetTriggers {
+                triggers: vec![webhook("a/b")],
+            })
+            .inspect_result();
+        assert_invalid_trigger(result);
+    }
+
+    #[test]
+    fn setting_the_same_trigger_twice_is_rejected() {
+        let result = WorkflowTest::with(())
+            .given(vec![created()])
+            .when(WorkflowCommand::SetTriggers {
+                triggers: vec![webhook("k"), webhook("k")],
+            })
+            .inspect_result();
+        assert_invalid_trigger(result);
+    }
+
+    #[test]
+    fn setting_too_many_triggers_is_rejected() {
+        let triggers = (0..=MAX_TRIGGERS)
+            .map(|i| webhook(&format!("k{i}")))
+            .collect();
+        let result = WorkflowTest::with(())
+            .given(vec![created()])
+            .when(WorkflowCommand::SetTriggers { triggers })
+            .inspect_result();
+        assert_invalid_trigger(result);
+    }
+
+    #[test]
+    fn cron_schedules_get_a_basic_syntax_check() {
+        for valid in [
+            "* * * * *",
+            "0 0 1 1 0",
+            "59 23 31 12 7",
+            "*/5 * * * *",
+            "0 9-17/2 * * mon-fri",
+            "0,30 8 1-15 JAN,jul SUN",
+            "5/10 * * * *",
+        ] {
+            assert_eq!(cron(valid).validate(), Ok(()), "{valid} should be valid");
+        }
+        for invalid in [
+            "",
+            "@daily",
+            "* * * * * *",
+            "60 * * * *",
+            "* 24 * * *",
+            "* * 0 * *",
+            "* * * 13 *",
+            "* * * * 8",
+            "*/0 * * * *",
+            "5-1 * * * *",
+            "a * * * *",
+            "1,,2 * * * *",
+            "* * * FOO *",
+            "-1 * * * *",
+        ] {
+            assert!(
+                cron(invalid).validate().is_err(),
+                "{invalid} should be invalid"
+            );
+        }
+    }
+
+    // Archive and Restore
+
+    #[test]
+    fn archiving_a_workflow_records_it() {
+        WorkflowTest::with(())
+            .given(vec![created()])
+            .when(WorkflowCommand::Archive)
+            .then_expect_events(vec![WorkflowEvent::WorkflowArchived]);
+    }
+
+    #[test]
+    fn archiving_a_missing_workflow_is_rejected() {
+        WorkflowTest::with(())
+            .given_no_previous_events()
+            .when(WorkflowCommand::Archive)
+            .then_expect_error(WorkflowError::NotFound);
+    }
+
+    #[test]
+    fn archiving_an_archived_workflow_is_rejected() {
+        WorkflowTest::with(())
+            .given(vec![created(), WorkflowEvent::WorkflowArchived])
+            .when(WorkflowCommand::Archive)
+            .then_expect_error(WorkflowError::AlreadyArchived);
+    }
+
+    #[test]
+    fn restoring_an_archived_workflow_records_it() {
+        WorkflowTest::with(())
+            .given(vec![created(), WorkflowEvent::WorkflowArchived])
+            .when(WorkflowCommand::Restore)
+            .then_expect_events(vec![WorkflowEvent::WorkflowRestored]);
+    }
+
+    #[test]
+    fn restoring_a_missing_workflow_is_rejected() {
+        WorkflowTest::with(())
+            .given_no_previous_events()
+            .when(WorkflowCommand::Restore)
+            .then_expect_error(WorkflowError::NotFound);
+    }
+
+    #[test]
+    fn restoring_a_workflow_that_is_not_archived_is_rejected() {
+        WorkflowTest::with(())
+            .given(vec![created()])
+            .when(WorkflowCommand::Restore)
+            .then_expect_error(WorkflowError::NotArchived);
+    }
+
+    #[test]
+    fn a_restored_workflow_can_be_changed_again() {
+        WorkflowTest::with(())
+            .given(vec![
+                created(),
+                WorkflowEvent::WorkflowArchived,
+                WorkflowEvent::WorkflowRestored,
+            ])
+            .when(WorkflowCommand::Rename {
+                name: "Back".into(),
+            })
+            .then_expect_events(vec![WorkflowEvent::WorkflowRenamed {
+                name: "Back".into(),
+            }]);
+    }
+
+    // Revert
+
+    #[test]
+    fn reverting_copies_an_earlier_version_into_a_new_one() {
+        WorkflowTest::with(())
+            .given(vec![created(), updated(2, 2), updated(3, 3)])
+            .when(WorkflowCommand::Revert {
+                to_version: 1,
+                comment: Some("2 and 3 were wrong".into()),
+            })
+            .then_expect_events(vec![WorkflowEvent::WorkflowReverted {
+                version: 4,
+                from_version: 1,
+                definition: definition(1),
+                comment: Some("2 and 3 were wrong".into()),
+            }]);
+    }
+
+    #[test]
+    fn reverting_to_an_unknown_version_is_rejected() {
+        for version in [0, 3] {
+            WorkflowTest::with(())
+                .given(vec![created(), updated(2, 2)])
+                .when(WorkflowCommand::Revert {
+                    to_version: version,
+                    comment: None,
+                })
+                .then_expect_error(WorkflowError::UnknownVersion { version });
+        }
+    }
+
+    #[test]
+    fn reverting_a_missing_workflow_is_rejected() {
+        WorkflowTest::with(())
+            .given_no_previous_events()
+            .when(WorkflowCommand::Revert {
+                to_version: 1,
+                comment: None,
+            })
+            .then_expect_error(WorkflowError::NotFound);
+    }
+
+    #[test]
+    fn reverting_an_archived_workflow_is_rejected() {
+        WorkflowTest::with(())
+            .given(vec![
+                created(),
+                updated(2, 2),
+                WorkflowEvent::WorkflowArchived,
+            ])
+            .when(WorkflowCommand::Revert {
+                to_version: 1,
+                comment: None,
+            })
+            .then_expect_error(WorkflowError::Archived);
+    }
+
+    #[test]
+    fn reverting_with_a_too_long_comment_is_rejected() {
+        WorkflowTest::with(())
+            .given(vec![created(), updated(2, 2)])
+            .when(WorkflowCommand::Revert {
+                to_version: 1,
+                comment: Some("c".repeat(MAX_VERSION_COMMENT_LEN + 1)),
+            })
+            .then_expect_error(WorkflowError::InvalidComment);
+    }
+
+    #[test]
+    fn reverting_to_a_version_that_breaks_todays_rules_is_rejected() {
+        // Version 1 was recorded when delays could be longer; deserializing
+        // it from the log succeeds, bringing it back does not.
+        let old: WorkflowDefinition =
+            serde_json::from_value(definition_json(MAX_DELAY_MILLISECONDS_PLUS_ONE))
+                .expect("recorded definitions are read without today's rules");
+        let result = WorkflowTest::with(())
+            .given(vec![
+                WorkflowEvent::WorkflowCreated {
+                    tenant: tenant(),
+                    name: "Old".into(),
+                    description: String::new(),
+                    definition: old,
+                },
+                updated(2, 2),
+            ])
+            .when(WorkflowCommand::Revert {
+                to_version: 1,
+                comment: None,
+            })
+            .inspect_result();
+        assert!(matches!(
+            result,
+            Err(WorkflowError::InvalidDefinition(
+                DefinitionError::InvalidParameter { .. }
+            ))
+        ));
+    }
+
+    const MAX_DELAY_MILLISECONDS_PLUS_ONE: u64 = crate::definition::MAX_DELAY_MILLISECONDS + 1;
+
+    // State, serde and command traits
+
+    #[test]
+    fn the_state_keeps_every_version() {
+        let mut workflow = Workflow::default();
+        assert_eq!(workflow.current_version(), 0);
+        for event in [
+            created(),
+            updated(2, 2),
+            WorkflowEvent::WorkflowReverted {
+                version: 3,
+                from_version: 1,
+                definition: definition(1),
+                comment: None,
+            },
+        ] {
+            workflow.apply(event);
+        }
+        assert_eq!(workflow.current_version(), 3);
+        assert_eq!(workflow.definition(2), Some(&definition(2)));
+        assert_eq!(workflow.current_definition(), Some(&definition(1)));
+        assert_eq!(workflow.definition(0), None);
+        assert_eq!(workflow.definition(4), None);
+        assert_eq!(workflow.tenant(), Some(&tenant()));
+        assert_eq!(workflow.name(), "Hello");
+        assert_eq!(workflow.description(), "Greets");
+        assert!(!workflow.is_archived());
+    }
+
+    #[test]
+    fn workflow_events_serialize_with_a_type_tag_and_round_trip() {
+        let events = vec![
+            created(),
+            updated(2, 2),
+            WorkflowEvent::WorkflowRenamed { name: "N".into() },
+            WorkflowEvent::WorkflowTriggersSet {
+                triggers: vec![cron("0 * * * *"), webhook("k")],
+            },
+            WorkflowEvent::WorkflowArchived,
+            WorkflowEvent::WorkflowRestored,
+            WorkflowEvent::WorkflowReverted {
+                version: 3,
+                from_version: 1,
+                definition: definition(1),
+                comment: Some("c".into()),
+            },
+        ];
+        for event in events {
+            let json = serde_json::to_value(&event).expect("serializable");
+            assert_eq!(json["type"], event.event_type());
+            assert_eq!(event.event_version(), "1.0");
+            let back: WorkflowEvent = serde_json::from_value(json).expect("deserializable");
+            assert_eq!(back, event);
+        }
+        let json = serde_json::to_value(created()).expect("serializable");
+        assert_eq!(json["definition"]["nodes"][0]["type"], "delay");
+        assert_eq!(json["tenant"], "acme");
+        let triggers = serde_json::to_value(cron("0 * * * *")).expect("serializable");
+        assert_eq!(triggers, json!({"kind": "cron", "schedule": "0 * * * *"}));
+    }
+
+    #[test]
+    fn the_payload_example_in_the_event_catalogue_is_a_real_event() {
+        let catalogue = include_str!("../../docs/events.md");
+        let example = catalogue
+            .split("```json\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\n```").next())
+            .expect("docs/events.md has a JSON example");
+        let event: WorkflowEvent = serde_json::from_str(example).expect("the example parses");
+        assert_eq!(event.event_type(), "WorkflowDefinitionUpdated");
+        let reserialized = serde_json::to_value(&event).expect("serializable");
+        let original: Value = serde_json::from_str(example).expect("the example is JSON");
+        assert_eq!(reserialized, original);
+    }
+
+    #[test]
+    fn the_workflow_state_survives_a_snapshot_round_trip() {
+        let mut workflow = Workflow::default();
+        workflow.apply(created());
+        workflow.apply(updated(2, 2));
+        let snapshot = serde_json::to_value(&workflow).expect("serializable");
+        let back: Workflow = serde_json::from_value(snapshot).expect("deserializable");
+        assert_eq!(back, workflow);
+    }
+
+    #[test]
+    fn workflow_commands_declare_roles_creation_and_retry_safety() {
+        let commands = [
+            create("a", "", definition_json(1)),
+            update(1),
+            WorkflowCommand::Rename { name: "a".into() },
+            WorkflowCommand::SetTriggers { triggers: vec![] },
+            WorkflowCommand::Archive,
+            WorkflowCommand::Restore,
+            WorkflowCommand::Revert {
+                to_version: 1,
+                comment: None,
+            },
+        ];
+        assert!(commands.iter().all(|c| c.required_role() == Role::Editor));
+        let creation: Vec<bool> = commands.iter().map(|c| c.is_creation()).collect();
+        assert_eq!(creation, [true, false, false, false, false, false, false]);
+        let retry_safe: Vec<bool> = commands.iter().map(|c| c.is_retry_safe()).collect();
+        assert_eq!(retry_safe, [false, true, true, true, true, true, false]);
+    }
+}

@@ -1,0 +1,508 @@
+//! The command bus: load an aggregate, let it decide, append its events.
+//!
+//! Every write in Toolhub goes through [`CommandBus::execute`]. The bus keeps
+//! recently used aggregates in memory, so a command on a long-lived aggregate
+//! costs one `INSERT` like a command on a new one. The cache is never trusted
+//! blindly: events are appended at the sequence the cached state implies, and
+//! the primary key on `(aggregate_type, aggregate_id, sequence)` rejects the
+//! append if anyone else got there first, whereupon the bus reloads from the
+//! database (latest snapshot plus the events after it) and decides again.
+
+use std::marker::PhantomData;
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::persist::PersistedEventRepository;
+use cqrs_es::{Aggregate, DomainEvent};
+use lru::LruCache;
+use parking_lot::Mutex;
+use postgres_es::PostgresEventRepository;
+use serde_json::Value;
+use sqlite_es::SqliteEventRepository;
+use sqlx::{QueryBuilder, Row};
+use toolhub_domain::{AggregateRoot, CommandTraits};
+
+use crate::error::{is_unique_violation, CommandError, ConflictKind, StoreError};
+use crate::metadata::CommandContext;
+use crate::position::Position;
+use crate::store::{Db, EventStore};
+
+/// How many times a retry-safe command is decided again after losing a race.
+pub const MAX_RETRIES: u32 = 8;
+
+/// What a committed command produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// The aggregate's version (its last sequence number) after the command.
+    pub version: u64,
+    /// The global position of the command's last event, or `None` when the
+    /// command was accepted but changed nothing (an idempotent repeat).
+    pub position: Option<Position>,
+    /// How many events the command appended.
+    pub events: usize,
+}
+
+/// Tuning for a [`CommandBus`].
+#[derive(Debug, Clone, Copy)]
+pub struct BusOptions {
+    /// How many aggregates the in-memory cache holds.
+    pub cache_capacity: usize,
+    /// A snapshot is written each time an aggregate's version crosses a
+    /// multiple of this number, so a cold load never folds more than this
+    /// many events.
+    pub snapshot_every: u64,
+}
+
+impl Default for BusOptions {
+    fn default() -> Self {
+        Self {
+            cache_capacity: 10_000,
+            snapshot_every: 100,
+        }
+    }
+}
+
+struct Cached<A> {
+    state: A,
+    version: u64,
+}
+
+enum Repo {
+    Postgres(PostgresEventRepository),
+    Sqlite(SqliteEventRepository),
+}
+
+/// Executes the commands of one aggregate type.
+pub struct CommandBus<A: AggregateRoot> {
+    store: EventStore,
+    repo: Repo,
+    cache: Mutex<LruCache<String, Cached<A>>>,
+    options: BusOptions,
+    _aggregate: PhantomData<fn() -> A>,
+}
+
+/// Where a decision's starting state came from; it decides what a lost race
+/// means.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// Loaded from the database just now.
+    Fresh,
+    /// Taken from the cache, or assumed empty for a creation command: a
+    /// conflict may only mean the guess was stale.
+    Guessed,
+}
+
+impl<A> CommandBus<A>
+where
+    A: AggregateRoot<Services = ()> + 'static,
+    A::Command: CommandTraits + Clone,
+{
+    /// A bus over `store` with default options.
+    pub fn new(store: EventStore) -> Self {
+        Self::with_options(store, BusOptions::default())
+    }
+
+    /// A bus over `store` with `options`.
+    pub fn with_options(store: EventStore, options: BusOptions) -> Self {
+        let repo = match store.db() {
+            Db::Postgres(pool) => Repo::Postgres(PostgresEventRepository::new(pool.clone())),
+            Db::Sqlite(pool) => Repo::Sqlite(SqliteEventRepository::new(pool.clone())),
+        };
+        let capacity =
+            NonZeroUsize::new(options.cache_capacity.max(1)).unwrap_or(NonZeroUsize::MIN);
+        Self {
+            store,
+            repo,
+            cache: Mutex::new(LruCache::new(capacity)),
+            options,
+            _aggregate: PhantomData,
+        }
+    }
+
+    /// The store this bus writes to.
+    pub fn store(&self) -> &EventStore {
+        &self.store
+    }
+
+    /// Executes `command` on the aggregate `id` on behalf of `ctx`.
+    pub async fn execute(
+        &self,
+        id: &str,
+        command: A::Command,
+        ctx: &CommandContext,
+    ) -> Result<Committed, CommandError<A::Error>> {
+        self.execute_expecting(id, command, ctx, None).await
+    }
+
+    /// Executes `command` only if the aggregate is at `expected_version`
+    /// (when given); otherwise answers [`CommandError::Conflict`].
+    pub async fn execute_expecting(
+        &self,
+        id: &str,
+        command: A::Command,
+        ctx: &CommandContext,
+        expected_version: Option<u64>,
+    ) -> Result<Committed, CommandError<A::Error>> {
+        let mut retries = 0;
+        let mut force_fresh = false;
+        loop {
+            let (mut state, version, source) = match self.take_cached(id) {
+                Some(cached) if !force_fresh => (cached.state, cached.version, Source::Guessed),
+                _ if !force_fresh && command.is_creation() => (A::default(), 0, Source::Guessed),
+                _ => {
+                    let (state, version) = self.load(id).await?;
+                    (state, version, Source::Fresh)
+                }
+            };
+            if let Some(owner) = state.tenant() {
+                if owner != &ctx.tenant {
+                    self.put_cached(id, state, version);
+                    return Err(CommandError::NotFound);
+                }
+            }
+            if let Some(expected) = expected_version {
+                if expected != version {
+                    if source == Source::Guessed {
+                        // The cache may be behind another replica: ask the
+                        // database before calling it a conflict.
+                        force_fresh = true;
+                        continue;
+                    }
+                    self.put_cached(id, state, version);
+                    return Err(CommandError::Conflict(ConflictKind::ExpectedVersion {
+                        expected,
+                        actual: version,
+                    }));
+                }
+            }
+
+            let sink: EventSink<A> = EventSink::default();
+            let decided = state.handle(command.clone(), &(), &sink).await;
+            let events = sink.collect().await;
+            if let Err(error) = decided {
+                if source == Source::Guessed {
+                    // The cached (or assumed empty) state may be behind
+                    // another replica; only the real state may reject. The
+                    // state is not put back: `handle` may have applied some
+                    // events before failing.
+                    force_fresh = true;
+                    continue;
+                }
+                return Err(CommandError::Domain(error));
+            }
+            if events.is_empty() {
+                self.put_cached(id, state, version);
+                return Ok(Committed {
+                    version,
+                    position: None,
+                    events: 0,
+                });
+            }
+            if state.tenant() != Some(&ctx.tenant) {
+                // A creation command naming another tenant than the caller's.
+                return Err(CommandError::NotFound);
+            }
+
+            let serialized = serialize::<A>(id, version, &events, ctx)?;
+            match self.append(&serialized).await {
+                Ok(position) => {
+                    let new_version = version + events.len() as u64;
+                    self.maybe_snapshot(id, &state, version, new_version);
+                    self.put_cached(id, state, new_version);
+                    self.store.announce(position);
+                    return Ok(Committed {
+                        version: new_version,
+                        position: Some(position),
+                        events: events.len(),
+                    });
+                }
+                Err(StoreError::Database(error)) if is_unique_violation(&error) => {
+                    if source == Source::Guessed {
+                        force_fresh = true;
+                        continue;
+                    }
+                    if expected_version.is_some()
+                        || !command.is_retry_safe()
+                        || retries >= MAX_RETRIES
+                    {
+                        return Err(CommandError::Conflict(ConflictKind::LostRace));
+                    }
+                    retries += 1;
+                    // Spread the retries of colliding writers apart.
+                    let jitter = rand::random::<u64>() % (2 * u64::from(retries) + 1);
+                    tokio::time::sleep(Duration::from_millis(jitter)).await;
+                }
+                Err(error) => return Err(CommandError::Store(error)),
+            }
+        }
+    }
+
+    fn take_cached(&self, id: &str) -> Option<Cached<A>> {
+        self.cache.lock().pop(id)
+    }
+
+    fn put_cached(&self, id: &str, state: A, version: u64) {
+        let mut cache = self.cache.lock();
+        // A concurrent command on the same aggregate may have put a newer
+        // state back already; never replace it with an older one.
+        if cache.peek(id).is_some_and(|c| c.version >= version) {
+            return;
+        }
+        cache.put(id.to_string(), Cached { state, version });
+    }
+
+    /// Drops every cached aggregate (for tests and benchmarks).
+    pub fn clear_cache(&self) {
+        self.cache.lock().clear();
+    }
+
+    /// Loads the current state of `id` from the database: the latest
+    /// snapshot, then the events after it. A missing aggregate is the
+    /// default state at version 0.
+    pub async fn load(&self, id: &str) -> Result<(A, u64), StoreError> {
+        let snapshot = match &self.repo {
+            Repo::Postgres(repo) => repo.get_snapshot::<A>(id).await?,
+            Repo::Sqlite(repo) => repo.get_snapshot::<A>(id).await?,
+        };
+        let (mut state, version) = match snapshot {
+            Some(snapshot) => match serde_json::from_value::<A>(snapshot.aggregate) {
+                Ok(state) => (state, snapshot.current_sequence as u64),
+                // A snapshot of an older shape of the state: fold from the
+                // start instead.
+                Err(_) => (A::default(), 0),
+            },
+            None => (A::default(), 0),
+        };
+        let events = match &self.repo {
+            Repo::Postgres(repo) => repo.get_last_events::<A>(id, version as usize).await?,
+            Repo::Sqlite(repo) => repo.get_last_events::<A>(id, version as usize).await?,
+        };
+        let mut version = version;
+        for event in events {
+            version = event.sequence as u64;
+            let event = self.store.upcast(event);
+            state.apply(serde_json::from_value(event.payload)?);
+        }
+        Ok((state, version))
+    }
+
+    /// Folds every event of `id` from the first, ignoring snapshots and the
+    /// cache, up to `up_to` (a version) when given. This is the reference the
+    /// faster paths must agree with, and the basis of time-travel.
+    pub async fn fold(&self, id: &str, up_to: Option<u64>) -> Result<(A, u64), StoreError> {
+        let events = match &self.repo {
+            Repo::Postgres(repo) => repo.get_events::<A>(id).await?,
+            Repo::Sqlite(repo) => repo.get_events::<A>(id).await?,
+        };
+        let mut state = A::default();
+        let mut version = 0;
+        for event in events {
+            if up_to.is_some_and(|limit| event.sequence as u64 > limit) {
+                break;
+            }
+            version = event.sequence as u64;
+            let event = self.store.upcast(event);
+            state.apply(serde_json::from_value(event.payload)?);
+        }
+        Ok((state, version))
+    }
+
+    fn maybe_snapshot(&self, id: &str, state: &A, old_version: u64, new_version: u64) {
+        let every = self.options.snapshot_every;
+        if every == 0 || new_version / every == old_version / every {
+            return;
+        }
+        let payload = match serde_json::to_value(state) {
+            Ok(payload) => payload,
+            Err(error) => {
+                tracing::warn!(%error, aggregate = A::TYPE, "could not serialise a snapshot");
+                return;
+            }
+        };
+        // Events never change, so a snapshot at any version stays true; it
+        // is written off the command path and a failure only costs speed.
+        let db = self.store.db().clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            if let Err(error) = write_snapshot::<A>(&db, &id, new_version, every, payload).await {
+                tracing::warn!(%error, aggregate = A::TYPE, "could not write a snapshot");
+            }
+        });
+    }
+
+    /// Appends events in one statement, so they commit all or nothing, and
+    /// returns the position of the last one.
+    async fn append(&self, events: &[NewEvent]) -> Result<Position, StoreError> {
+        append_rows(self.store.db(), A::TYPE, events).await
+    }
+}
+
+/// One event ready to insert.
+pub(crate) struct NewEvent {
+    pub(crate) aggregate_id: String,
+    pub(crate) sequence: i64,
+    pub(crate) event_type: String,
+    pub(crate) event_version: String,
+    pub(crate) payload: String,
+    pub(crate) metadata: String,
+}
+
+fn serialize<A: Aggregate>(
+    id: &str,
+    version: u64,
+    events: &[A::Event],
+    ctx: &CommandContext,
+) -> Result<Vec<NewEvent>, StoreError> {
+    let metadata = serde_json::to_string(&ctx.to_metadata())?;
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, event)| {
+            Ok(NewEvent {
+                aggregate_id: id.to_string(),
+                sequence: (version + 1 + i as u64) as i64,
+                event_type: event.event_type(),
+                event_version: event.event_version(),
+                payload: serde_json::to_string(event)?,
+                metadata: metadata.clone(),
+            })
+        })
+        .collect()
+}
+
+pub(crate) async fn append_rows(
+    db: &Db,
+    aggregate_type: &str,
+    events: &[NewEvent],
+) -> Result<Position, StoreError> {
+    match db {
+        Db::Postgres(pool) => {
+            let row = if let [event] = events {
+                sqlx::query(
+                    "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, \
+                     event_version, payload, metadata) \
+                     VALUES ($1, $2, $3, $4, $5, $6::json, $7::json) \
+                     RETURNING transaction_id::text AS tx, global_position",
+                )
+                .bind(aggregate_type)
+                .bind(&event.aggregate_id)
+                .bind(event.sequence)
+                .bind(&event.event_type)
+                .bind(&event.event_version)
+                .bind(&event.payload)
+                .bind(&event.metadata)
+                .fetch_one(pool)
+                .await?
+            } else {
+                let sequences: Vec<i64> = events.iter().map(|e| e.sequence).collect();
+                let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+                let versions: Vec<&str> = events.iter().map(|e| e.event_version.as_str()).collect();
+                let payloads: Vec<&str> = events.iter().map(|e| e.payload.as_str()).collect();
+                let metadata: Vec<&str> = events.iter().map(|e| e.metadata.as_str()).collect();
+                let aggregate_id = events
+                    .first()
+                    .map(|e| e.aggregate_id.as_str())
+                    .unwrap_or("");
+                sqlx::query(
+                    "WITH inserted AS ( \
+                       INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, \
+                                           event_version, payload, metadata) \
+                       SELECT $1, $2, s, t, v, p::json, m::json \
+                         FROM UNNEST($3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[]) \
+                              AS u(s, t, v, p, m) \
+                       RETURNING transaction_id, global_position) \
+                     SELECT transaction_id::text AS tx, global_position FROM inserted \
+                      ORDER BY global_position DESC LIMIT 1",
+                )
+                .bind(aggregate_type)
+                .bind(aggregate_id)
+                .bind(&sequences)
+                .bind(&types)
+                .bind(&versions)
+                .bind(&payloads)
+                .bind(&metadata)
+                .fetch_one(pool)
+                .await?
+            };
+            let tx: String = row.try_get("tx")?;
+            let tx = tx
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("transaction id {tx}")))?;
+            Ok(Position::new(tx, row.try_get("global_position")?))
+        }
+        Db::Sqlite(pool) => {
+            let mut builder = QueryBuilder::new(
+                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, \
+                 event_version, payload, metadata) ",
+            );
+            builder.push_values(events, |mut b, event| {
+                b.push_bind(aggregate_type)
+                    .push_bind(&event.aggregate_id)
+                    .push_bind(event.sequence)
+                    .push_bind(&event.event_type)
+                    .push_bind(&event.event_version)
+                    .push_bind(&event.payload)
+                    .push_bind(&event.metadata);
+            });
+            builder.push(" RETURNING global_position");
+            let rows = builder.build().fetch_all(pool).await?;
+            let mut last = 0i64;
+            for row in rows {
+                last = last.max(row.try_get::<i64, _>(0)?);
+            }
+            Ok(Position::new(0, last))
+        }
+    }
+}
+
+async fn write_snapshot<A: Aggregate>(
+    db: &Db,
+    id: &str,
+    version: u64,
+    every: u64,
+    payload: Value,
+) -> Result<(), StoreError> {
+    let version = version as i64;
+    let ordinal = version / every as i64;
+    let payload = serde_json::to_string(&payload)?;
+    match db {
+        Db::Postgres(pool) => {
+            sqlx::query(
+                "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload) \
+                 VALUES ($1, $2, $3, $4, $5::json) \
+                 ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE \
+                   SET last_sequence = excluded.last_sequence, \
+                       current_snapshot = excluded.current_snapshot, \
+                       payload = excluded.payload \
+                 WHERE snapshots.last_sequence < excluded.last_sequence",
+            )
+            .bind(A::TYPE)
+            .bind(id)
+            .bind(version)
+            .bind(ordinal)
+            .bind(payload)
+            .execute(pool)
+            .await?;
+        }
+        Db::Sqlite(pool) => {
+            sqlx::query(
+                "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE \
+                   SET last_sequence = excluded.last_sequence, \
+                       current_snapshot = excluded.current_snapshot, \
+                       payload = excluded.payload \
+                 WHERE snapshots.last_sequence < excluded.last_sequence",
+            )
+            .bind(A::TYPE)
+            .bind(id)
+            .bind(version)
+            .bind(ordinal)
+            .bind(payload)
+            .execute(pool)
+            .await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,92 @@
+//! Errors of the event store: infrastructure faults, kept apart from the
+//! domain's own rejections.
+
+use std::fmt;
+
+/// A fault of the storage layer: the database, the serialised form of an
+/// event, or the key store. Never a domain rule.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database URL is neither `postgres://…` nor `sqlite:…`, or is
+    /// malformed.
+    #[error("unsupported database URL {url:?}: expected postgres://… or sqlite://…")]
+    InvalidUrl {
+        /// The URL as given, with any password removed.
+        url: String,
+    },
+    /// The database could not be reached or answered with an error.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Applying the migrations failed.
+    #[error("migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    /// A stored event or snapshot could not be (de)serialised.
+    #[error("serialisation error: {0}")]
+    Serialization(#[from] serde_json::Error),
+    /// The postgres-es or sqlite-es repository failed.
+    #[error("event repository error: {0}")]
+    Repository(String),
+    /// A stored value is not what the schema promises.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+}
+
+impl From<cqrs_es::persist::PersistenceError> for StoreError {
+    fn from(value: cqrs_es::persist::PersistenceError) -> Self {
+        Self::Repository(value.to_string())
+    }
+}
+
+/// The outcome of a command that did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError<E: std::error::Error> {
+    /// The aggregate rejected the command.
+    #[error(transparent)]
+    Domain(E),
+    /// The aggregate belongs to another tenant. Callers must present this
+    /// exactly like a missing entity.
+    #[error("not found")]
+    NotFound,
+    /// Another writer changed the aggregate first: either the caller's
+    /// `expected_version` is stale, or the bounded retry ran out.
+    #[error("conflict: {0}")]
+    Conflict(ConflictKind),
+    /// The storage layer failed; nothing was committed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a command conflicted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConflictKind {
+    /// The caller expected one version and the aggregate is at another.
+    ExpectedVersion {
+        /// The version the caller expected.
+        expected: u64,
+        /// The version the aggregate is at.
+        actual: u64,
+    },
+    /// A concurrent writer appended at the same sequence, and the command is
+    /// not safe to retry (or its retries ran out).
+    LostRace,
+}
+
+impl fmt::Display for ConflictKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ExpectedVersion { expected, actual } => {
+                write!(f, "expected version {expected}, found {actual}")
+            }
+            Self::LostRace => f.write_str("a concurrent command changed the aggregate first"),
+        }
+    }
+}
+
+/// Returns true when `err` is a unique-key violation, which on the events
+/// table means another writer took the same sequence number.
+pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => db.is_unique_violation(),
+        _ => false,
+    }
+}

@@ -1,0 +1,315 @@
+//! The secret key store: envelope encryption of secret values.
+//!
+//! Each secret has its own 256-bit data key. Values are sealed with
+//! AES-256-GCM under that key; the key itself is stored wrapped (AES-256-GCM
+//! again) by the master key, in the `secret_keys` table, outside the event
+//! log. Deleting the row destroys the key, and with it every value of that
+//! secret ever recorded in the log, which stays immutable (crypto-shredding).
+//!
+//! Both encryptions bind the secret's id as associated data, so a sealed value
+//! or a wrapped key copied to another secret does not open.
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Key, Nonce};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use toolhub_domain::secret::SealedValue;
+use toolhub_domain::{SecretId, TenantId};
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::error::StoreError;
+use crate::store::Db;
+
+/// The key that wraps every data key. Wiped from memory when dropped.
+#[derive(Clone)]
+pub struct MasterKey {
+    key: Zeroizing<[u8; 32]>,
+}
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MasterKey({})", self.fingerprint())
+    }
+}
+
+/// A master key that is not 32 bytes of standard base64.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the master key must be 32 bytes, base64-encoded (44 characters)")]
+pub struct InvalidMasterKey;
+
+impl MasterKey {
+    /// A new random master key.
+    pub fn generate() -> Self {
+        let mut key = Zeroizing::new([0u8; 32]);
+        rand::rngs::OsRng.fill_bytes(key.as_mut());
+        Self { key }
+    }
+
+    /// Parses a base64-encoded 32-byte key (as in `TOOLHUB_MASTER_KEY`).
+    pub fn from_base64(encoded: &str) -> Result<Self, InvalidMasterKey> {
+        let mut bytes = Zeroizing::new(B64.decode(encoded.trim()).map_err(|_| InvalidMasterKey)?);
+        if bytes.len() != 32 {
+            bytes.zeroize();
+            return Err(InvalidMasterKey);
+        }
+        let mut key = Zeroizing::new([0u8; 32]);
+        key.copy_from_slice(&bytes);
+        Ok(Self { key })
+    }
+
+    /// The key in base64, for writing a generated key file.
+    pub fn to_base64(&self) -> Zeroizing<String> {
+        Zeroizing::new(B64.encode(self.key.as_ref()))
+    }
+
+    /// A short, non-secret identifier of the key (the first 8 bytes of its
+    /// SHA-256, in hex), recorded with each wrapped data key.
+    pub fn fingerprint(&self) -> String {
+        let digest = Sha256::digest(self.key.as_ref());
+        hex::encode(&digest[..8])
+    }
+
+    fn cipher(&self) -> Aes256Gcm {
+        Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(self.key.as_ref()))
+    }
+}
+
+/// Why a value could not be sealed or unsealed.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The secret has no data key: it never existed, or it was deleted and
+    /// its key destroyed.
+    #[error("the secret's key does not exist or was destroyed")]
+    NoKey,
+    /// The data key belongs to another tenant.
+    #[error("the secret's key belongs to another tenant")]
+    WrongTenant,
+    /// The data key was wrapped by another master key.
+    #[error("the secret's key was wrapped by another master key")]
+    WrongMasterKey,
+    /// Decryption failed: the stored data was altered or does not belong to
+    /// this secret. Deliberately says nothing more.
+    #[error("the sealed value could not be opened")]
+    Crypto,
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for KeyError {
+    fn from(value: sqlx::Error) -> Self {
+        Self::Store(StoreError::Database(value))
+    }
+}
+
+/// Seals and unseals secret values. Cheap to clone.
+#[derive(Clone)]
+pub struct KeyStore {
+    db: Db,
+    master: MasterKey,
+}
+
+fn data_key_aad(secret: SecretId) -> Vec<u8> {
+    format!("toolhub:data-key:{secret}").into_bytes()
+}
+
+fn value_aad(secret: SecretId) -> Vec<u8> {
+    format!("toolhub:secret-value:{secret}").into_bytes()
+}
+
+fn random_nonce() -> [u8; 12] {
+    let mut nonce = [0u8; 12];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    nonce
+}
+
+impl KeyStore {
+    /// A key store over `db`, wrapping data keys with `master`.
+    pub fn new(db: Db, master: MasterKey) -> Self {
+        Self { db, master }
+    }
+
+    /// Creates the data key of a new secret. Returns `false`, changing
+    /// nothing, when the secret already has one.
+    pub async fn create_key(&self, tenant: &TenantId, secret: SecretId) -> Result<bool, KeyError> {
+        let mut data_key = Zeroizing::new([0u8; 32]);
+        rand::rngs::OsRng.fill_bytes(data_key.as_mut());
+        let nonce = random_nonce();
+        let wrapped = self
+            .master
+            .cipher()
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: data_key.as_ref(),
+                    aad: &data_key_aad(secret),
+                },
+            )
+            .map_err(|_| KeyError::Crypto)?;
+        let fingerprint = self.master.fingerprint();
+        let inserted = match &self.db {
+            Db::Postgres(pool) => sqlx::query(
+                "INSERT INTO secret_keys (secret_id, tenant, master_key, nonce, wrapped_key) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (secret_id) DO NOTHING",
+            )
+            .bind(secret.to_string())
+            .bind(tenant.as_str())
+            .bind(&fingerprint)
+            .bind(nonce.as_slice())
+            .bind(&wrapped)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+            Db::Sqlite(pool) => sqlx::query(
+                "INSERT INTO secret_keys (secret_id, tenant, master_key, nonce, wrapped_key) \
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (secret_id) DO NOTHING",
+            )
+            .bind(secret.to_string())
+            .bind(tenant.as_str())
+            .bind(&fingerprint)
+            .bind(nonce.as_slice())
+            .bind(&wrapped)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+        };
+        Ok(inserted == 1)
+    }
+
+    async fn data_key(
+        &self,
+        tenant: &TenantId,
+        secret: SecretId,
+    ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        let row = match &self.db {
+            Db::Postgres(pool) => {
+                sqlx::query(
+                    "SELECT tenant, master_key, nonce, wrapped_key FROM secret_keys WHERE secret_id = $1",
+                )
+                .bind(secret.to_string())
+                .fetch_optional(pool)
+                .await?
+                .map(|r| -> Result<_, sqlx::Error> {
+                    Ok((
+                        r.try_get::<String, _>(0)?,
+                        r.try_get::<String, _>(1)?,
+                        r.try_get::<Vec<u8>, _>(2)?,
+                        r.try_get::<Vec<u8>, _>(3)?,
+                    ))
+                })
+                .transpose()?
+            }
+            Db::Sqlite(pool) => {
+                sqlx::query(
+                    "SELECT tenant, master_key, nonce, wrapped_key FROM secret_keys WHERE secret_id = ?1",
+                )
+                .bind(secret.to_string())
+                .fetch_optional(pool)
+                .await?
+                .map(|r| -> Result<_, sqlx::Error> {
+                    Ok((
+                        r.try_get::<String, _>(0)?,
+                        r.try_get::<String, _>(1)?,
+                        r.try_get::<Vec<u8>, _>(2)?,
+                        r.try_get::<Vec<u8>, _>(3)?,
+                    ))
+                })
+                .transpose()?
+            }
+        };
+        let (owner, fingerprint, nonce, wrapped) = row.ok_or(KeyError::NoKey)?;
+        if owner != tenant.as_str() {
+            return Err(KeyError::WrongTenant);
+        }
+        if fingerprint != self.master.fingerprint() {
+            return Err(KeyError::WrongMasterKey);
+        }
+        if nonce.len() != 12 {
+            return Err(KeyError::Crypto);
+        }
+        let key = self
+            .master
+            .cipher()
+            .decrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: &wrapped,
+                    aad: &data_key_aad(secret),
+                },
+            )
+            .map_err(|_| KeyError::Crypto)?;
+        Ok(Zeroizing::new(key))
+    }
+
+    /// Seals `plaintext` under the secret's data key.
+    pub async fn seal(
+        &self,
+        tenant: &TenantId,
+        secret: SecretId,
+        plaintext: &[u8],
+    ) -> Result<SealedValue, KeyError> {
+        let key = self.data_key(tenant, secret).await?;
+        let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&key));
+        let nonce = random_nonce();
+        let ciphertext = cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: &value_aad(secret),
+                },
+            )
+            .map_err(|_| KeyError::Crypto)?;
+        Ok(SealedValue::new(B64.encode(nonce), B64.encode(ciphertext)))
+    }
+
+    /// Opens a sealed value of the secret. Only the engine calls this, at the
+    /// moment a value is used.
+    pub async fn unseal(
+        &self,
+        tenant: &TenantId,
+        secret: SecretId,
+        sealed: &SealedValue,
+    ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        let key = self.data_key(tenant, secret).await?;
+        let nonce = B64.decode(sealed.nonce()).map_err(|_| KeyError::Crypto)?;
+        let ciphertext = B64
+            .decode(sealed.ciphertext())
+            .map_err(|_| KeyError::Crypto)?;
+        if nonce.len() != 12 {
+            return Err(KeyError::Crypto);
+        }
+        let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&key));
+        let plaintext = cipher
+            .decrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: &ciphertext,
+                    aad: &value_aad(secret),
+                },
+            )
+            .map_err(|_| KeyError::Crypto)?;
+        Ok(Zeroizing::new(plaintext))
+    }
+
+    /// Destroys the secret's data key. Every value sealed under it becomes
+    /// unrecoverable. Returns whether a key was there.
+    pub async fn destroy(&self, secret: SecretId) -> Result<bool, KeyError> {
+        let deleted = match &self.db {
+            Db::Postgres(pool) => sqlx::query("DELETE FROM secret_keys WHERE secret_id = $1")
+                .bind(secret.to_string())
+                .execute(pool)
+                .await?
+                .rows_affected(),
+            Db::Sqlite(pool) => sqlx::query("DELETE FROM secret_keys WHERE secret_id = ?1")
+                .bind(secret.to_string())
+                .execute(pool)
+                .await?
+                .rows_affected(),
+        };
+        Ok(deleted > 0)
+    }
+}

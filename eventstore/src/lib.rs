@@ -1,0 +1,43 @@
+//! Toolhub's event log.
+//!
+//! Every change in Toolhub is a command that appends immutable events here.
+//! This crate owns the log on both backends — PostgreSQL through postgres-es
+//! and the embedded SQLite through sqlite-es — and everything that touches it
+//! directly:
+//!
+//! - [`open`]: connect and migrate (`postgres://…` or `sqlite://…`);
+//! - [`CommandBus`]: load an aggregate (cache, snapshot, tail), let it decide,
+//!   append its events with their metadata in one statement, with a typed
+//!   conflict and a bounded retry for retry-safe commands;
+//! - [`EventStore::read_after`]: the global log in commit-safe order, which
+//!   never skips an event that commits late;
+//! - [`EventStore::subscribe`]: "the log grew" notifications (PostgreSQL
+//!   `LISTEN/NOTIFY`, an in-process channel on SQLite);
+//! - [`KeyStore`] and [`SecretVault`]: envelope encryption of secret values
+//!   and crypto-shredding on delete.
+//!
+//! This crate never decides whether a command is allowed by a domain rule
+//! (that is the aggregates' job in `toolhub-domain`), never builds read
+//! models, and never sees a secret's plaintext outside [`KeyStore`].
+
+pub mod bus;
+pub mod error;
+pub mod keys;
+pub mod metadata;
+pub mod position;
+pub mod secrets;
+pub mod store;
+pub mod testing;
+pub mod upcast;
+
+pub use bus::{BusOptions, CommandBus, Committed};
+pub use error::{CommandError, ConflictKind, StoreError};
+pub use keys::{KeyError, KeyStore, MasterKey};
+pub use metadata::{CommandContext, EventMetadata};
+pub use position::Position;
+pub use secrets::{SecretCommandError, SecretVault};
+pub use store::{
+    embedded_url, migrate, open, open_with, Db, EventStore, Notifications, RecordedEvent,
+    StoreOptions,
+};
+pub use upcast::Upcast;

@@ -1,0 +1,169 @@
+//! Secret commands that involve key material: creating, rotating and
+//! deleting a secret seal or destroy keys around the command itself, so that
+//! the plaintext never reaches the command bus, the aggregate or the log.
+
+use toolhub_domain::secret::{Secret, SecretCommand, SecretError};
+use toolhub_domain::{AggregateRoot, SecretId};
+use zeroize::Zeroizing;
+
+use crate::bus::{CommandBus, Committed};
+use crate::error::{CommandError, ConflictKind};
+use crate::keys::{KeyError, KeyStore};
+use crate::metadata::CommandContext;
+
+/// What went wrong with a secret command.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretCommandError {
+    /// The command itself failed (rejected, not found, conflict, storage).
+    #[error(transparent)]
+    Command(#[from] CommandError<SecretError>),
+    /// The key store failed.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+}
+
+/// Secret commands with their key handling. Cheap to share behind an `Arc`.
+pub struct SecretVault {
+    bus: CommandBus<Secret>,
+    keys: KeyStore,
+}
+
+impl SecretVault {
+    /// A vault over a secret command bus and a key store on the same database.
+    pub fn new(bus: CommandBus<Secret>, keys: KeyStore) -> Self {
+        Self { bus, keys }
+    }
+
+    /// The command bus, for commands that carry no value (`Describe`).
+    pub fn bus(&self) -> &CommandBus<Secret> {
+        &self.bus
+    }
+
+    /// The key store (the engine unseals through it).
+    pub fn keys(&self) -> &KeyStore {
+        &self.keys
+    }
+
+    /// Creates a secret: a new data key, the value sealed under it, then the
+    /// `Create` command. If the command fails, the new key is destroyed again,
+    /// so a failure leaves nothing behind.
+    pub async fn create(
+        &self,
+        ctx: &CommandContext,
+        id: SecretId,
+        name: String,
+        description: String,
+        value: Zeroizing<String>,
+    ) -> Result<Committed, SecretCommandError> {
+        let mut created = self.keys.create_key(&ctx.tenant, id).await?;
+        if !created {
+            let (state, version) = self
+                .bus
+                .load(&id.to_string())
+                .await
+                .map_err(CommandError::from)?;
+            if version > 0 {
+                return Err(match state.tenant() {
+                    Some(owner) if owner != &ctx.tenant => CommandError::NotFound,
+                    _ => CommandError::Domain(SecretError::AlreadyExists),
+                }
+                .into());
+            }
+            // A key without a secret: a create that was interrupted between
+            // its two writes. Replace the orphan.
+            self.keys.destroy(id).await?;
+            created = self.keys.create_key(&ctx.tenant, id).await?;
+            if !created {
+                return Err(CommandError::Conflict(ConflictKind::LostRace).into());
+            }
+        }
+        let result = async {
+            let sealed = self.keys.seal(&ctx.tenant, id, value.as_bytes()).await?;
+            let command = create_command(ctx, name, description, sealed);
+            Ok::<_, SecretCommandError>(self.bus.execute(&id.to_string(), command, ctx).await?)
+        }
+        .await;
+        if result.is_err() {
+            if let Err(error) = self.keys.destroy(id).await {
+                tracing::warn!(%error, "could not remove the key of a secret that was not created");
+            }
+        }
+        result
+    }
+
+    /// Rotates a secret's value: the new value is sealed under the secret's
+    /// data key, then recorded.
+    pub async fn rotate(
+        &self,
+        ctx: &CommandContext,
+        id: SecretId,
+        value: Zeroizing<String>,
+        expected_version: Option<u64>,
+    ) -> Result<Committed, SecretCommandError> {
+        let sealed = match self.keys.seal(&ctx.tenant, id, value.as_bytes()).await {
+            Ok(sealed) => sealed,
+            // Another tenant's secret, or none at all: both are "not found",
+            // and a destroyed key means the secret was deleted, which the
+            // aggregate reports precisely.
+            Err(KeyError::WrongTenant) => return Err(CommandError::NotFound.into()),
+            Err(KeyError::NoKey) => return Err(self.missing_key(ctx, id).await.into()),
+            Err(error) => return Err(error.into()),
+        };
+        Ok(self
+            .bus
+            .execute_expecting(
+                &id.to_string(),
+                SecretCommand::Rotate { value: sealed },
+                ctx,
+                expected_version,
+            )
+            .await?)
+    }
+
+    /// Explains why a secret has no key: it never existed (or is another
+    /// tenant's), or it was deleted.
+    async fn missing_key(&self, ctx: &CommandContext, id: SecretId) -> CommandError<SecretError> {
+        match self.bus.load(&id.to_string()).await {
+            Err(error) => CommandError::Store(error),
+            Ok((state, _)) => match state.tenant() {
+                None => CommandError::Domain(SecretError::NotFound),
+                Some(owner) if owner != &ctx.tenant => CommandError::NotFound,
+                Some(_) => CommandError::Domain(SecretError::Deleted),
+            },
+        }
+    }
+
+    /// Deletes a secret: records the deletion, then destroys its data key.
+    pub async fn delete(
+        &self,
+        ctx: &CommandContext,
+        id: SecretId,
+        expected_version: Option<u64>,
+    ) -> Result<Committed, SecretCommandError> {
+        let committed = self
+            .bus
+            .execute_expecting(
+                &id.to_string(),
+                SecretCommand::Delete,
+                ctx,
+                expected_version,
+            )
+            .await?;
+        self.keys.destroy(id).await?;
+        Ok(committed)
+    }
+}
+
+fn create_command(
+    ctx: &CommandContext,
+    name: String,
+    description: String,
+    value: toolhub_domain::secret::SealedValue,
+) -> SecretCommand {
+    SecretCommand::Create {
+        tenant: ctx.tenant.clone(),
+        name,
+        description,
+        value,
+    }
+}

@@ -1,0 +1,575 @@
+//! The event store handle: connecting, migrating, the global log reader and
+//! change notifications.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use cqrs_es::persist::{EventUpcaster, SerializedEvent};
+use parking_lot::Mutex;
+use serde_json::Value;
+use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, Row, SqlitePool};
+use tokio::sync::watch;
+
+use crate::error::StoreError;
+use crate::metadata::EventMetadata;
+use crate::position::Position;
+
+/// The PostgreSQL channel that carries "the log grew" notifications. The
+/// payload is the newest position the sender committed.
+pub const NOTIFY_CHANNEL: &str = "toolhub_events";
+
+/// The database behind the store.
+#[derive(Clone, Debug)]
+pub enum Db {
+    /// A PostgreSQL pool (production, several replicas).
+    Postgres(PgPool),
+    /// An SQLite pool (the embedded default, one process).
+    Sqlite(SqlitePool),
+}
+
+impl Db {
+    /// The backend's name, for logs and errors.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Postgres(_) => "postgres",
+            Self::Sqlite(_) => "sqlite",
+        }
+    }
+}
+
+/// Options for [`open_with`].
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// The most connections the pool keeps open.
+    pub max_connections: u32,
+    /// How long to wait for a connection before failing a request.
+    pub acquire_timeout: Duration,
+    /// Whether to apply pending migrations while opening.
+    pub migrate: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(10),
+            migrate: true,
+        }
+    }
+}
+
+/// The event log and everything built directly on it. Cheap to clone.
+#[derive(Clone)]
+pub struct EventStore {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) db: Db,
+    pub(crate) upcasters: Vec<Arc<dyn EventUpcaster>>,
+    /// The newest position this process knows was committed, by itself or
+    /// (through `LISTEN`) by any other process. Subscribers wake on it.
+    head: watch::Sender<Position>,
+    /// Positions committed by this process; the notifier task forwards them
+    /// to other processes with `NOTIFY`. Kept apart from `head` so that a
+    /// notification received is never sent again.
+    local_commits: watch::Sender<Position>,
+    listener_started: Mutex<bool>,
+    /// Dropped with the store, which stops the background tasks.
+    _alive: watch::Sender<()>,
+    alive: watch::Receiver<()>,
+}
+
+/// Opens the store at `url` with default options, applying migrations.
+///
+/// `postgres://…` (or `postgresql://…`) selects PostgreSQL; `sqlite://PATH`,
+/// `sqlite:PATH` or `sqlite::memory:` selects SQLite, creating the file if
+/// it is missing.
+pub async fn open(url: &str) -> Result<EventStore, StoreError> {
+    open_with(url, StoreOptions::default()).await
+}
+
+/// Opens the store at `url` with `options`.
+pub async fn open_with(url: &str, options: StoreOptions) -> Result<EventStore, StoreError> {
+    let db = connect(url, &options).await?;
+    if options.migrate {
+        migrate(&db).await?;
+    }
+    Ok(EventStore::from_db(db))
+}
+
+/// The embedded default database URL for a data directory.
+pub fn embedded_url(data_dir: &std::path::Path) -> String {
+    format!("sqlite://{}", data_dir.join("toolhub.db").display())
+}
+
+async fn connect(url: &str, options: &StoreOptions) -> Result<Db, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let connect_options = sqlx::postgres::PgConnectOptions::from_str(url).map_err(|_| {
+            StoreError::InvalidUrl {
+                url: redact_url(url),
+            }
+        })?;
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect_options)
+            .await?;
+        Ok(Db::Postgres(pool))
+    } else if url.starts_with("sqlite:") {
+        let memory = url.contains(":memory:");
+        let connect_options = SqliteConnectOptions::from_str(url)
+            .map_err(|_| StoreError::InvalidUrl {
+                url: redact_url(url),
+            })?
+            .create_if_missing(true)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(30));
+        let connect_options = if memory {
+            connect_options
+        } else {
+            if let Some(parent) = std::path::Path::new(connect_options.get_filename()).parent() {
+                if !parent.as_os_str().is_empty() {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+                }
+            }
+            connect_options
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+        };
+        // An in-memory database exists once per connection, so it gets one.
+        let max = if memory {
+            1
+        } else {
+            options.max_connections.min(8)
+        };
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max)
+            .min_connections(u32::from(memory))
+            .idle_timeout(if memory {
+                None
+            } else {
+                Some(Duration::from_secs(600))
+            })
+            .max_lifetime(if memory {
+                None
+            } else {
+                Some(Duration::from_secs(1800))
+            })
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect_options)
+            .await?;
+        Ok(Db::Sqlite(pool))
+    } else {
+        Err(StoreError::InvalidUrl {
+            url: redact_url(url),
+        })
+    }
+}
+
+/// Applies the backend's pending migrations.
+pub async fn migrate(db: &Db) -> Result<(), StoreError> {
+    match db {
+        Db::Postgres(pool) => sqlx::migrate!("../migrations/postgres").run(pool).await?,
+        Db::Sqlite(pool) => sqlx::migrate!("../migrations/sqlite").run(pool).await?,
+    }
+    Ok(())
+}
+
+/// Removes a password from a URL before it is shown anywhere.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.chars().take(200).collect();
+    };
+    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{user}:***@{host}")
+        }
+        None => authority.to_string(),
+    };
+    let sep = if path.is_empty() && !rest.contains('/') {
+        ""
+    } else {
+        "/"
+    };
+    format!("{scheme}://{authority}{sep}{path}")
+        .chars()
+        .take(200)
+        .collect()
+}
+
+/// One event as read from the global log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedEvent {
+    /// Where the event sits in the global log.
+    pub position: Position,
+    /// The aggregate's type (`Workflow`, `Execution`, `Secret`, `McpServer`).
+    pub aggregate_type: String,
+    /// The aggregate's id.
+    pub aggregate_id: String,
+    /// The event's sequence number within its aggregate, from 1.
+    pub sequence: u64,
+    /// The stable event type.
+    pub event_type: String,
+    /// The event version, after upcasting.
+    pub event_version: String,
+    /// The event's payload, after upcasting.
+    pub payload: Value,
+    /// Who caused the event and why.
+    pub metadata: EventMetadata,
+    /// When the event was stored.
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// Wakes whoever waits for the log to grow. Obtained from
+/// [`EventStore::subscribe`].
+pub struct Notifications {
+    rx: watch::Receiver<Position>,
+}
+
+impl Notifications {
+    /// Waits until a commit newer than the last one seen is announced, and
+    /// returns the announced position. Announcements are hints: readers must
+    /// still read from their own checkpoint, and must poll as a fallback.
+    /// Returns `None` once the store is gone.
+    pub async fn changed(&mut self) -> Option<Position> {
+        self.rx.changed().await.ok()?;
+        Some(*self.rx.borrow_and_update())
+    }
+
+    /// The newest announced position.
+    pub fn latest(&self) -> Position {
+        *self.rx.borrow()
+    }
+}
+
+impl EventStore {
+    /// Wraps an already-connected, already-migrated database.
+    pub fn from_db(db: Db) -> Self {
+        // No domain event has a second version yet, so nothing needs
+        // upcasting; a new event version registers its upcaster here.
+        Self::with_upcasters(db, Vec::new())
+    }
+
+    /// Wraps a database with an explicit set of upcasters.
+    pub fn with_upcasters(db: Db, upcasters: Vec<Arc<dyn EventUpcaster>>) -> Self {
+        let (head, _) = watch::channel(Position::ZERO);
+        let (local_commits, local_rx) = watch::channel(Position::ZERO);
+        let (alive_tx, alive) = watch::channel(());
+        let inner = Arc::new(Inner {
+            db,
+            upcasters,
+            head,
+            local_commits,
+            listener_started: Mutex::new(false),
+            _alive: alive_tx,
+            alive,
+        });
+        if let Db::Postgres(pool) = &inner.db {
+            tokio::spawn(notifier(pool.clone(), local_rx, inner.alive.clone()));
+        }
+        Self { inner }
+    }
+
+    /// A copy of this store that also applies `upcaster` to every event it
+    /// loads or reads. Upcasters run in the order they were added.
+    pub fn add_upcaster(&self, upcaster: Arc<dyn EventUpcaster>) -> Self {
+        let mut upcasters = self.inner.upcasters.clone();
+        upcasters.push(upcaster);
+        Self::with_upcasters(self.inner.db.clone(), upcasters)
+    }
+
+    /// The database behind the store.
+    pub fn db(&self) -> &Db {
+        &self.inner.db
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match &self.inner.db {
+            Db::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await?,
+            Db::Sqlite(pool) => {
+                sqlx::query("SELECT 1").execute(pool).await?;
+                return Ok(());
+            }
+        };
+        Ok(())
+    }
+
+    /// Announces a local commit to this process's subscribers and, on
+    /// PostgreSQL, to every other process.
+    pub(crate) fn announce(&self, position: Position) {
+        let newer = |p: &mut Position| {
+            if position > *p {
+                *p = position;
+                true
+            } else {
+                false
+            }
+        };
+        self.inner.head.send_if_modified(newer);
+        self.inner.local_commits.send_if_modified(newer);
+    }
+
+    /// Subscribes to "the log grew" announcements, from this process and, on
+    /// PostgreSQL, from every process that shares the database.
+    pub fn subscribe(&self) -> Notifications {
+        if let Db::Postgres(pool) = &self.inner.db {
+            let mut started = self.inner.listener_started.lock();
+            if !*started {
+                *started = true;
+                tokio::spawn(listener(
+                    pool.clone(),
+                    self.inner.head.clone(),
+                    self.inner.alive.clone(),
+                ));
+            }
+        }
+        Notifications {
+            rx: self.inner.head.subscribe(),
+        }
+    }
+
+    pub(crate) fn upcast(&self, mut event: SerializedEvent) -> SerializedEvent {
+        for upcaster in &self.inner.upcasters {
+            if upcaster.can_upcast(&event.event_type, &event.event_version) {
+                event = upcaster.upcast(event);
+            }
+        }
+        event
+    }
+
+    /// Reads up to `limit` events after `checkpoint`, in commit-safe order.
+    ///
+    /// On PostgreSQL only events whose transaction is older than every
+    /// transaction still in progress are returned, ordered by
+    /// `(transaction_id, global_position)`: an event that commits late can
+    /// never land behind a checkpoint already handed out. On SQLite the rowid
+    /// order is the commit order.
+    pub async fn read_after(
+        &self,
+        checkpoint: Position,
+        limit: u32,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        const COLUMNS: &str = "global_position, aggregate_type, aggregate_id, sequence, \
+             event_type, event_version, payload, metadata, recorded_at";
+        let limit = i64::from(limit.max(1));
+        match &self.inner.db {
+            Db::Postgres(pool) => {
+                let sql = format!(
+                    "SELECT transaction_id::text AS tx, {COLUMNS} FROM events \
+                      WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
+                        AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
+                      ORDER BY transaction_id, global_position \
+                      LIMIT $3"
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(checkpoint.transaction.to_string())
+                    .bind(checkpoint.global)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await?;
+                rows.iter()
+                    .map(|row| {
+                        let tx: String = row.try_get("tx")?;
+                        let tx = tx
+                            .parse::<u64>()
+                            .map_err(|_| StoreError::Corrupt(format!("transaction id {tx}")))?;
+                        let recorded_at: DateTime<Utc> = row.try_get("recorded_at")?;
+                        self.recorded(row, tx, recorded_at)
+                    })
+                    .collect()
+            }
+            Db::Sqlite(pool) => {
+                let sql = format!(
+                    "SELECT {COLUMNS} FROM events WHERE global_position > ?1 \
+                      ORDER BY global_position LIMIT ?2"
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(checkpoint.global)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await?;
+                rows.iter()
+                    .map(|row| {
+                        let recorded_at: String = row.try_get("recorded_at")?;
+                        let recorded_at = DateTime::parse_from_rfc3339(&recorded_at)
+                            .map_err(|_| StoreError::Corrupt(format!("timestamp {recorded_at}")))?
+                            .with_timezone(&Utc);
+                        self.recorded(row, 0, recorded_at)
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    fn recorded<R>(
+        &self,
+        row: &R,
+        transaction: u64,
+        recorded_at: DateTime<Utc>,
+    ) -> Result<RecordedEvent, StoreError>
+    where
+        R: Row,
+        for<'r> &'r str: sqlx::ColumnIndex<R>,
+        for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        for<'r> Value: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
+        let global: i64 = row.try_get("global_position")?;
+        let sequence: i64 = row.try_get("sequence")?;
+        let serialized = SerializedEvent::new(
+            row.try_get("aggregate_id")?,
+            usize::try_from(sequence).map_err(|_| StoreError::Corrupt("sequence".into()))?,
+            row.try_get("aggregate_type")?,
+            row.try_get("event_type")?,
+            row.try_get("event_version")?,
+            row.try_get("payload")?,
+            row.try_get("metadata")?,
+        );
+        let event = self.upcast(serialized);
+        let metadata: EventMetadata = serde_json::from_value(event.metadata)?;
+        Ok(RecordedEvent {
+            position: Position::new(transaction, global),
+            aggregate_type: event.aggregate_type,
+            aggregate_id: event.aggregate_id,
+            sequence: event.sequence as u64,
+            event_type: event.event_type,
+            event_version: event.event_version,
+            payload: event.payload,
+            metadata,
+            recorded_at,
+        })
+    }
+
+    /// The position of the newest event a reader may take now (the head of
+    /// the commit-safe log), or [`Position::ZERO`] for an empty log.
+    pub async fn head(&self) -> Result<Position, StoreError> {
+        match &self.inner.db {
+            Db::Postgres(pool) => {
+                let row = sqlx::query(
+                    "SELECT transaction_id::text AS tx, global_position FROM events \
+                      WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
+                      ORDER BY transaction_id DESC, global_position DESC LIMIT 1",
+                )
+                .fetch_optional(pool)
+                .await?;
+                match row {
+                    None => Ok(Position::ZERO),
+                    Some(row) => {
+                        let tx: String = row.try_get("tx")?;
+                        let tx = tx
+                            .parse()
+                            .map_err(|_| StoreError::Corrupt(format!("transaction id {tx}")))?;
+                        Ok(Position::new(tx, row.try_get("global_position")?))
+                    }
+                }
+            }
+            Db::Sqlite(pool) => {
+                let global: Option<i64> =
+                    sqlx::query_scalar("SELECT max(global_position) FROM events")
+                        .fetch_one(pool)
+                        .await?;
+                Ok(Position::new(0, global.unwrap_or(0)))
+            }
+        }
+    }
+}
+
+/// Forwards this process's commits to other processes with `NOTIFY`,
+/// coalescing bursts: while one notification is in flight, later commits
+/// collapse into the next one. Runs outside the command path so that commits
+/// never wait for it (and never contend for PostgreSQL's notification lock).
+async fn notifier(
+    pool: PgPool,
+    mut commits: watch::Receiver<Position>,
+    mut alive: watch::Receiver<()>,
+) {
+    loop {
+        tokio::select! {
+            changed = commits.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = alive.changed() => return,
+        }
+        let position = *commits.borrow_and_update();
+        let sent = sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(NOTIFY_CHANNEL)
+            .bind(position.to_string())
+            .execute(&pool)
+            .await;
+        if let Err(error) = sent {
+            // Subscribers poll as a fallback, so a lost notification only
+            // delays them.
+            tracing::warn!(%error, "could not send the change notification");
+        }
+    }
+}
+
+/// Listens for other processes' commits and announces them locally.
+async fn listener(pool: PgPool, head: watch::Sender<Position>, mut alive: watch::Receiver<()>) {
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(error) => {
+                tracing::warn!(%error, "could not listen for change notifications; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = alive.changed() => return,
+                }
+            }
+        };
+        if let Err(error) = listener.listen(NOTIFY_CHANNEL).await {
+            tracing::warn!(%error, "could not listen for change notifications; retrying");
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                _ = alive.changed() => return,
+            }
+        }
+        loop {
+            tokio::select! {
+                received = listener.recv() => match received {
+                    Ok(notification) => {
+                        let Ok(position) = notification.payload().parse::<Position>() else {
+                            continue;
+                        };
+                        head.send_if_modified(|p| {
+                            if position > *p {
+                                *p = position;
+                                true
+                            } else {
+                                false
+                            }
+                        });
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "change notifications interrupted; reconnecting");
+                        break;
+                    }
+                },
+                _ = alive.changed() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn a_password_never_survives_redaction() {
+        let redacted = redact_url("postgres://app:hunter2@db.example:5432/toolhub");
+        assert!(!redacted.contains("hunter2"), "{redacted}");
+        assert_eq!(redacted, "postgres://app:***@db.example:5432/toolhub");
+    }
+}

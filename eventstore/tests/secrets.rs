@@ -1,0 +1,232 @@
+//! Secret values are sealed before they reach the log, and deleting a secret
+//! destroys its key (crypto-shredding) while its events stay.
+
+use base64::Engine;
+use toolhub_domain::secret::{Secret, SecretError, SecretEvent};
+use toolhub_domain::{SecretId, TenantId};
+use toolhub_eventstore::testing::TestDb;
+use toolhub_eventstore::{
+    open, CommandBus, CommandContext, CommandError, Db, KeyError, KeyStore, MasterKey,
+    SecretCommandError, SecretVault,
+};
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+async fn all_event_text(db: &Db) -> Vec<String> {
+    let sql = "SELECT aggregate_id || event_type || payload || metadata FROM events";
+    match db {
+        Db::Postgres(pool) => sqlx::query_scalar(
+            "SELECT aggregate_id || event_type || payload::text || metadata::text FROM events",
+        )
+        .fetch_all(pool)
+        .await
+        .expect("select events"),
+        Db::Sqlite(pool) => sqlx::query_scalar(sql)
+            .fetch_all(pool)
+            .await
+            .expect("select events"),
+    }
+}
+
+fn sealed_values(
+    events: &[toolhub_eventstore::RecordedEvent],
+) -> Vec<toolhub_domain::secret::SealedValue> {
+    events
+        .iter()
+        .filter_map(|e| serde_json::from_value::<SecretEvent>(e.payload.clone()).ok())
+        .filter_map(|e| match e {
+            SecretEvent::SecretCreated { value, .. } => Some(value),
+            SecretEvent::SecretRotated { value, .. } => Some(value),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn plaintext_never_reaches_the_log_and_delete_shreds_the_key(db: TestDb) {
+    let store = open(db.url()).await.expect("open the store");
+    let keys = KeyStore::new(store.db().clone(), MasterKey::generate());
+    let vault = SecretVault::new(CommandBus::<Secret>::new(store.clone()), keys.clone());
+    let acme = TenantId::parse("acme").expect("tenant");
+    let ctx = CommandContext::new("admin-1", acme.clone());
+    let id = SecretId::new();
+    let first = format!("first-{}", Uuid::new_v4().simple());
+    let second = format!("second-{}", Uuid::new_v4().simple());
+
+    vault
+        .create(
+            &ctx,
+            id,
+            "API_TOKEN".into(),
+            "the upstream token".into(),
+            Zeroizing::new(first.clone()),
+        )
+        .await
+        .expect("create");
+    vault
+        .rotate(&ctx, id, Zeroizing::new(second.clone()), None)
+        .await
+        .expect("rotate");
+
+    let text = all_event_text(store.db()).await.join("\n");
+    let b64 = base64::engine::general_purpose::STANDARD;
+    for plain in [&first, &second] {
+        assert!(
+            !text.contains(plain.as_str()),
+            "plaintext in the events table"
+        );
+        assert!(
+            !text.contains(&b64.encode(plain)),
+            "base64 plaintext in the events table"
+        );
+    }
+
+    let events = store
+        .read_after(toolhub_eventstore::Position::ZERO, 100)
+        .await
+        .expect("read");
+    let sealed = sealed_values(&events);
+    assert_eq!(sealed.len(), 2);
+    let opened = keys
+        .unseal(&acme, id, &sealed[0])
+        .await
+        .expect("unseal the first value");
+    assert_eq!(opened.as_slice(), first.as_bytes());
+    let opened = keys
+        .unseal(&acme, id, &sealed[1])
+        .await
+        .expect("unseal the second value");
+    assert_eq!(opened.as_slice(), second.as_bytes());
+    // Another tenant cannot open it, even holding the sealed value.
+    let globex = TenantId::parse("globex").expect("tenant");
+    assert!(matches!(
+        keys.unseal(&globex, id, &sealed[1]).await,
+        Err(KeyError::WrongTenant)
+    ));
+    // A value sealed for one secret does not open as another's.
+    let other = SecretId::new();
+    vault
+        .create(
+            &ctx,
+            other,
+            "OTHER".into(),
+            String::new(),
+            Zeroizing::new("x".into()),
+        )
+        .await
+        .expect("create another");
+    assert!(matches!(
+        keys.unseal(&acme, other, &sealed[1]).await,
+        Err(KeyError::Crypto)
+    ));
+
+    vault.delete(&ctx, id, None).await.expect("delete");
+    assert!(matches!(
+        keys.unseal(&acme, id, &sealed[1]).await,
+        Err(KeyError::NoKey)
+    ));
+    assert!(matches!(
+        keys.unseal(&acme, id, &sealed[0]).await,
+        Err(KeyError::NoKey)
+    ));
+    let after = store
+        .read_after(toolhub_eventstore::Position::ZERO, 100)
+        .await
+        .expect("read");
+    let kinds: Vec<&str> = after
+        .iter()
+        .filter(|e| e.aggregate_id == id.to_string())
+        .map(|e| e.event_type.as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        vec!["SecretCreated", "SecretRotated", "SecretDeleted"]
+    );
+    assert_eq!(
+        sealed_values(&after).len(),
+        3,
+        "the sealed values stay in the log"
+    );
+
+    // A deleted secret cannot be rotated.
+    let rotated = vault
+        .rotate(&ctx, id, Zeroizing::new("again".into()), None)
+        .await;
+    assert!(
+        matches!(
+            rotated,
+            Err(SecretCommandError::Command(CommandError::Domain(
+                SecretError::Deleted
+            )))
+        ),
+        "{rotated:?}"
+    );
+    // Another tenant's secret is not found, and creating over it leaves no key.
+    let other_ctx = CommandContext::new("admin-2", globex);
+    let rotated = vault
+        .rotate(&other_ctx, other, Zeroizing::new("x".into()), None)
+        .await;
+    assert!(
+        matches!(
+            rotated,
+            Err(SecretCommandError::Command(CommandError::NotFound))
+        ),
+        "{rotated:?}"
+    );
+    let created = vault
+        .create(
+            &other_ctx,
+            other,
+            "OTHER".into(),
+            String::new(),
+            Zeroizing::new("y".into()),
+        )
+        .await;
+    assert!(
+        matches!(
+            created,
+            Err(SecretCommandError::Command(CommandError::NotFound))
+        ),
+        "{created:?}"
+    );
+    // A rejected create leaves no key behind.
+    let rejected = SecretId::new();
+    let created = vault
+        .create(
+            &ctx,
+            rejected,
+            "not a valid name".into(),
+            String::new(),
+            Zeroizing::new("z".into()),
+        )
+        .await;
+    assert!(
+        matches!(
+            created,
+            Err(SecretCommandError::Command(CommandError::Domain(_)))
+        ),
+        "{created:?}"
+    );
+    assert!(
+        !keys.destroy(rejected).await.expect("destroy"),
+        "a key was left behind"
+    );
+}
+
+#[tokio::test]
+async fn on_postgres_plaintext_never_reaches_the_log_and_delete_shreds_the_key() {
+    plaintext_never_reaches_the_log_and_delete_shreds_the_key(TestDb::postgres().await).await;
+}
+
+#[tokio::test]
+async fn on_sqlite_plaintext_never_reaches_the_log_and_delete_shreds_the_key() {
+    plaintext_never_reaches_the_log_and_delete_shreds_the_key(TestDb::sqlite().await).await;
+}
+
+#[test]
+fn a_master_key_must_be_32_bytes_of_base64() {
+    assert!(MasterKey::from_base64("too-short").is_err());
+    let key = MasterKey::generate();
+    let again = MasterKey::from_base64(&key.to_base64()).expect("round trip");
+    assert_eq!(key.fingerprint(), again.fingerprint());
+    assert!(!format!("{key:?}").contains(key.to_base64().as_str()));
+}
