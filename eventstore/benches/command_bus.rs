@@ -26,6 +26,9 @@ use uuid::Uuid;
 
 const PRIOR_EVENTS: i64 = 1_000;
 
+/// Must equal `McpServer::TYPE`; checked at start-up.
+const AGGREGATE_TYPE: &str = "mcp_server";
+
 fn tenant() -> TenantId {
     TenantId::parse("bench").expect("tenant")
 }
@@ -120,7 +123,7 @@ async fn preload(pool: &PgPool, ids: &[String], ctx: &CommandContext) {
     for id in ids {
         sqlx::query(
             "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
-             VALUES ('McpServer', $1, 1, $2, $3, $4::json, $5::json)",
+             VALUES ('mcp_server', $1, 1, $2, $3, $4::json, $5::json)",
         )
         .bind(id)
         .bind(&rt)
@@ -132,7 +135,7 @@ async fn preload(pool: &PgPool, ids: &[String], ctx: &CommandContext) {
         .expect("preload registration");
         sqlx::query(
             "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
-             SELECT 'McpServer', $1, s, $2, $3, $4::json, $5::json FROM generate_series(2, $6) s",
+             SELECT 'mcp_server', $1, s, $2, $3, $4::json, $5::json FROM generate_series(2, $6) s",
         )
         .bind(id)
         .bind(health.event_type())
@@ -153,6 +156,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    assert_eq!(<McpServer as cqrs_es::Aggregate>::TYPE, AGGREGATE_TYPE);
     let seconds: f64 = std::env::var("BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -183,7 +187,7 @@ async fn main() {
                 async move {
                     sqlx::query(
                         "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
-                         VALUES ('McpServer', $1, 1, $2, $3, $4::json, $5::json)",
+                         VALUES ('mcp_server', $1, 1, $2, $3, $4::json, $5::json)",
                     )
                     .bind(Uuid::now_v7().to_string())
                     .bind(&row.0)
