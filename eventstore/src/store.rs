@@ -388,26 +388,43 @@ impl EventStore {
                     .collect()
             }
             Db::Sqlite(pool) => {
-                let sql = format!(
-                    "SELECT {COLUMNS} FROM events WHERE global_position > ?1 \
-                      ORDER BY global_position LIMIT ?2"
-                );
-                let rows = sqlx::query(&sql)
-                    .bind(checkpoint.global)
-                    .bind(limit)
-                    .fetch_all(pool)
-                    .await?;
-                rows.iter()
-                    .map(|row| {
-                        let recorded_at: String = row.try_get("recorded_at")?;
-                        let recorded_at = DateTime::parse_from_rfc3339(&recorded_at)
-                            .map_err(|_| StoreError::Corrupt(format!("timestamp {recorded_at}")))?
-                            .with_timezone(&Utc);
-                        self.recorded(row, 0, recorded_at)
-                    })
-                    .collect()
+                let mut conn = pool.acquire().await?;
+                self.read_after_on(&mut conn, checkpoint, limit as u32)
+                    .await
             }
         }
+    }
+
+    /// [`read_after`](Self::read_after) on a given SQLite connection: for a
+    /// caller that holds SQLite's write lock in a transaction on it, and must
+    /// not wait for another pooled connection (the writers queued behind its
+    /// lock may hold them all).
+    pub async fn read_after_on(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        checkpoint: Position,
+        limit: u32,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        const COLUMNS: &str = "global_position, aggregate_type, aggregate_id, sequence, \
+             event_type, event_version, payload, metadata, recorded_at";
+        let sql = format!(
+            "SELECT {COLUMNS} FROM events WHERE global_position > ?1 \
+              ORDER BY global_position LIMIT ?2"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(checkpoint.global)
+            .bind(i64::from(limit.max(1)))
+            .fetch_all(conn)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let recorded_at: String = row.try_get("recorded_at")?;
+                let recorded_at = DateTime::parse_from_rfc3339(&recorded_at)
+                    .map_err(|_| StoreError::Corrupt(format!("timestamp {recorded_at}")))?
+                    .with_timezone(&Utc);
+                self.recorded(row, 0, recorded_at)
+            })
+            .collect()
     }
 
     fn recorded<R>(

@@ -1,0 +1,407 @@
+//! The projector runner: one task per projection, each consuming the global
+//! log from its checkpoint in commit-safe batches and committing its
+//! read-model writes together with its new checkpoint.
+//!
+//! Leadership: on PostgreSQL each projection takes a session-level advisory
+//! lock on a dedicated connection and runs its batches on that same
+//! connection, so a leader whose connection dies loses the lock and its
+//! open transaction at once, and a standby (another replica) takes over. On
+//! SQLite, which has one process, an in-process registry plays the lock.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex as StdMutex, OnceLock};
+use std::time::Duration;
+
+use sqlx::PgConnection;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use toolhub_eventstore::{Db, EventStore, Position, StoreError};
+
+use crate::projection::{Projection, Tables};
+use crate::sql::{Arg, Conn};
+
+/// Tuning for the runner.
+#[derive(Debug, Clone)]
+pub struct RunnerOptions {
+    /// The most events applied in one transaction.
+    pub batch_size: u32,
+    /// How often to look for new events when no notification arrives (the
+    /// fallback for lost notifications).
+    pub poll_interval: Duration,
+    /// How often a standby tries to become the leader.
+    pub standby_interval: Duration,
+}
+
+impl Default for RunnerOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 1_000,
+            poll_interval: Duration::from_millis(500),
+            standby_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Runs projections until stopped.
+pub struct ProjectorRunner;
+
+/// A running set of projectors.
+pub struct RunnerHandle {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    leaders: Arc<StdMutex<HashSet<&'static str>>>,
+}
+
+impl ProjectorRunner {
+    /// Starts every read model's projector.
+    pub fn start(store: EventStore, options: RunnerOptions) -> RunnerHandle {
+        Self::start_with(store, crate::projection::all(), options)
+    }
+
+    /// Starts the given projections' projectors.
+    pub fn start_with(
+        store: EventStore,
+        projections: Vec<Arc<dyn Projection>>,
+        options: RunnerOptions,
+    ) -> RunnerHandle {
+        let (stop, stopped) = watch::channel(false);
+        let leaders = Arc::new(StdMutex::new(HashSet::new()));
+        let tasks = projections
+            .into_iter()
+            .map(|projection| {
+                tokio::spawn(run_projection(
+                    store.clone(),
+                    projection,
+                    options.clone(),
+                    stopped.clone(),
+                    leaders.clone(),
+                ))
+            })
+            .collect();
+        RunnerHandle {
+            stop,
+            tasks,
+            leaders,
+        }
+    }
+}
+
+impl RunnerHandle {
+    /// Stops every projector after its current batch and releases its
+    /// leadership.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Stops at once, without waiting for the current batches: what a
+    /// crashed process does (the open transactions roll back).
+    pub fn abort(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+
+    /// Whether this runner currently leads the named projection.
+    pub fn is_leader(&self, projection: &str) -> bool {
+        self.leaders
+            .lock()
+            .map(|l| l.contains(projection))
+            .unwrap_or(false)
+    }
+}
+
+/// The projections an SQLite process is running, per database file.
+fn sqlite_leases() -> &'static StdMutex<HashSet<String>> {
+    static LEASES: OnceLock<StdMutex<HashSet<String>>> = OnceLock::new();
+    LEASES.get_or_init(|| StdMutex::new(HashSet::new()))
+}
+
+/// Held while leading a projection.
+pub(crate) enum Leader {
+    /// A connection of its own, outside the pool: the advisory lock lives
+    /// and dies with it, so a leader that vanishes (a crash, an aborted
+    /// task) releases the lock when its socket closes, and no pooled
+    /// connection ever carries a stray lock.
+    Pg(PgConnection),
+    /// Held for its `Drop`, which gives the lease back.
+    Lite(#[allow(dead_code)] Lease),
+}
+
+/// An SQLite process's claim on a projection, given back when dropped.
+pub(crate) struct Lease(String);
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Ok(mut leases) = sqlite_leases().lock() {
+            leases.remove(&self.0);
+        }
+    }
+}
+
+/// The advisory-lock key of a projection: stable across processes.
+pub(crate) fn lock_key(projection: &str) -> i64 {
+    // FNV-1a, so that the key does not depend on Rust's hasher.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in format!("toolhub-projection:{projection}").bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash as i64
+}
+
+/// Tries once to become the leader of `projection`.
+pub(crate) async fn try_lead(db: &Db, projection: &str) -> Result<Option<Leader>, StoreError> {
+    match db {
+        Db::Postgres(pool) => {
+            let mut conn = pool.acquire().await?.detach();
+            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(lock_key(projection))
+                .fetch_one(&mut conn)
+                .await?;
+            if locked {
+                Ok(Some(Leader::Pg(conn)))
+            } else {
+                let _ = sqlx::Connection::close(conn).await;
+                Ok(None)
+            }
+        }
+        Db::Sqlite(pool) => {
+            let lease = format!(
+                "{}#{projection}",
+                pool.connect_options().get_filename().display()
+            );
+            let mut leases = sqlite_leases()
+                .lock()
+                .map_err(|_| StoreError::Corrupt("poisoned lease registry".into()))?;
+            if leases.insert(lease.clone()) {
+                Ok(Some(Leader::Lite(Lease(lease))))
+            } else {
+                Ok(None)
+            }
+        }
+    }
+}
+
+async fn run_projection(
+    store: EventStore,
+    projection: Arc<dyn Projection>,
+    options: RunnerOptions,
+    mut stopped: watch::Receiver<bool>,
+    leaders: Arc<StdMutex<HashSet<&'static str>>>,
+) {
+    let name = projection.name();
+    'standby: loop {
+        if *stopped.borrow() {
+            return;
+        }
+        let mut leader = match try_lead(store.db(), name).await {
+            Ok(Some(leader)) => leader,
+            Ok(None) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(options.standby_interval) => continue 'standby,
+                    _ = stopped.changed() => return,
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, projection = name, "could not contend for leadership");
+                tokio::select! {
+                    _ = tokio::time::sleep(options.standby_interval) => continue 'standby,
+                    _ = stopped.changed() => return,
+                }
+            }
+        };
+        if let Ok(mut l) = leaders.lock() {
+            l.insert(name);
+        }
+        tracing::info!(projection = name, "projector is the leader");
+        let mut notifications = store.subscribe();
+        let mut failures = 0u32;
+        loop {
+            if *stopped.borrow() {
+                break;
+            }
+            match run_batch(&store, &mut leader, projection.as_ref(), options.batch_size).await {
+                Ok(applied) => {
+                    failures = 0;
+                    if applied >= options.batch_size as usize {
+                        continue;
+                    }
+                    tokio::select! {
+                        _ = notifications.changed() => {}
+                        _ = tokio::time::sleep(options.poll_interval) => {}
+                        _ = stopped.changed() => {}
+                    }
+                }
+                Err(error) => {
+                    failures += 1;
+                    tracing::warn!(%error, projection = name, failures, "a projector batch failed");
+                    if failures >= 3 || is_connection_error(&error) {
+                        // Give up leadership (the lock goes with the
+                        // connection) and contend again.
+                        break;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(100 * u64::from(failures))) => {}
+                        _ = stopped.changed() => {}
+                    }
+                }
+            }
+        }
+        if let Ok(mut l) = leaders.lock() {
+            l.remove(name);
+        }
+        release(leader).await;
+        if *stopped.borrow() {
+            return;
+        }
+        tokio::time::sleep(options.standby_interval).await;
+    }
+}
+
+fn is_connection_error(error: &StoreError) -> bool {
+    matches!(
+        error,
+        StoreError::Database(
+            sqlx::Error::Io(_)
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::Protocol(_)
+        )
+    )
+}
+
+async fn release(leader: Leader) {
+    if let Leader::Pg(conn) = leader {
+        // Closing the session releases its advisory lock.
+        let _ = sqlx::Connection::close(conn).await;
+    }
+}
+
+/// Reads a projection's checkpoint.
+pub(crate) async fn read_checkpoint(
+    conn: &mut Conn<'_>,
+    projection: &str,
+    lock: bool,
+) -> Result<Position, StoreError> {
+    conn.exec(
+        "INSERT INTO projector_checkpoints (projection) VALUES ($1) ON CONFLICT (projection) DO NOTHING",
+        &[Arg::from(projection)],
+    )
+    .await?;
+    let sql = if lock {
+        "SELECT transaction_id, global_position FROM projector_checkpoints WHERE projection = $1 FOR UPDATE"
+    } else {
+        "SELECT transaction_id, global_position FROM projector_checkpoints WHERE projection = $1"
+    };
+    let rows = conn.fetch(sql, &[Arg::from(projection)]).await?;
+    let row = rows
+        .first()
+        .ok_or_else(|| StoreError::Corrupt("missing checkpoint".into()))?;
+    Ok(Position::new(
+        row.int("transaction_id")?.max(0) as u64,
+        row.int("global_position")?,
+    ))
+}
+
+/// Writes a projection's checkpoint.
+pub(crate) async fn write_checkpoint(
+    conn: &mut Conn<'_>,
+    projection: &str,
+    position: Position,
+) -> Result<(), StoreError> {
+    let now = chrono::Utc::now();
+    conn.exec(
+        "UPDATE projector_checkpoints SET transaction_id = $2, global_position = $3, updated_at = $4 WHERE projection = $1",
+        &[
+            Arg::from(projection),
+            Arg::from(position.transaction.min(i64::MAX as u64) as i64),
+            Arg::from(position.global),
+            Arg::from(now),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Applies one batch: the checkpoint is read (and locked) inside the
+/// transaction, so a rebuild's swap and a leader never interleave. Returns
+/// how many events were applied.
+pub(crate) async fn run_batch(
+    store: &EventStore,
+    leader: &mut Leader,
+    projection: &dyn Projection,
+    batch_size: u32,
+) -> Result<usize, StoreError> {
+    match (leader, store.db()) {
+        (Leader::Pg(conn), _) => {
+            let mut tx = sqlx::Connection::begin(conn).await?;
+            let applied = {
+                let mut c = Conn::Pg(&mut tx);
+                apply_next(store, &mut c, projection, batch_size).await?
+            };
+            tx.commit().await?;
+            Ok(applied)
+        }
+        (Leader::Lite(_), Db::Sqlite(pool)) => {
+            batch_on_sqlite(store, pool, projection, batch_size).await
+        }
+        (Leader::Lite(_), Db::Postgres(_)) => {
+            Err(StoreError::Corrupt("an SQLite lease on PostgreSQL".into()))
+        }
+    }
+}
+
+async fn batch_on_sqlite(
+    store: &EventStore,
+    pool: &sqlx::SqlitePool,
+    projection: &dyn Projection,
+    batch_size: u32,
+) -> Result<usize, StoreError> {
+    let name = projection.name();
+    // Read before taking the write lock: holding it while waiting for a
+    // pooled connection could starve the writers that hold the others.
+    let checkpoint = {
+        let mut conn = pool.acquire().await?;
+        read_checkpoint(&mut Conn::Lite(&mut conn), name, false).await?
+    };
+    let events = store.read_after(checkpoint, batch_size).await?;
+    let Some(last) = events.last().map(|e| e.position) else {
+        return Ok(0);
+    };
+    let mut conn = pool.acquire().await?;
+    // IMMEDIATE takes the write lock up front: a deferred transaction that
+    // reads and then writes can deadlock with another writer.
+    let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
+    {
+        let mut c = Conn::Lite(&mut tx);
+        if read_checkpoint(&mut c, name, false).await? != checkpoint {
+            // A rebuild swapped the tables in meanwhile; start over from
+            // the new checkpoint.
+            return Ok(events.len());
+        }
+        projection.apply(&mut c, &Tables::live(), &events).await?;
+        write_checkpoint(&mut c, name, last).await?;
+    }
+    tx.commit().await?;
+    Ok(events.len())
+}
+
+async fn apply_next(
+    store: &EventStore,
+    conn: &mut Conn<'_>,
+    projection: &dyn Projection,
+    batch_size: u32,
+) -> Result<usize, StoreError> {
+    let checkpoint = read_checkpoint(conn, projection.name(), true).await?;
+    let events = store.read_after(checkpoint, batch_size).await?;
+    let Some(last) = events.last() else {
+        return Ok(0);
+    };
+    let last = last.position;
+    projection.apply(conn, &Tables::live(), &events).await?;
+    write_checkpoint(conn, projection.name(), last).await?;
+    Ok(events.len())
+}

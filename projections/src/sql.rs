@@ -1,0 +1,365 @@
+//! A thin layer over the two backends, so that each read model is written
+//! once: statements are written in PostgreSQL's dialect with `$N`
+//! placeholders (SQLite accepts the same statements with `?N`), arguments
+//! are a small closed set of types, and rows are read through one accessor
+//! type.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::Value;
+use sqlx::postgres::PgRow;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{PgConnection, Row as _, SqliteConnection};
+use toolhub_eventstore::{Db, StoreError};
+
+/// A statement argument.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Arg {
+    /// Text, or NULL.
+    Text(Option<String>),
+    /// A 64-bit integer, or NULL.
+    Int(Option<i64>),
+    /// A boolean, or NULL (an integer on SQLite).
+    Bool(Option<bool>),
+    /// JSON, or NULL (`jsonb` on PostgreSQL, text on SQLite).
+    Json(Option<Value>),
+    /// A time, or NULL (`timestamptz` on PostgreSQL, fixed-width RFC 3339
+    /// text on SQLite, so that text order is time order).
+    Time(Option<DateTime<Utc>>),
+}
+
+impl From<&str> for Arg {
+    fn from(v: &str) -> Self {
+        Self::Text(Some(v.to_string()))
+    }
+}
+impl From<String> for Arg {
+    fn from(v: String) -> Self {
+        Self::Text(Some(v))
+    }
+}
+impl From<Option<String>> for Arg {
+    fn from(v: Option<String>) -> Self {
+        Self::Text(v)
+    }
+}
+impl From<i64> for Arg {
+    fn from(v: i64) -> Self {
+        Self::Int(Some(v))
+    }
+}
+impl From<Option<i64>> for Arg {
+    fn from(v: Option<i64>) -> Self {
+        Self::Int(v)
+    }
+}
+impl From<bool> for Arg {
+    fn from(v: bool) -> Self {
+        Self::Bool(Some(v))
+    }
+}
+impl From<Option<bool>> for Arg {
+    fn from(v: Option<bool>) -> Self {
+        Self::Bool(v)
+    }
+}
+impl From<Value> for Arg {
+    fn from(v: Value) -> Self {
+        Self::Json(Some(v))
+    }
+}
+impl From<Option<Value>> for Arg {
+    fn from(v: Option<Value>) -> Self {
+        Self::Json(v)
+    }
+}
+impl From<DateTime<Utc>> for Arg {
+    fn from(v: DateTime<Utc>) -> Self {
+        Self::Time(Some(v))
+    }
+}
+impl From<Option<DateTime<Utc>>> for Arg {
+    fn from(v: Option<DateTime<Utc>>) -> Self {
+        Self::Time(v)
+    }
+}
+
+/// The SQLite text form of a time: fixed width, so text order is time order.
+pub fn sqlite_time(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| StoreError::Corrupt(format!("time {s:?}")))
+}
+
+/// Rewrites `$N` placeholders as SQLite's `?N`.
+pub fn sqlite_sql(sql: &str) -> String {
+    sql.replace('$', "?")
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+type LiteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+fn bind_pg<'q>(mut q: PgQuery<'q>, args: &'q [Arg]) -> PgQuery<'q> {
+    for arg in args {
+        q = match arg {
+            Arg::Text(v) => q.bind(v.as_deref()),
+            Arg::Int(v) => q.bind(*v),
+            Arg::Bool(v) => q.bind(*v),
+            Arg::Json(v) => q.bind(v.as_ref().map(sqlx::types::Json)),
+            Arg::Time(v) => q.bind(*v),
+        };
+    }
+    q
+}
+
+fn bind_lite<'q>(mut q: LiteQuery<'q>, args: &'q [Arg]) -> LiteQuery<'q> {
+    for arg in args {
+        q = match arg {
+            Arg::Text(v) => q.bind(v.as_deref()),
+            Arg::Int(v) => q.bind(*v),
+            Arg::Bool(v) => q.bind(*v),
+            Arg::Json(v) => q.bind(v.as_ref().map(|v| v.to_string())),
+            Arg::Time(v) => q.bind(v.as_ref().map(sqlite_time)),
+        };
+    }
+    q
+}
+
+/// A row from either backend.
+pub enum Row {
+    /// A PostgreSQL row.
+    Pg(PgRow),
+    /// An SQLite row.
+    Lite(SqliteRow),
+}
+
+impl Row {
+    /// A non-null text column.
+    pub fn text(&self, col: &str) -> Result<String, StoreError> {
+        Ok(match self {
+            Self::Pg(r) => r.try_get(col)?,
+            Self::Lite(r) => r.try_get(col)?,
+        })
+    }
+
+    /// A nullable text column.
+    pub fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError> {
+        Ok(match self {
+            Self::Pg(r) => r.try_get(col)?,
+            Self::Lite(r) => r.try_get(col)?,
+        })
+    }
+
+    /// A non-null integer column.
+    pub fn int(&self, col: &str) -> Result<i64, StoreError> {
+        Ok(match self {
+            Self::Pg(r) => r.try_get(col)?,
+            Self::Lite(r) => r.try_get(col)?,
+        })
+    }
+
+    /// A nullable integer column.
+    pub fn opt_int(&self, col: &str) -> Result<Option<i64>, StoreError> {
+        Ok(match self {
+            Self::Pg(r) => r.try_get(col)?,
+            Self::Lite(r) => r.try_get(col)?,
+        })
+    }
+
+    /// A non-null boolean column.
+    pub fn bool(&self, col: &str) -> Result<bool, StoreError> {
+        Ok(match self {
+            Self::Pg(r) => r.try_get(col)?,
+            Self::Lite(r) => r.try_get(col)?,
+        })
+    }
+
+    /// A nullable boolean column.
+    pub fn opt_bool(&self, col: &str) -> Result<Option<bool>, StoreError> {
+        Ok(match self {
+            Self::Pg(r) => r.try_get(col)?,
+            Self::Lite(r) => r.try_get(col)?,
+        })
+    }
+
+    /// A nullable JSON column.
+    pub fn opt_json(&self, col: &str) -> Result<Option<Value>, StoreError> {
+        match self {
+            Self::Pg(r) => Ok(r
+                .try_get::<Option<sqlx::types::Json<Value>>, _>(col)?
+                .map(|j| j.0)),
+            Self::Lite(r) => match r.try_get::<Option<String>, _>(col)? {
+                None => Ok(None),
+                Some(s) => Ok(Some(serde_json::from_str(&s)?)),
+            },
+        }
+    }
+
+    /// A non-null JSON column.
+    pub fn json(&self, col: &str) -> Result<Value, StoreError> {
+        self.opt_json(col)?
+            .ok_or_else(|| StoreError::Corrupt(format!("{col} is null")))
+    }
+
+    /// A nullable time column.
+    pub fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        match self {
+            Self::Pg(r) => Ok(r.try_get(col)?),
+            Self::Lite(r) => r
+                .try_get::<Option<String>, _>(col)?
+                .map(|s| parse_time(&s))
+                .transpose(),
+        }
+    }
+
+    /// A non-null time column.
+    pub fn time(&self, col: &str) -> Result<DateTime<Utc>, StoreError> {
+        self.opt_time(col)?
+            .ok_or_else(|| StoreError::Corrupt(format!("{col} is null")))
+    }
+}
+
+/// A connection in a transaction (or not), on either backend.
+pub enum Conn<'c> {
+    /// PostgreSQL.
+    Pg(&'c mut PgConnection),
+    /// SQLite.
+    Lite(&'c mut SqliteConnection),
+}
+
+impl Conn<'_> {
+    /// Executes a statement; returns the number of rows it affected.
+    pub async fn exec(&mut self, sql: &str, args: &[Arg]) -> Result<u64, StoreError> {
+        Ok(match self {
+            Self::Pg(c) => bind_pg(sqlx::query(sql), args)
+                .execute(&mut **c)
+                .await?
+                .rows_affected(),
+            Self::Lite(c) => {
+                let sql = sqlite_sql(sql);
+                bind_lite(sqlx::query(&sql), args)
+                    .execute(&mut **c)
+                    .await?
+                    .rows_affected()
+            }
+        })
+    }
+
+    /// Runs a query and returns its rows.
+    pub async fn fetch(&mut self, sql: &str, args: &[Arg]) -> Result<Vec<Row>, StoreError> {
+        Ok(match self {
+            Self::Pg(c) => bind_pg(sqlx::query(sql), args)
+                .fetch_all(&mut **c)
+                .await?
+                .into_iter()
+                .map(Row::Pg)
+                .collect(),
+            Self::Lite(c) => {
+                let sql = sqlite_sql(sql);
+                bind_lite(sqlx::query(&sql), args)
+                    .fetch_all(&mut **c)
+                    .await?
+                    .into_iter()
+                    .map(Row::Lite)
+                    .collect()
+            }
+        })
+    }
+}
+
+/// Runs a query on the pool and returns its rows.
+pub async fn fetch(db: &Db, sql: &str, args: &[Arg]) -> Result<Vec<Row>, StoreError> {
+    Ok(match db {
+        Db::Postgres(pool) => bind_pg(sqlx::query(sql), args)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(Row::Pg)
+            .collect(),
+        Db::Sqlite(pool) => {
+            let sql = sqlite_sql(sql);
+            bind_lite(sqlx::query(&sql), args)
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(Row::Lite)
+                .collect()
+        }
+    })
+}
+
+/// Executes a statement on the pool.
+pub async fn exec(db: &Db, sql: &str, args: &[Arg]) -> Result<u64, StoreError> {
+    Ok(match db {
+        Db::Postgres(pool) => bind_pg(sqlx::query(sql), args)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+        Db::Sqlite(pool) => {
+            let sql = sqlite_sql(sql);
+            bind_lite(sqlx::query(&sql), args)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        }
+    })
+}
+
+/// `$from, $from+1, …` for `n` placeholders: `IN (…)` lists and multi-row
+/// `VALUES`.
+pub fn placeholders(from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Inserts (or upserts) `rows` into `table` with multi-row statements of at
+/// most `chunk` rows. `conflict` is the statement's tail (`ON CONFLICT …`).
+pub async fn insert_rows(
+    conn: &mut Conn<'_>,
+    table: &str,
+    columns: &[&str],
+    rows: Vec<Vec<Arg>>,
+    conflict: &str,
+) -> Result<(), StoreError> {
+    // Under SQLite's and PostgreSQL's limits on bound parameters.
+    let chunk = (30_000 / columns.len().max(1)).clamp(1, 500);
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let batch: Vec<Vec<Arg>> = rows.by_ref().take(chunk).collect();
+        let mut sql = format!("INSERT INTO {table} ({}) VALUES ", columns.join(", "));
+        let mut args = Vec::with_capacity(batch.len() * columns.len());
+        for (i, row) in batch.into_iter().enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('(');
+            sql.push_str(&placeholders(args.len() + 1, row.len()));
+            sql.push(')');
+            args.extend(row);
+        }
+        sql.push(' ');
+        sql.push_str(conflict);
+        conn.exec(&sql, &args).await?;
+    }
+    Ok(())
+}
+
+/// `ON CONFLICT (keys) DO UPDATE SET c = excluded.c, …` for every non-key
+/// column.
+pub fn upsert_tail(keys: &[&str], columns: &[&str]) -> String {
+    let sets: Vec<String> = columns
+        .iter()
+        .filter(|c| !keys.contains(c))
+        .map(|c| format!("{c} = excluded.{c}"))
+        .collect();
+    format!(
+        "ON CONFLICT ({}) DO UPDATE SET {}",
+        keys.join(", "),
+        sets.join(", ")
+    )
+}
