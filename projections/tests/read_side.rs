@@ -607,3 +607,35 @@ async fn waiting_for_a_position_the_projectors_never_reach_times_out() {
         matches!(waited, Err(toolhub_projections::WaitError::Timeout { position }) if position == far)
     );
 }
+
+async fn lag_counts_the_events_a_projector_has_not_applied(db: TestDb) {
+    let store = open(db.url()).await.expect("open");
+    let writers = Writers::new(&store);
+    let read = ReadModels::new(&store);
+    let populated = populate(&writers, "acme", 1).await;
+    let total = log_count(store.db()).await as u64;
+    // Nothing has run yet: every projection is behind by the whole log.
+    let lag = read.lag().await.expect("lag");
+    assert_eq!(lag.len(), 5);
+    for l in &lag {
+        assert_eq!(l.behind, total, "{l:?}");
+        assert!(l.oldest_unapplied_ms.is_some(), "{l:?}");
+    }
+    let runner = ProjectorRunner::start(store.clone(), fast());
+    settle(&read, populated.last).await;
+    runner.stop().await;
+    for l in read.lag().await.expect("lag") {
+        assert_eq!((l.behind, l.oldest_unapplied_ms), (0, None), "{l:?}");
+        assert_eq!(l.checkpoint, populated.last);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_lag_counts_the_events_a_projector_has_not_applied() {
+    lag_counts_the_events_a_projector_has_not_applied(TestDb::postgres().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sqlite_lag_counts_the_events_a_projector_has_not_applied() {
+    lag_counts_the_events_a_projector_has_not_applied(TestDb::sqlite().await).await;
+}
