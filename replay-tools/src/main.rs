@@ -1,1 +1,218 @@
-fn main() {}
+//! The `toolhub-replay` binary: tools that work on the event log offline.
+//!
+//! `toolhub-replay rebuild [--projection NAME] [--batch-size N]` rebuilds one
+//! read model, or all of them in turn, from position zero: each is replayed
+//! into shadow tables and swapped in atomically (see
+//! `toolhub_projections::rebuild`), so a running service keeps serving and
+//! writing meanwhile. A progress bar on standard error shows the events
+//! replayed, the rate and the time left (it hides itself when standard error
+//! is not a terminal); standard output gets one summary line per read model
+//! and a total.
+//!
+//! `DATABASE_URL` selects the database; without it, the embedded SQLite file
+//! `TOOLHUB_DATA_DIR/toolhub.db` (default `./toolhub-data`) is used. Pending
+//! migrations are applied first.
+//!
+//! Errors are reported as one line on standard error with a non-zero exit
+//! status; the binary never panics on bad input or an unreachable database.
+//! It never appends to the log: replaying is reading.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressState, ProgressStyle};
+use toolhub_eventstore::store::redact_url;
+use toolhub_eventstore::{EventStore, StoreOptions};
+use toolhub_projections::rebuild::{log_length, rebuild};
+use toolhub_projections::Projection;
+
+/// Toolhub's replay tools: rebuild read models from the event log.
+#[derive(Parser)]
+#[command(name = "toolhub-replay", version, about)]
+struct Cli {
+    /// The database: `postgres://…` or `sqlite://…`. Defaults to the embedded
+    /// SQLite file in the data directory.
+    #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Where the embedded database lives.
+    #[arg(
+        long,
+        global = true,
+        env = "TOOLHUB_DATA_DIR",
+        default_value = "./toolhub-data"
+    )]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Rebuilds read models from the log into shadow tables and swaps them in,
+    /// while the service keeps running.
+    Rebuild {
+        /// Only this read model: workflows, executions, secrets, mcp_servers
+        /// or audit. Without it, every read model is rebuilt in turn.
+        #[arg(long, value_name = "NAME")]
+        projection: Option<String>,
+        /// How many events are applied per transaction.
+        #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        batch_size: u32,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    // Warnings (an event a read model cannot decode, for instance) go to
+    // standard error; `TOOLHUB_LOG` turns up the detail.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TOOLHUB_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sqlx=error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("toolhub-replay: {}", one_line(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line. A cause whose text its parent
+/// already shows (errors that print their source as part of themselves) is
+/// not repeated.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace(['\n', '\r'], " ")
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let url = cli
+        .database_url
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| toolhub_eventstore::embedded_url(&cli.data_dir));
+    match cli.command {
+        Command::Rebuild {
+            projection,
+            batch_size,
+        } => {
+            // Check the name before touching the database, so that a typo
+            // is reported as such even when the database is unreachable.
+            let projections = select(projection.as_deref())?;
+            let store = open(&url).await?;
+            rebuild_all(&store, &projections, batch_size).await
+        }
+    }
+}
+
+/// The read models to rebuild: the named one, or all of them.
+fn select(name: Option<&str>) -> anyhow::Result<Vec<Arc<dyn Projection>>> {
+    let all = toolhub_projections::projection::all();
+    let Some(name) = name else {
+        return Ok(all);
+    };
+    let names: Vec<&str> = all.iter().map(|p| p.name()).collect();
+    let known = names.join(", ");
+    all.iter()
+        .find(|p| p.name() == name)
+        .map(|p| vec![p.clone()])
+        .ok_or_else(|| anyhow!("unknown projection {name:?}: expected one of {known}"))
+}
+
+async fn open(url: &str) -> anyhow::Result<EventStore> {
+    let shown = redact_url(url);
+    let options = StoreOptions {
+        max_connections: 4,
+        acquire_timeout: Duration::from_secs(5),
+        migrate: true,
+    };
+    toolhub_eventstore::open_with(url, options)
+        .await
+        .with_context(|| format!("cannot open {shown}"))
+}
+
+async fn rebuild_all(
+    store: &EventStore,
+    projections: &[Arc<dyn Projection>],
+    batch_size: u32,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut total_events = 0u64;
+    for projection in projections {
+        let name = projection.name();
+        let length = log_length(store)
+            .await
+            .with_context(|| format!("cannot count the events to replay for {name}"))?;
+        let bar = progress_bar(name, length);
+        let summary = rebuild(store, projection.as_ref(), batch_size, |done| {
+            // Writers may append while the rebuild runs, so the log can
+            // outgrow the length counted at the start.
+            if done > bar.length().unwrap_or(0) {
+                bar.set_length(done);
+            }
+            bar.set_position(done);
+        })
+        .await;
+        bar.finish_and_clear();
+        let summary = summary.with_context(|| format!("rebuilding {name} failed"))?;
+        println!(
+            "{name}: {} events in {:.2} s ({} events/s), checkpoint {}",
+            summary.events,
+            summary.elapsed.as_secs_f64(),
+            rate(summary.rate()),
+            summary.checkpoint
+        );
+        total_events += summary.events;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "total: {} read model(s), {total_events} events in {elapsed:.2} s ({} events/s)",
+        projections.len(),
+        rate(total_events as f64 / elapsed.max(1e-9))
+    );
+    Ok(())
+}
+
+fn progress_bar(name: &str, length: u64) -> ProgressBar {
+    let bar = ProgressBar::new(length);
+    // The template is a constant, so it always parses; a failure would only
+    // cost the styling.
+    if let Ok(style) = ProgressStyle::with_template(
+        "{prefix:>12} [{bar:30}] {human_pos}/{human_len} events, {rate}, {eta} left",
+    ) {
+        let style = style
+            .with_key(
+                "rate",
+                |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.0} events/s", state.per_sec());
+                },
+            )
+            .progress_chars("=> ");
+        bar.set_style(style);
+    }
+    bar.set_prefix(name.to_string());
+    bar
+}
+
+/// A rate rounded to whole events per second.
+fn rate(per_second: f64) -> u64 {
+    per_second.round().max(0.0) as u64
+}
