@@ -1,6 +1,8 @@
 //! The `toolhub` binary.
 //!
-//! `toolhub migrate` applies the database migrations to `DATABASE_URL`, or to
+//! `toolhub serve` runs the service (see `toolhub_api::config` for its
+//! environment). `toolhub token` mints a development token that the server
+//! accepts. `toolhub migrate` applies the database migrations to `DATABASE_URL`, or to
 //! the embedded SQLite database in `TOOLHUB_DATA_DIR` (default
 //! `./toolhub-data`) when `DATABASE_URL` is unset.
 //!
@@ -23,6 +25,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serves the GraphQL API, health and metrics until SIGINT or SIGTERM.
+    Serve,
+    /// Prints the GraphQL schema (SDL), as checked into docs/schema.graphql.
+    Schema,
+    /// Prints a signed token for the configured HS256 secret (the generated
+    /// development secret when TOOLHUB_JWT_SECRET is unset).
+    Token {
+        /// The caller (JWT `sub`), recorded as the actor of their events.
+        #[arg(long)]
+        sub: String,
+        /// The organisation (JWT `org`): the tenant.
+        #[arg(long)]
+        org: String,
+        /// A role: viewer, editor or admin. May be repeated.
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        /// How long the token is valid: 90s, 30m, 1h, 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
     /// Applies pending database migrations and exits.
     Migrate {
         /// The database: `postgres://…` or `sqlite://…`. Defaults to the
@@ -56,6 +78,34 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Serve => serve().await,
+        Command::Schema => {
+            print!("{}", toolhub_api::graphql::sdl());
+            Ok(())
+        }
+        Command::Token {
+            sub,
+            org,
+            roles,
+            ttl,
+        } => {
+            let org =
+                toolhub_domain::TenantId::parse(org).map_err(|e| anyhow::anyhow!("--org: {e}"))?;
+            let roles = roles
+                .iter()
+                .map(|r| {
+                    toolhub_domain::Role::parse(r).ok_or_else(|| {
+                        anyhow::anyhow!("--role: {r:?} is not viewer, editor or admin")
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let ttl =
+                toolhub_api::auth::parse_ttl(&ttl).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
+            let jwt = toolhub_api::Config::jwt_from_env()?;
+            let token = toolhub_api::auth::mint(&jwt, &sub, &org, &roles, ttl)?;
+            println!("{token}");
+            Ok(())
+        }
         Command::Migrate {
             database_url,
             data_dir,
@@ -79,5 +129,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+async fn serve() -> anyhow::Result<()> {
+    let config = toolhub_api::Config::from_env()?;
+    let running = toolhub_api::spawn(config).await?;
+    tracing::info!(
+        "serving GraphQL at {url}/graphql (GraphiQL in a browser), subscriptions at ws://{addr}/graphql/ws",
+        url = running.url(),
+        addr = running.addr
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing in-flight requests, checkpointing projectors");
+    running.stop().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
     }
 }

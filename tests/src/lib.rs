@@ -1,2 +1,349 @@
 //! End-to-end tests of Toolhub through its HTTP and GraphQL surface, against a
-//! real database. The tests arrive with the service (`toolhub serve`).
+//! real database.
+//!
+//! This library is the harness the tests in `tests/` share: it starts the
+//! real server in-process on a free loopback port (through
+//! [`toolhub_api::spawn`]) on a fresh PostgreSQL database — or an SQLite
+//! file for the embedded default — mints tokens, and speaks GraphQL over
+//! HTTP and graphql-transport-ws over a real socket. A missing PostgreSQL
+//! fails the test with a message that says how to start one.
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use toolhub_api::config::{Config, JwtConfig, JwtKey};
+use toolhub_api::Running;
+use toolhub_domain::{Role, TenantId};
+use toolhub_eventstore::testing::TestDb;
+
+/// The HS256 secret every test server and token uses.
+pub const SECRET: &[u8] = b"an-end-to-end-test-secret-of-more-than-32-bytes";
+
+/// The example workflow definition shipped in `docs/examples`.
+pub fn hello_definition() -> Value {
+    serde_json::from_str(include_str!("../../docs/examples/hello.workflow.json"))
+        .expect("the example is JSON")
+}
+
+/// A small valid definition with one node.
+pub fn tiny_definition(url: &str) -> Value {
+    json!({
+        "nodes": [{
+            "id": "fetch",
+            "type": "http",
+            "params": { "method": "GET", "url": url }
+        }],
+        "edges": []
+    })
+}
+
+/// A token for `sub` in `org` with `role`, valid for an hour.
+pub fn token(sub: &str, org: &str, role: Role) -> String {
+    token_with(sub, org, &[role], Duration::from_secs(3600), None)
+}
+
+/// A token with every knob.
+pub fn token_with(
+    sub: &str,
+    org: &str,
+    roles: &[Role],
+    ttl: Duration,
+    audience: Option<&str>,
+) -> String {
+    let config = JwtConfig {
+        key: JwtKey::Hs256(zeroize::Zeroizing::new(SECRET.to_vec())),
+        issuer: None,
+        audience: audience.map(str::to_string),
+    };
+    toolhub_api::auth::mint(
+        &config,
+        sub,
+        &TenantId::parse(org).expect("a valid org"),
+        roles,
+        ttl,
+    )
+    .expect("mint a token")
+}
+
+/// A running server and the database under it.
+pub struct TestServer {
+    /// The running server; `None` once stopped.
+    pub running: Option<Running>,
+    /// The base URL, `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// An HTTP client.
+    pub http: reqwest::Client,
+}
+
+/// A database for one test, with its servers.
+pub struct TestEnv {
+    /// The database; dropped (and deleted) with the environment.
+    pub db: TestDb,
+}
+
+impl TestEnv {
+    /// A fresh PostgreSQL database.
+    pub async fn postgres() -> Self {
+        Self {
+            db: TestDb::postgres().await,
+        }
+    }
+
+    /// A fresh SQLite database (the embedded default's backend).
+    pub async fn sqlite() -> Self {
+        Self {
+            db: TestDb::sqlite().await,
+        }
+    }
+
+    /// The default test configuration on this database.
+    pub fn config(&self) -> Config {
+        Config::for_tests(self.db.url(), SECRET)
+    }
+
+    /// Starts a server on this database.
+    pub async fn server(&self) -> TestServer {
+        self.server_with(self.config()).await
+    }
+
+    /// Starts a server with a custom configuration.
+    pub async fn server_with(&self, config: Config) -> TestServer {
+        TestServer::start(config).await
+    }
+}
+
+impl TestServer {
+    /// Starts a server with `config`.
+    pub async fn start(config: Config) -> Self {
+        let running = toolhub_api::spawn(config)
+            .await
+            .unwrap_or_else(|e| panic!("the server starts: {e}"));
+        let url = running.url();
+        Self {
+            running: Some(running),
+            url,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("an HTTP client"),
+        }
+    }
+
+    /// Stops the server gracefully.
+    pub async fn stop(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await;
+        }
+    }
+
+    /// Posts a GraphQL request and returns the HTTP status and JSON body.
+    pub async fn post(&self, token: Option<&str>, query: &str, variables: Value) -> (u16, Value) {
+        let mut request = self
+            .http
+            .post(format!("{}/graphql", self.url))
+            .json(&json!({ "query": query, "variables": variables }));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("the server answers");
+        let status = response.status().as_u16();
+        let body = response.json().await.expect("a JSON body");
+        (status, body)
+    }
+
+    /// Runs a GraphQL operation that must succeed, returning `data`.
+    pub async fn ok(&self, token: &str, query: &str, variables: Value) -> Value {
+        let (status, body) = self.post(Some(token), query, variables).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.get("errors").is_none(), "unexpected errors: {body}");
+        body["data"].clone()
+    }
+
+    /// Runs a GraphQL operation that must fail, returning the first error's
+    /// code.
+    pub async fn error_code(&self, token: Option<&str>, query: &str, variables: Value) -> String {
+        let (_, body) = self.post(token, query, variables).await;
+        first_error_code(&body)
+    }
+
+    /// GETs a path, returning the status and body text.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .expect("the server answers");
+        let status = response.status().as_u16();
+        (status, response.text().await.expect("a body"))
+    }
+
+    /// Opens a graphql-transport-ws connection and sends `connection_init`
+    /// with `payload`.
+    pub async fn ws(&self, payload: Value) -> WsClient {
+        let url = format!("{}/graphql/ws", self.url.replacen("http://", "ws://", 1));
+        let mut request = url.into_client_request().expect("a WebSocket request");
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static("graphql-transport-ws"),
+        );
+        let (mut socket, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("the WebSocket handshake succeeds");
+        socket
+            .send(Message::text(
+                json!({ "type": "connection_init", "payload": payload }).to_string(),
+            ))
+            .await
+            .expect("send connection_init");
+        WsClient { socket }
+    }
+
+    /// A graphql-transport-ws connection authenticated with `token`, after
+    /// its `connection_ack`.
+    pub async fn ws_authenticated(&self, token: &str) -> WsClient {
+        let mut client = self
+            .ws(json!({ "authorization": format!("Bearer {token}") }))
+            .await;
+        match client.next_json().await {
+            Some(message) if message["type"] == "connection_ack" => client,
+            other => panic!("expected connection_ack, got {other:?}"),
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.take() {
+            // Stop in the background; the test's runtime may be ending.
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(running.stop());
+            }
+        }
+    }
+}
+
+/// The first error's `extensions.code`, or a panic naming the body.
+pub fn first_error_code(body: &Value) -> String {
+    body["errors"][0]["extensions"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("expected an error with a code, got {body}"))
+        .to_string()
+}
+
+/// A graphql-transport-ws client.
+pub struct WsClient {
+    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// What the server did with the socket.
+#[derive(Debug)]
+pub enum WsEnd {
+    /// It sent a close frame with this code.
+    Closed(u16),
+    /// The stream ended without a close frame.
+    Ended,
+}
+
+impl WsClient {
+    /// Starts a subscription with id `id`.
+    pub async fn subscribe(&mut self, id: &str, query: &str, variables: Value) {
+        self.socket
+            .send(Message::text(
+                json!({
+                    "id": id,
+                    "type": "subscribe",
+                    "payload": { "query": query, "variables": variables }
+                })
+                .to_string(),
+            ))
+            .await
+            .expect("send subscribe");
+    }
+
+    /// The next JSON message (pings are answered and skipped), or `None`
+    /// when the socket closes. Fails the test after 20 s of silence.
+    pub async fn next_json(&mut self) -> Option<Value> {
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(20), self.socket.next())
+                .await
+                .expect("a message within 20s")?;
+            match message.ok()? {
+                Message::Text(text) => {
+                    let value: Value = serde_json::from_str(&text).expect("JSON");
+                    if value["type"] == "ping" {
+                        let _ = self
+                            .socket
+                            .send(Message::text(json!({"type": "pong"}).to_string()))
+                            .await;
+                        continue;
+                    }
+                    return Some(value);
+                }
+                Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next `next` payload's `data` for subscription `id`.
+    pub async fn next_data(&mut self, id: &str) -> Value {
+        loop {
+            let message = self
+                .next_json()
+                .await
+                .expect("the subscription is still open");
+            if message["id"] != id {
+                continue;
+            }
+            match message["type"].as_str() {
+                Some("next") => {
+                    let payload = &message["payload"];
+                    assert!(payload.get("errors").is_none(), "{payload}");
+                    return payload["data"].clone();
+                }
+                other => panic!("expected next, got {other:?}: {message}"),
+            }
+        }
+    }
+
+    /// The next message for subscription `id`, whatever its type.
+    pub async fn next_for(&mut self, id: &str) -> Value {
+        loop {
+            let message = self
+                .next_json()
+                .await
+                .expect("the subscription is still open");
+            if message["id"] == id {
+                return message;
+            }
+        }
+    }
+
+    /// Waits until the server closes the socket, and says how.
+    pub async fn closed(&mut self) -> WsEnd {
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(20), self.socket.next())
+                .await
+                .expect("the server closes the socket within 20s");
+            match message {
+                None | Some(Err(_)) => return WsEnd::Ended,
+                Some(Ok(Message::Close(frame))) => {
+                    return WsEnd::Closed(frame.map_or(1005, |f| u16::from(f.code)))
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// Closes the socket.
+    pub async fn close(mut self) {
+        let _ = self.socket.close(None).await;
+    }
+}

@@ -1,0 +1,335 @@
+//! The service benchmark (issue 4), on PostgreSQL:
+//!
+//! 1. `workflows(first: 20)` through GraphQL against the same read query
+//!    served by a plain axum JSON handler in this binary, requests per second
+//!    at a fixed concurrency;
+//! 2. subscription delivery latency, from sending a mutation to its event
+//!    arriving at each of 1,000 `events` subscribers on one server;
+//! 3. the server's resident memory idle and with 1,000 subscribers.
+//!
+//! (2) and (3) run the real `toolhub serve` binary as a child process, so
+//! that its memory is its own. Run with
+//! `cargo bench -p toolhub-api --bench service` (PostgreSQL at
+//! `DATABASE_URL`, or 127.0.0.1:5432). Results go to `docs/benchmarks.md` by
+//! hand.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::routing::get;
+use axum::{Json, Router};
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+use toolhub_api::auth::Verifier;
+use toolhub_api::config::Config;
+use toolhub_api::read::{PageRequest, ReadModels, WorkflowFilter};
+use toolhub_domain::{Role, TenantId};
+use toolhub_eventstore::testing::TestDb;
+
+const SECRET: &[u8] = b"a-benchmark-secret-that-is-longer-than-32-bytes";
+const CONCURRENCY: usize = 16;
+const RUN: Duration = Duration::from_secs(8);
+const SUBSCRIBERS: usize = 1_000;
+const ROUNDS: usize = 20;
+
+const LIST: &str = "{ workflows(first: 20) { edges { cursor node { id name description definitionVersion version archived createdBy createdAt updatedAt } } pageInfo { hasNextPage endCursor } } }";
+
+fn token(role: Role) -> String {
+    let config = toolhub_api::config::JwtConfig {
+        key: toolhub_api::config::JwtKey::Hs256(zeroize::Zeroizing::new(SECRET.to_vec())),
+        issuer: None,
+        audience: None,
+    };
+    toolhub_api::auth::mint(
+        &config,
+        "bench",
+        &TenantId::parse("acme").unwrap(),
+        &[role],
+        Duration::from_secs(3600),
+    )
+    .unwrap()
+}
+
+#[derive(Clone)]
+struct Plain {
+    read: ReadModels,
+    verifier: Verifier,
+}
+
+/// The same read as `workflows(first: 20)`, as plain JSON: authenticate,
+/// query, serialise the same fields.
+async fn plain_workflows(State(plain): State<Arc<Plain>>, headers: HeaderMap) -> Json<Value> {
+    let caller = plain
+        .verifier
+        .verify_header(headers.get("authorization").and_then(|v| v.to_str().ok()))
+        .map_err(|_| ())
+        .expect("a valid token");
+    let page = plain
+        .read
+        .workflows(
+            &caller.tenant,
+            &PageRequest {
+                first: 20,
+                after: None,
+            },
+            &WorkflowFilter::default(),
+        )
+        .await
+        .expect("read");
+    let edges: Vec<Value> = page
+        .items
+        .iter()
+        .map(|(cursor, w)| {
+            json!({ "cursor": cursor.0, "node": {
+                "id": w.id, "name": w.name, "description": w.description,
+                "definitionVersion": w.version, "version": w.aggregate_version,
+                "archived": w.archived, "createdBy": w.created_by,
+                "createdAt": w.created_at, "updatedAt": w.updated_at,
+            }})
+        })
+        .collect();
+    let end = page.items.last().map(|(c, _)| c.0.clone());
+    Json(json!({ "data": { "workflows": {
+        "edges": edges,
+        "pageInfo": { "hasNextPage": page.has_next_page, "endCursor": end },
+    }}}))
+}
+
+async fn rps(client: &reqwest::Client, make: impl Fn() -> reqwest::RequestBuilder) -> f64 {
+    // Warm up.
+    for _ in 0..50 {
+        make().send().await.unwrap().bytes().await.unwrap();
+    }
+    let _ = client;
+    let deadline = Instant::now() + RUN;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let request = make();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let r = request.try_clone().unwrap().send().await.unwrap();
+                assert!(r.status().is_success());
+                r.bytes().await.unwrap();
+                n += 1;
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+async fn create_workflows(client: &reqwest::Client, url: &str, token: &str, n: usize) {
+    for i in 0..n {
+        let body = json!({
+            "query": "mutation ($input: CreateWorkflowInput!) { createWorkflow(input: $input) { id } }",
+            "variables": { "input": { "name": format!("Workflow {i:03}"), "definition": {
+                "nodes": [{"id": "wait", "type": "delay", "params": {"milliseconds": 10}}], "edges": [] } } }
+        });
+        let r: Value = client
+            .post(format!("{url}/graphql"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(r.get("errors").is_none(), "{r}");
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let client = reqwest::Client::new();
+    let editor = token(Role::Editor);
+    let admin = token(Role::Admin);
+
+    // 1. GraphQL against the plain handler, in this process.
+    let db = TestDb::postgres().await;
+    let running = toolhub_api::spawn(Config::for_tests(db.url(), SECRET))
+        .await
+        .unwrap();
+    let url = running.url();
+    create_workflows(&client, &url, &editor, 100).await;
+    let store = toolhub_eventstore::open(db.url()).await.unwrap();
+    let plain = Arc::new(Plain {
+        read: ReadModels::new(&store),
+        verifier: Verifier::new(&Config::for_tests(db.url(), SECRET).jwt).unwrap(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let plain_url = format!("http://{}", listener.local_addr().unwrap());
+    let app = Router::new()
+        .route("/plain/workflows", get(plain_workflows))
+        .with_state(plain);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let graphql = rps(&client, || {
+        client
+            .post(format!("{url}/graphql"))
+            .bearer_auth(&editor)
+            .json(&json!({ "query": LIST }))
+    })
+    .await;
+    let plain = rps(&client, || {
+        client
+            .get(format!("{plain_url}/plain/workflows"))
+            .bearer_auth(&editor)
+    })
+    .await;
+    println!("workflows(first: 20), {CONCURRENCY} concurrent clients, {RUN:?} each:");
+    println!("  GraphQL          {graphql:8.0} req/s");
+    println!("  plain axum JSON  {plain:8.0} req/s");
+    println!("  ratio            {:8.2}", graphql / plain);
+    running.stop().await;
+    drop(db);
+
+    // 2 and 3. The real binary as a child process.
+    let db = TestDb::postgres().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let data_dir = std::env::temp_dir().join(format!("toolhub-bench-{port}"));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_toolhub"))
+        .arg("serve")
+        .env("DATABASE_URL", db.url())
+        .env("TOOLHUB_DATA_DIR", &data_dir)
+        .env("TOOLHUB_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TOOLHUB_JWT_SECRET", std::str::from_utf8(SECRET).unwrap())
+        .env(
+            "TOOLHUB_MASTER_KEY",
+            toolhub_eventstore::MasterKey::generate()
+                .to_base64()
+                .as_str(),
+        )
+        .env("TOOLHUB_LOG", "warn")
+        .spawn()
+        .expect("start toolhub serve");
+    let url = format!("http://127.0.0.1:{port}");
+    for _ in 0..200 {
+        if client
+            .get(format!("{url}/health/ready"))
+            .send()
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    create_workflows(&client, &url, &editor, 1).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = rss_kib(child.id());
+
+    let ws_url = format!("ws://127.0.0.1:{port}/graphql/ws");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    let mut ready = Vec::new();
+    for i in 0..SUBSCRIBERS {
+        let mut request = ws_url.clone().into_client_request().unwrap();
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static("graphql-transport-ws"),
+        );
+        let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+        socket
+            .send(Message::text(
+                json!({"type": "connection_init", "payload": {"authorization": format!("Bearer {admin}")}})
+                    .to_string(),
+            ))
+            .await
+            .unwrap();
+        socket
+            .send(Message::text(
+                json!({"id": "1", "type": "subscribe", "payload": {"query": "subscription { events { position } }"}})
+                    .to_string(),
+            ))
+            .await
+            .unwrap();
+        let tx = tx.clone();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+        ready.push(ready_rx);
+        tokio::spawn(async move {
+            let mut ready_tx = Some(ready_tx);
+            while let Some(Ok(message)) = socket.next().await {
+                if let Message::Text(text) = message {
+                    let v: Value = serde_json::from_str(&text).unwrap();
+                    match v["type"].as_str() {
+                        Some("connection_ack") => {
+                            if let Some(r) = ready_tx.take() {
+                                let _ = r.send(());
+                            }
+                        }
+                        Some("next") => {
+                            let _ = tx.send((i, Instant::now()));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        });
+    }
+    for r in ready {
+        let _ = r.await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let with_subscribers = rss_kib(child.id());
+
+    let mut latencies = Vec::new();
+    for round in 0..ROUNDS {
+        let sent = Instant::now();
+        create_workflows(&client, &url, &editor, 1).await;
+        let mut got = 0;
+        while got < SUBSCRIBERS {
+            let (_, at) = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: only {got} deliveries"))
+                .unwrap();
+            latencies.push(at.duration_since(sent));
+            got += 1;
+        }
+    }
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    println!(
+        "subscription delivery to {SUBSCRIBERS} subscribers ({ROUNDS} mutations, from sending the mutation):"
+    );
+    println!(
+        "  median {:?}, p99 {:?}, max {:?}",
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    );
+    println!("resident memory of toolhub serve:");
+    println!("  idle                      {:6} MiB", idle / 1024);
+    println!(
+        "  with {SUBSCRIBERS} subscribers     {:6} MiB",
+        with_subscribers / 1024
+    );
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(data_dir);
+}

@@ -1,0 +1,254 @@
+//! Authentication (JWT) and the caller it yields.
+//!
+//! A token is accepted only with a valid signature by the configured key and
+//! algorithm (HS256, RS256 or ES256 — never `none`), an `exp` in the future,
+//! and the configured `iss` and `aud` when they are set. Its `sub` is the
+//! actor recorded with every event, its `org` the tenant, its `roles` what the
+//! caller may do. Tokens are never logged; a rejection says why in general
+//! terms only.
+
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use toolhub_domain::{Role, TenantId};
+
+use crate::config::{JwtConfig, JwtKey};
+use crate::error::ApiError;
+
+/// The claims Toolhub reads from a token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    /// The caller: recorded as the actor of every event.
+    pub sub: String,
+    /// The caller's organisation: the tenant.
+    pub org: String,
+    /// The caller's roles (`viewer`, `editor`, `admin`); unknown names are
+    /// ignored.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Expiry, seconds since the epoch. Required.
+    pub exp: u64,
+    /// Issued at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    /// The issuer, checked when `TOOLHUB_JWT_ISSUER` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// The audience, checked when `TOOLHUB_JWT_AUDIENCE` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+}
+
+/// Who is calling, once the token is verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The JWT `sub`.
+    pub sub: String,
+    /// The tenant (JWT `org`).
+    pub tenant: TenantId,
+    /// The roles named in the token, known ones only.
+    pub roles: Vec<Role>,
+}
+
+impl Caller {
+    /// The highest role, if any. Roles are ordered, so it includes the others.
+    pub fn role(&self) -> Option<Role> {
+        self.roles.iter().copied().max()
+    }
+
+    /// Succeeds when the caller has at least `role`; otherwise `FORBIDDEN`.
+    pub fn require(&self, role: Role) -> Result<(), ApiError> {
+        match self.role() {
+            Some(have) if have >= role => Ok(()),
+            _ => Err(ApiError::Forbidden {
+                required: role.as_str(),
+            }),
+        }
+    }
+}
+
+/// Verifies tokens. Cheap to clone.
+#[derive(Clone)]
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl Verifier {
+    /// A verifier for the configured key, issuer and audience.
+    pub fn new(config: &JwtConfig) -> Result<Self, jsonwebtoken::errors::Error> {
+        let (key, algorithm) = match &config.key {
+            JwtKey::Hs256(secret) => (DecodingKey::from_secret(secret), Algorithm::HS256),
+            JwtKey::Rs256Pem(pem) => (DecodingKey::from_rsa_pem(pem)?, Algorithm::RS256),
+            JwtKey::Es256Pem(pem) => (DecodingKey::from_ec_pem(pem)?, Algorithm::ES256),
+        };
+        let mut validation = Validation::new(algorithm);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.leeway = 30;
+        match &config.issuer {
+            Some(issuer) => {
+                validation.set_issuer(&[issuer]);
+                validation.required_spec_claims.insert("iss".into());
+            }
+            None => validation.iss = None,
+        }
+        match &config.audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                validation.required_spec_claims.insert("aud".into());
+            }
+            None => validation.validate_aud = false,
+        }
+        Ok(Self { key, validation })
+    }
+
+    /// Verifies an `Authorization` header value (`Bearer …`).
+    pub fn verify_header(&self, header: Option<&str>) -> Result<Caller, ApiError> {
+        let header = header.ok_or(ApiError::Unauthenticated("a bearer token is required"))?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .ok_or(ApiError::Unauthenticated(
+                "the authorization must be `Bearer <token>`",
+            ))?;
+        self.verify(token.trim())
+    }
+
+    /// Verifies a bare token.
+    pub fn verify(&self, token: &str) -> Result<Caller, ApiError> {
+        use jsonwebtoken::errors::ErrorKind;
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
+                ApiError::Unauthenticated(match e.kind() {
+                    ErrorKind::ExpiredSignature => "the token has expired",
+                    ErrorKind::InvalidAudience => "the token is for another audience",
+                    ErrorKind::InvalidIssuer => "the token is from another issuer",
+                    ErrorKind::InvalidSignature => "the token's signature is invalid",
+                    ErrorKind::InvalidAlgorithm => "the token's algorithm is not accepted",
+                    ErrorKind::MissingRequiredClaim(_) => "the token lacks a required claim",
+                    _ => "the token is malformed",
+                })
+            })?;
+        let claims = data.claims;
+        let tenant = TenantId::parse(claims.org)
+            .map_err(|_| ApiError::Unauthenticated("the token's org is not a valid tenant"))?;
+        if claims.sub.trim().is_empty() {
+            return Err(ApiError::Unauthenticated("the token's sub is empty"));
+        }
+        Ok(Caller {
+            sub: claims.sub,
+            tenant,
+            roles: claims.roles.iter().filter_map(|r| Role::parse(r)).collect(),
+        })
+    }
+}
+
+/// Mints an HS256 token, as `toolhub token` does.
+pub fn mint(
+    config: &JwtConfig,
+    sub: &str,
+    org: &TenantId,
+    roles: &[Role],
+    ttl: Duration,
+) -> Result<String, MintError> {
+    let JwtKey::Hs256(secret) = &config.key else {
+        return Err(MintError::NotHs256);
+    };
+    let now = chrono::Utc::now().timestamp().max(0) as u64;
+    let claims = Claims {
+        sub: sub.to_string(),
+        org: org.to_string(),
+        roles: roles.iter().map(|r| r.as_str().to_string()).collect(),
+        exp: now + ttl.as_secs(),
+        iat: Some(now),
+        iss: config.issuer.clone(),
+        aud: config.audience.clone(),
+    };
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .map_err(|e| MintError::Encode(e.to_string()))
+}
+
+/// Why a token could not be minted.
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    /// Tokens can only be minted with a shared secret.
+    #[error("toolhub token mints HS256 tokens only, but TOOLHUB_JWT_PUBLIC_KEY_FILE is set: use your identity provider")]
+    NotHs256,
+    /// Encoding failed.
+    #[error("could not encode the token: {0}")]
+    Encode(String),
+}
+
+/// Parses a duration such as `90s`, `15m`, `1h`, `7d` or a bare number of
+/// seconds.
+pub fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, ""), |i| text.split_at(i));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 30m, 1h or 7d"))?;
+    let seconds = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("{text:?} is not a duration such as 30m, 1h or 7d")),
+    };
+    if seconds == 0 {
+        return Err("the duration must be positive".into());
+    }
+    Ok(Duration::from_secs(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zeroize::Zeroizing;
+
+    fn config() -> JwtConfig {
+        JwtConfig {
+            key: JwtKey::Hs256(Zeroizing::new(b"0123456789abcdef0123456789abcdef".to_vec())),
+            issuer: None,
+            audience: Some("toolhub".into()),
+        }
+    }
+
+    #[test]
+    fn a_minted_token_is_accepted() {
+        let config = config();
+        let tenant = TenantId::parse("acme").unwrap();
+        let token = mint(
+            &config,
+            "ada",
+            &tenant,
+            &[Role::Editor],
+            Duration::from_secs(60),
+        )
+        .expect("minted");
+        let caller = Verifier::new(&config)
+            .unwrap()
+            .verify(&token)
+            .expect("valid");
+        assert_eq!(caller.sub, "ada");
+        assert_eq!(caller.tenant, tenant);
+        assert_eq!(caller.role(), Some(Role::Editor));
+        assert!(caller.require(Role::Viewer).is_ok());
+        assert!(caller.require(Role::Admin).is_err());
+    }
+
+    #[test]
+    fn durations_are_parsed_with_units() {
+        assert_eq!(parse_ttl("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_ttl("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_ttl("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert!(parse_ttl("1y").is_err());
+        assert!(parse_ttl("0s").is_err());
+    }
+}

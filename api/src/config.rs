@@ -1,0 +1,489 @@
+//! The service's configuration: read from the environment, checked once at
+//! start-up, then immutable.
+//!
+//! Zero configuration works: the embedded SQLite database, a development JWT
+//! secret and master key generated into the data directory (mode 0600, with a
+//! warning), and `127.0.0.1:8080`. `TOOLHUB_ENV=production` turns every one
+//! of those conveniences into a refusal to start, with one line that says
+//! what is missing.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toolhub_eventstore::MasterKey;
+use zeroize::Zeroizing;
+
+/// The shortest HS256 secret accepted in production, in bytes.
+pub const MIN_JWT_SECRET_LEN: usize = 32;
+
+/// The name of the generated JWT secret file in the data directory.
+pub const JWT_SECRET_FILE: &str = "jwt-secret";
+
+/// The name of the generated master key file in the data directory.
+pub const MASTER_KEY_FILE: &str = "master.key";
+
+/// Why the configuration is unusable. Each message is one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A variable has a value that cannot be used.
+    #[error("{name}: {reason}")]
+    Invalid {
+        /// The variable.
+        name: &'static str,
+        /// What is wrong with it (never its value when it is a secret).
+        reason: String,
+    },
+    /// Production mode and something is missing or too weak.
+    #[error("TOOLHUB_ENV=production: {0}")]
+    Production(String),
+    /// A key file could not be read or written.
+    #[error("{path}: {reason}")]
+    KeyFile {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Development (the default) or production.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    /// Generated keys are allowed, with a warning.
+    Development,
+    /// Every key must be given; nothing is generated.
+    Production,
+}
+
+/// How tokens are verified.
+#[derive(Clone)]
+pub enum JwtKey {
+    /// HS256 with a shared secret.
+    Hs256(Zeroizing<Vec<u8>>),
+    /// RS256 with a PEM public key.
+    Rs256Pem(Vec<u8>),
+    /// ES256 with a PEM public key.
+    Es256Pem(Vec<u8>),
+}
+
+impl std::fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key material.
+        f.write_str(match self {
+            Self::Hs256(_) => "JwtKey::Hs256(..)",
+            Self::Rs256Pem(_) => "JwtKey::Rs256Pem(..)",
+            Self::Es256Pem(_) => "JwtKey::Es256Pem(..)",
+        })
+    }
+}
+
+/// The JWT settings.
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    /// The verification key.
+    pub key: JwtKey,
+    /// The `iss` every token must carry, when set.
+    pub issuer: Option<String>,
+    /// The `aud` every token must carry, when set.
+    pub audience: Option<String>,
+}
+
+/// Limits that protect the service from expensive requests.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// The largest request body, in bytes.
+    pub body_bytes: usize,
+    /// The deepest GraphQL selection.
+    pub depth: usize,
+    /// The most expensive GraphQL query (async-graphql's complexity).
+    pub complexity: usize,
+    /// How long a query's `consistency` or a mutation's payload waits for the
+    /// read models to reach a position.
+    pub consistency_wait: Duration,
+    /// The most projector lag `/health/ready` tolerates, in events.
+    pub ready_max_lag_events: u64,
+    /// The oldest unapplied event `/health/ready` tolerates.
+    pub ready_max_lag: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            body_bytes: 1024 * 1024,
+            depth: 12,
+            complexity: 2_000,
+            consistency_wait: Duration::from_secs(5),
+            ready_max_lag_events: 10_000,
+            ready_max_lag: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Everything `toolhub serve` needs, resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Development or production.
+    pub environment: Environment,
+    /// Where to listen (`127.0.0.1:0` picks a free port).
+    pub listen: SocketAddr,
+    /// The database URL (`postgres://…` or `sqlite://…`).
+    pub database_url: String,
+    /// Token verification.
+    pub jwt: JwtConfig,
+    /// Wraps the secrets' data keys.
+    pub master_key: MasterKey,
+    /// Origins allowed by CORS; empty allows none (same-origin only), `*`
+    /// allows any.
+    pub cors_origins: Vec<String>,
+    /// Request limits.
+    pub limits: Limits,
+    /// Whether to run the projectors in this process.
+    pub run_projectors: bool,
+}
+
+impl Config {
+    /// A configuration for tests and embedding: the given database and HS256
+    /// secret, a fresh master key, a free loopback port, default limits.
+    pub fn for_tests(database_url: impl Into<String>, jwt_secret: &[u8]) -> Self {
+        Self {
+            environment: Environment::Development,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database_url: database_url.into(),
+            jwt: JwtConfig {
+                key: JwtKey::Hs256(Zeroizing::new(jwt_secret.to_vec())),
+                issuer: None,
+                audience: None,
+            },
+            master_key: MasterKey::generate(),
+            cors_origins: Vec::new(),
+            limits: Limits::default(),
+            run_projectors: true,
+        }
+    }
+
+    /// Reads the configuration from the process environment, generating
+    /// development keys into the data directory when allowed.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+    }
+
+    /// Reads only the JWT settings from the environment (for `toolhub
+    /// token`), generating the development secret when allowed.
+    pub fn jwt_from_env() -> Result<JwtConfig, ConfigError> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let environment = match var("TOOLHUB_ENV").as_deref().map(str::trim) {
+            Some("production") | Some("prod") => Environment::Production,
+            _ => Environment::Development,
+        };
+        let data_dir =
+            PathBuf::from(var("TOOLHUB_DATA_DIR").unwrap_or_else(|| "./toolhub-data".into()));
+        Ok(JwtConfig {
+            key: jwt_key(&var, environment, &data_dir)?,
+            issuer: var("TOOLHUB_JWT_ISSUER"),
+            audience: var("TOOLHUB_JWT_AUDIENCE"),
+        })
+    }
+
+    /// Reads the configuration through `var` (the environment, or a map in
+    /// tests).
+    pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let environment = match var("TOOLHUB_ENV").as_deref().map(str::trim) {
+            None | Some("development") | Some("dev") => Environment::Development,
+            Some("production") | Some("prod") => Environment::Production,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    name: "TOOLHUB_ENV",
+                    reason: format!("{other:?} is neither `development` nor `production`"),
+                })
+            }
+        };
+        let production = environment == Environment::Production;
+        let data_dir =
+            PathBuf::from(var("TOOLHUB_DATA_DIR").unwrap_or_else(|| "./toolhub-data".into()));
+        let listen = match var("TOOLHUB_LISTEN") {
+            None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+            Some(v) => v.trim().parse().map_err(|_| ConfigError::Invalid {
+                name: "TOOLHUB_LISTEN",
+                reason: format!("{v:?} is not an address such as 127.0.0.1:8080"),
+            })?,
+        };
+        let database_url =
+            var("DATABASE_URL").unwrap_or_else(|| toolhub_eventstore::embedded_url(&data_dir));
+        let jwt = JwtConfig {
+            key: jwt_key(&var, environment, &data_dir)?,
+            issuer: var("TOOLHUB_JWT_ISSUER"),
+            audience: var("TOOLHUB_JWT_AUDIENCE"),
+        };
+        let master_key = match var("TOOLHUB_MASTER_KEY") {
+            Some(encoded) => MasterKey::from_base64(&encoded).map_err(|e| ConfigError::Invalid {
+                name: "TOOLHUB_MASTER_KEY",
+                reason: e.to_string(),
+            })?,
+            None if production => {
+                return Err(ConfigError::Production(
+                    "TOOLHUB_MASTER_KEY is missing (32 random bytes, base64); refusing to generate a development master key".into(),
+                ))
+            }
+            None => development_master_key(&data_dir)?,
+        };
+        let cors_origins = var("TOOLHUB_CORS_ORIGINS")
+            .map(|v| {
+                v.split(',')
+                    .map(|o| o.trim().to_string())
+                    .filter(|o| !o.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut limits = Limits::default();
+        if let Some(v) = var("TOOLHUB_READY_MAX_LAG_EVENTS") {
+            limits.ready_max_lag_events = v.trim().parse().map_err(|_| ConfigError::Invalid {
+                name: "TOOLHUB_READY_MAX_LAG_EVENTS",
+                reason: "expected a whole number of events".into(),
+            })?;
+        }
+        Ok(Self {
+            environment,
+            listen,
+            database_url,
+            jwt,
+            master_key,
+            cors_origins,
+            limits,
+            run_projectors: true,
+        })
+    }
+}
+
+fn jwt_key(
+    var: &impl Fn(&str) -> Option<String>,
+    environment: Environment,
+    data_dir: &Path,
+) -> Result<JwtKey, ConfigError> {
+    let production = environment == Environment::Production;
+    if let Some(path) = var("TOOLHUB_JWT_PUBLIC_KEY_FILE") {
+        let pem = std::fs::read(&path).map_err(|e| ConfigError::KeyFile {
+            path: path.clone().into(),
+            reason: e.to_string(),
+        })?;
+        let text = String::from_utf8_lossy(&pem);
+        // An EC key is ES256; anything else is treated as RSA, and a key of
+        // the wrong kind is refused when it is parsed below.
+        let key = if text.contains("BEGIN EC PUBLIC KEY") || is_ec_spki(&pem) {
+            jsonwebtoken::DecodingKey::from_ec_pem(&pem).map(|_| JwtKey::Es256Pem(pem.clone()))
+        } else {
+            jsonwebtoken::DecodingKey::from_rsa_pem(&pem).map(|_| JwtKey::Rs256Pem(pem.clone()))
+        };
+        return key.map_err(|e| ConfigError::Invalid {
+            name: "TOOLHUB_JWT_PUBLIC_KEY_FILE",
+            reason: format!("not an RSA or EC public key in PEM form ({e})"),
+        });
+    }
+    match var("TOOLHUB_JWT_SECRET") {
+        Some(secret) => {
+            let secret = Zeroizing::new(secret.into_bytes());
+            if secret.len() < MIN_JWT_SECRET_LEN {
+                if production {
+                    return Err(ConfigError::Production(format!(
+                        "TOOLHUB_JWT_SECRET is shorter than {MIN_JWT_SECRET_LEN} bytes"
+                    )));
+                }
+                tracing::warn!(
+                    "TOOLHUB_JWT_SECRET is shorter than {MIN_JWT_SECRET_LEN} bytes; production mode refuses it"
+                );
+            }
+            Ok(JwtKey::Hs256(secret))
+        }
+        None if production => Err(ConfigError::Production(
+            "TOOLHUB_JWT_SECRET (at least 32 bytes) or TOOLHUB_JWT_PUBLIC_KEY_FILE is missing; refusing to generate a development JWT secret".into(),
+        )),
+        None => Ok(JwtKey::Hs256(development_jwt_secret(data_dir)?)),
+    }
+}
+
+/// True when a PEM `PUBLIC KEY` holds an EC key (its SPKI names the
+/// id-ecPublicKey OID 1.2.840.10045.2.1).
+fn is_ec_spki(pem: &[u8]) -> bool {
+    use base64::Engine;
+    let text = String::from_utf8_lossy(pem);
+    let body: String = text
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect::<Vec<_>>()
+        .concat();
+    let Ok(der) = base64::engine::general_purpose::STANDARD.decode(body.trim()) else {
+        return false;
+    };
+    const EC_OID: [u8; 9] = [0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+    der.windows(EC_OID.len()).any(|w| w == EC_OID)
+}
+
+/// Reads the generated development JWT secret, or generates it.
+pub fn development_jwt_secret(data_dir: &Path) -> Result<Zeroizing<Vec<u8>>, ConfigError> {
+    let path = data_dir.join(JWT_SECRET_FILE);
+    let text = read_or_generate(&path, || {
+        use base64::Engine;
+        let mut bytes = Zeroizing::new([0u8; 48]);
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, bytes.as_mut());
+        Zeroizing::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes.as_ref()))
+    })?;
+    if text.trim().len() < MIN_JWT_SECRET_LEN {
+        return Err(ConfigError::KeyFile {
+            path,
+            reason: format!("the secret is shorter than {MIN_JWT_SECRET_LEN} bytes"),
+        });
+    }
+    Ok(Zeroizing::new(text.trim().as_bytes().to_vec()))
+}
+
+fn development_master_key(data_dir: &Path) -> Result<MasterKey, ConfigError> {
+    let path = data_dir.join(MASTER_KEY_FILE);
+    let text = read_or_generate(&path, || MasterKey::generate().to_base64())?;
+    MasterKey::from_base64(&text).map_err(|e| ConfigError::KeyFile {
+        path,
+        reason: e.to_string(),
+    })
+}
+
+/// Reads a key file, or writes a new key to it with mode 0600 and warns.
+fn read_or_generate(
+    path: &Path,
+    generate: impl FnOnce() -> Zeroizing<String>,
+) -> Result<Zeroizing<String>, ConfigError> {
+    let key_error = |e: std::io::Error| ConfigError::KeyFile {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) => return Ok(Zeroizing::new(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(key_error(e)),
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(key_error)?;
+    }
+    let key = generate();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(mut file) => {
+            use std::io::Write;
+            file.write_all(key.as_bytes()).map_err(key_error)?;
+            tracing::warn!(
+                path = %path.display(),
+                "generated a development key; never use it in production (TOOLHUB_ENV=production refuses it)"
+            );
+            Ok(key)
+        }
+        // Another process generated it first: use theirs.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read_to_string(path)
+            .map(Zeroizing::new)
+            .map_err(key_error),
+        Err(e) => Err(key_error(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    fn temp_dir() -> PathBuf {
+        std::env::temp_dir().join(format!("toolhub-config-{}", uuid::Uuid::new_v4().simple()))
+    }
+
+    #[test]
+    fn zero_configuration_generates_private_development_keys() {
+        let dir = temp_dir();
+        let config = Config::from_lookup(lookup(&[("TOOLHUB_DATA_DIR", dir.to_str().unwrap())]))
+            .expect("zero configuration works");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert!(config.database_url.starts_with("sqlite://"));
+        for file in [JWT_SECRET_FILE, MASTER_KEY_FILE] {
+            let meta = std::fs::metadata(dir.join(file)).expect("the key file exists");
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{file}");
+            }
+            let _ = meta;
+        }
+        // A second start reuses the same keys.
+        let again = Config::from_lookup(lookup(&[("TOOLHUB_DATA_DIR", dir.to_str().unwrap())]))
+            .expect("again");
+        assert_eq!(
+            again.master_key.fingerprint(),
+            config.master_key.fingerprint()
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn production_refuses_a_generated_jwt_secret() {
+        let dir = temp_dir();
+        let key = MasterKey::generate().to_base64();
+        let err = Config::from_lookup(lookup(&[
+            ("TOOLHUB_ENV", "production"),
+            ("TOOLHUB_DATA_DIR", dir.to_str().unwrap()),
+            ("TOOLHUB_MASTER_KEY", &key),
+        ]))
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::Production(_)), "{err}");
+        assert!(err.to_string().contains("TOOLHUB_JWT_SECRET"), "{err}");
+        assert!(!dir.exists(), "nothing was generated");
+    }
+
+    #[test]
+    fn production_refuses_a_short_jwt_secret() {
+        let key = MasterKey::generate().to_base64();
+        let err = Config::from_lookup(lookup(&[
+            ("TOOLHUB_ENV", "production"),
+            ("TOOLHUB_JWT_SECRET", "too-short"),
+            ("TOOLHUB_MASTER_KEY", &key),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("shorter than 32 bytes"), "{err}");
+        assert!(!err.to_string().contains("too-short"), "{err}");
+    }
+
+    #[test]
+    fn production_refuses_a_missing_master_key() {
+        let err = Config::from_lookup(lookup(&[
+            ("TOOLHUB_ENV", "production"),
+            ("TOOLHUB_JWT_SECRET", &"s".repeat(40)),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("TOOLHUB_MASTER_KEY"), "{err}");
+    }
+
+    #[test]
+    fn production_starts_with_every_key_given() {
+        let key = MasterKey::generate().to_base64();
+        let config = Config::from_lookup(lookup(&[
+            ("TOOLHUB_ENV", "production"),
+            ("TOOLHUB_JWT_SECRET", &"s".repeat(40)),
+            ("TOOLHUB_MASTER_KEY", &key),
+            ("DATABASE_URL", "postgres://db/toolhub"),
+            (
+                "TOOLHUB_CORS_ORIGINS",
+                "https://a.example, https://b.example",
+            ),
+        ]))
+        .expect("valid");
+        assert_eq!(config.environment, Environment::Production);
+        assert_eq!(config.cors_origins.len(), 2);
+    }
+}

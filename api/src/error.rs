@@ -1,0 +1,307 @@
+//! The one error type of the API, and how every error below it maps onto the
+//! GraphQL error codes.
+//!
+//! Clients see `extensions.code` — `UNAUTHENTICATED`, `FORBIDDEN`,
+//! `NOT_FOUND`, `CONFLICT`, `VALIDATION` (with `field` and `reason`) or
+//! `INTERNAL` — and a message written for them. An internal fault is logged
+//! here, with the request id of the span it happens in, and the client gets
+//! nothing of it but the request id.
+
+use async_graphql::ErrorExtensions;
+use toolhub_domain::execution::ExecutionError;
+use toolhub_domain::mcp_server::McpServerError;
+use toolhub_domain::secret::SecretError;
+use toolhub_domain::workflow::WorkflowError;
+use toolhub_eventstore::{CommandError, ConflictKind, KeyError, SecretCommandError, StoreError};
+
+use crate::read::{ReadError, WaitError};
+
+/// An error as the API shows it.
+///
+/// It deliberately does not implement `Display`: async-graphql converts any
+/// `Display` type into an error without extensions, and every error of this
+/// API must carry its code, so the conversion goes through [`ApiError::to_graphql`].
+#[derive(Debug, Clone)]
+pub enum ApiError {
+    /// No valid token.
+    Unauthenticated(&'static str),
+    /// A valid token without the role the operation needs.
+    Forbidden {
+        /// The least role that would do.
+        required: &'static str,
+    },
+    /// The entity does not exist, or belongs to another tenant.
+    NotFound,
+    /// The entity changed, or is in a state that does not allow the change.
+    Conflict {
+        /// A machine-readable reason (`EXPECTED_VERSION`, `ARCHIVED`, …).
+        reason: &'static str,
+        /// For people.
+        message: String,
+    },
+    /// An input is unusable.
+    Validation {
+        /// The input field, as named in the schema (`input.definition`).
+        field: String,
+        /// Why.
+        reason: String,
+    },
+    /// A fault of the service. The detail is logged, never shown.
+    Internal {
+        /// What went wrong, for the log only.
+        detail: String,
+    },
+}
+
+impl ApiError {
+    /// A validation error on `field`.
+    pub fn validation(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Validation {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// A conflict with a reason code.
+    pub fn conflict(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::Conflict {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// An internal fault; `detail` goes to the log only.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        Self::Internal {
+            detail: detail.to_string(),
+        }
+    }
+
+    /// The message clients see.
+    pub fn message(&self) -> String {
+        match self {
+            Self::Unauthenticated(why) => (*why).to_string(),
+            Self::Forbidden { required } => format!("this operation needs the {required} role"),
+            Self::NotFound => "not found".to_string(),
+            Self::Conflict { message, .. } => message.clone(),
+            Self::Validation { field, reason } => format!("invalid {field}: {reason}"),
+            Self::Internal { .. } => "internal error".to_string(),
+        }
+    }
+
+    /// The GraphQL error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unauthenticated(_) => "UNAUTHENTICATED",
+            Self::Forbidden { .. } => "FORBIDDEN",
+            Self::NotFound => "NOT_FOUND",
+            Self::Conflict { .. } => "CONFLICT",
+            Self::Validation { .. } => "VALIDATION",
+            Self::Internal { .. } => "INTERNAL",
+        }
+    }
+
+    /// The error as GraphQL shows it. Internal details are logged here.
+    pub fn to_graphql(&self) -> async_graphql::Error {
+        if let Self::Internal { detail } = self {
+            tracing::error!(%detail, "internal error");
+        }
+        let code = self.code();
+        let error = async_graphql::Error::new(self.message());
+        error.extend_with(|_, ext| {
+            ext.set("code", code);
+            match self {
+                Self::Validation { field, reason } => {
+                    ext.set("field", field.as_str());
+                    ext.set("reason", reason.as_str());
+                }
+                Self::Conflict { reason, .. } => ext.set("reason", *reason),
+                Self::Forbidden { required } => ext.set("requiredRole", *required),
+                _ => {}
+            }
+        })
+    }
+}
+
+impl From<ApiError> for async_graphql::Error {
+    fn from(value: ApiError) -> Self {
+        value.to_graphql()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(value: StoreError) -> Self {
+        Self::internal(value)
+    }
+}
+
+impl From<ReadError> for ApiError {
+    fn from(value: ReadError) -> Self {
+        match value {
+            ReadError::InvalidCursor => Self::validation("after", "not a cursor of this list"),
+            other => Self::internal(other),
+        }
+    }
+}
+
+impl From<WaitError> for ApiError {
+    fn from(value: WaitError) -> Self {
+        match value {
+            WaitError::Timeout { .. } => Self::conflict(
+                "NOT_CAUGHT_UP",
+                "the read models have not reached the requested position yet; retry shortly",
+            ),
+            other => Self::internal(other),
+        }
+    }
+}
+
+/// How a domain rejection maps onto the API.
+pub trait DomainErrorCode: std::error::Error {
+    /// The API error for this rejection.
+    fn to_api(&self) -> ApiError;
+}
+
+fn conflict_of(kind: ConflictKind) -> ApiError {
+    match kind {
+        ConflictKind::ExpectedVersion { expected, actual } => ApiError::conflict(
+            "EXPECTED_VERSION",
+            format!("expected version {expected}, but the entity is at version {actual}"),
+        ),
+        ConflictKind::LostRace => ApiError::conflict(
+            "CONCURRENT_CHANGE",
+            "a concurrent change won; reload and try again",
+        ),
+    }
+}
+
+impl<E: DomainErrorCode> From<CommandError<E>> for ApiError {
+    fn from(value: CommandError<E>) -> Self {
+        match value {
+            CommandError::Domain(e) => e.to_api(),
+            CommandError::NotFound => Self::NotFound,
+            CommandError::Conflict(kind) => conflict_of(kind),
+            CommandError::Store(e) => Self::internal(e),
+        }
+    }
+}
+
+impl From<SecretCommandError> for ApiError {
+    fn from(value: SecretCommandError) -> Self {
+        match value {
+            SecretCommandError::Command(e) => e.into(),
+            SecretCommandError::Key(KeyError::NoKey | KeyError::WrongTenant) => Self::NotFound,
+            SecretCommandError::Key(e) => Self::internal(e),
+        }
+    }
+}
+
+impl DomainErrorCode for WorkflowError {
+    fn to_api(&self) -> ApiError {
+        let reason = self.to_string();
+        match self {
+            Self::NotFound => ApiError::NotFound,
+            Self::AlreadyExists => ApiError::conflict("ALREADY_EXISTS", reason),
+            Self::Archived => ApiError::conflict("ARCHIVED", reason),
+            Self::NotArchived => ApiError::conflict("NOT_ARCHIVED", reason),
+            Self::AlreadyArchived => ApiError::conflict("ALREADY_ARCHIVED", reason),
+            Self::UnknownVersion { .. } => ApiError::validation("input.toVersion", reason),
+            Self::InvalidName { reason } => ApiError::validation("input.name", reason.clone()),
+            Self::Unchanged => ApiError::validation("input.name", reason),
+            Self::InvalidDescription => ApiError::validation("input.description", reason),
+            Self::InvalidComment => ApiError::validation("input.comment", reason),
+            Self::InvalidTrigger { reason } => {
+                ApiError::validation("input.triggers", reason.clone())
+            }
+            Self::InvalidDefinition(e) => ApiError::validation("input.definition", e.to_string()),
+        }
+    }
+}
+
+impl DomainErrorCode for SecretError {
+    fn to_api(&self) -> ApiError {
+        let reason = self.to_string();
+        match self {
+            // A deleted secret is gone as far as clients are concerned.
+            Self::NotFound | Self::Deleted => ApiError::NotFound,
+            Self::AlreadyExists => ApiError::conflict("ALREADY_EXISTS", reason),
+            Self::InvalidName => ApiError::validation("input.name", reason),
+            Self::InvalidDescription => ApiError::validation("input.description", reason),
+        }
+    }
+}
+
+impl DomainErrorCode for McpServerError {
+    fn to_api(&self) -> ApiError {
+        let reason = self.to_string();
+        match self {
+            // A deregistered server is gone for good.
+            Self::NotFound | Self::Deregistered => ApiError::NotFound,
+            Self::AlreadyExists => ApiError::conflict("ALREADY_EXISTS", reason),
+            Self::AlreadyEnabled => ApiError::conflict("ALREADY_ENABLED", reason),
+            Self::AlreadyDisabled => ApiError::conflict("ALREADY_DISABLED", reason),
+            Self::InvalidName => ApiError::validation("input.name", reason),
+            Self::InvalidTransport { reason } => {
+                ApiError::validation("input.transport", reason.clone())
+            }
+            Self::DuplicateTool { .. } | Self::InvalidTool { .. } => {
+                ApiError::validation("input.tools", reason)
+            }
+        }
+    }
+}
+
+impl DomainErrorCode for ExecutionError {
+    fn to_api(&self) -> ApiError {
+        let reason = self.to_string();
+        match self {
+            Self::NotFound => ApiError::NotFound,
+            Self::AlreadyStarted => ApiError::conflict("ALREADY_EXISTS", reason),
+            Self::InvalidTrigger { .. } => ApiError::validation("input.trigger", reason),
+            Self::InvalidWorkflowVersion => ApiError::validation("input.workflowVersion", reason),
+            Self::NotABreakpoint { .. } => ApiError::validation("input.nodeId", reason),
+            // Everything else is about the execution's current state.
+            _ => ApiError::conflict("STATE", reason),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn another_tenants_aggregate_is_not_found() {
+        let err: ApiError = CommandError::<WorkflowError>::NotFound.into();
+        assert_eq!(err.code(), "NOT_FOUND");
+    }
+
+    #[test]
+    fn a_stale_expected_version_is_a_conflict() {
+        let err: ApiError = CommandError::<SecretError>::Conflict(ConflictKind::ExpectedVersion {
+            expected: 1,
+            actual: 2,
+        })
+        .into();
+        assert_eq!(err.code(), "CONFLICT");
+    }
+
+    #[test]
+    fn internal_errors_show_nothing_internal() {
+        let err = ApiError::internal("connection refused to db.internal:5432");
+        let shown = err.to_graphql();
+        assert_eq!(shown.message, "internal error");
+    }
+
+    #[test]
+    fn a_bad_definition_is_a_validation_error_on_the_definition() {
+        let err = WorkflowError::InvalidDefinition(
+            toolhub_domain::definition::DefinitionError::NoEntryNode,
+        )
+        .to_api();
+        assert!(
+            matches!(&err, ApiError::Validation { field, .. } if field == "input.definition"),
+            "{err:?}"
+        );
+    }
+}

@@ -1,0 +1,144 @@
+//! The audit log and per-entity history (admins only). The entries are the
+//! same type the `events` subscription yields.
+
+use async_graphql::connection::{Connection, EmptyFields};
+use async_graphql::{Context, InputObject, Object, ID};
+use chrono::{DateTime, Utc};
+use toolhub_domain::Role;
+
+use super::scalars::{AggregateType, Json};
+use super::{caller, connection, consistent, page_request, state, Consistency};
+use crate::error::ApiError;
+use crate::read::{AuditEntry as AuditEntryView, AuditFilter};
+
+/// One event of the log, as auditors see it: who, what, when, and the
+/// payload with every secret-bearing field redacted.
+pub struct AuditEntry(pub AuditEntryView);
+
+#[Object]
+impl AuditEntry {
+    /// The event's position in the log; resume a subscription after it.
+    async fn position(&self) -> String {
+        self.0.position.to_string()
+    }
+    /// The kind of entity.
+    async fn aggregate_type(&self) -> async_graphql::Result<AggregateType> {
+        Ok(AggregateType::parse(&self.0.aggregate_type)?)
+    }
+    /// The entity's id.
+    async fn aggregate_id(&self) -> ID {
+        ID(self.0.aggregate_id.clone())
+    }
+    /// The event's sequence within its entity, from 1.
+    async fn sequence(&self) -> u64 {
+        self.0.sequence
+    }
+    /// The event type, such as `WorkflowCreated`.
+    async fn event_type(&self) -> &str {
+        &self.0.event_type
+    }
+    /// The event version.
+    async fn event_version(&self) -> &str {
+        &self.0.event_version
+    }
+    /// Who caused it (the token's `sub`).
+    async fn actor(&self) -> &str {
+        &self.0.actor
+    }
+    /// Groups the events of one user action.
+    async fn correlation_id(&self) -> &str {
+        &self.0.correlation_id
+    }
+    /// The HTTP request that carried the command.
+    async fn request_id(&self) -> &str {
+        &self.0.request_id
+    }
+    /// When it was recorded.
+    async fn recorded_at(&self) -> DateTime<Utc> {
+        self.0.recorded_at
+    }
+    /// The payload, redacted.
+    async fn payload(&self) -> Json {
+        async_graphql::Json(self.0.payload.clone())
+    }
+}
+
+/// Filters for `auditLog` and `events`.
+#[derive(InputObject, Default, Clone)]
+pub struct AuditFilterInput {
+    /// Only this kind of entity.
+    pub aggregate_type: Option<AggregateType>,
+    /// Only this entity.
+    pub aggregate_id: Option<ID>,
+    /// Only events caused by this actor.
+    pub actor: Option<String>,
+    /// Only events recorded at or after this time.
+    pub from: Option<DateTime<Utc>>,
+    /// Only events recorded before this time.
+    pub to: Option<DateTime<Utc>>,
+}
+
+impl From<AuditFilterInput> for AuditFilter {
+    fn from(f: AuditFilterInput) -> Self {
+        Self {
+            aggregate_type: f.aggregate_type.map(|t| t.as_str().to_string()),
+            aggregate_id: f.aggregate_id.map(|id| id.0),
+            actor: f.actor,
+            from: f.from,
+            to: f.to,
+        }
+    }
+}
+
+/// Audit queries.
+#[derive(Default)]
+pub struct AuditQuery;
+
+#[Object]
+impl AuditQuery {
+    /// The tenant's log, oldest first.
+    async fn audit_log(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        filter: Option<AuditFilterInput>,
+        consistency: Option<Consistency>,
+    ) -> async_graphql::Result<Connection<String, AuditEntry, EmptyFields, EmptyFields>> {
+        let caller = caller(ctx, Role::Admin)?;
+        let state = state(ctx)?;
+        consistent(state, consistency).await?;
+        let had_cursor = after.is_some();
+        let page = page_request(first, after)?;
+        let filter: AuditFilter = filter.unwrap_or_default().into();
+        let page = state
+            .read
+            .audit_log(&caller.tenant, &page, &filter)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(connection(page, had_cursor, AuditEntry))
+    }
+
+    /// Every event of one entity, in order. Another tenant's entity is
+    /// `NOT_FOUND`.
+    async fn history(
+        &self,
+        ctx: &Context<'_>,
+        aggregate_type: AggregateType,
+        aggregate_id: ID,
+        consistency: Option<Consistency>,
+    ) -> async_graphql::Result<Vec<AuditEntry>> {
+        let caller = caller(ctx, Role::Admin)?;
+        let state = state(ctx)?;
+        consistent(state, consistency).await?;
+        let entries = state
+            .read
+            .history(&caller.tenant, aggregate_type.as_str(), &aggregate_id)
+            .await
+            .map_err(ApiError::from)?;
+        if entries.is_empty() {
+            return Err(ApiError::NotFound.into());
+        }
+        Ok(entries.into_iter().map(AuditEntry).collect())
+    }
+}

@@ -1,0 +1,277 @@
+//! The GraphQL schema: one module per feature, merged here.
+//!
+//! The types in these modules are the API's own: they are built from the
+//! read models' views, and the domain's types never derive GraphQL traits.
+//! Every resolver checks the caller's role first (mutations take it from the
+//! command's `required_role()`), reads only the caller's tenant, and returns
+//! [`ApiError`]s, which carry the error codes.
+
+pub mod audit;
+pub mod executions;
+pub mod mcp_servers;
+pub mod scalars;
+pub mod secrets;
+pub mod subscriptions;
+pub mod workflows;
+
+use std::sync::Arc;
+
+use async_graphql::connection::{Connection, Edge, EmptyFields};
+use async_graphql::dataloader::DataLoader;
+use async_graphql::{
+    Context, MergedObject, MergedSubscription, Object, OutputType, Schema, SimpleObject,
+};
+use toolhub_domain::Role;
+use toolhub_eventstore::{CommandContext, Committed, Position};
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::config::Limits;
+use crate::error::ApiError;
+use crate::read::{Cursor, Page, PageRequest, MAX_PAGE};
+use crate::state::AppState;
+
+pub use scalars::Consistency;
+
+/// The schema type.
+pub type ToolhubSchema = Schema<Query, Mutation, Subscription>;
+
+/// Every query.
+#[derive(MergedObject, Default)]
+pub struct Query(
+    MeQuery,
+    workflows::WorkflowQuery,
+    secrets::SecretQuery,
+    mcp_servers::McpServerQuery,
+    executions::ExecutionQuery,
+    audit::AuditQuery,
+);
+
+/// Every mutation.
+#[derive(MergedObject, Default)]
+pub struct Mutation(
+    workflows::WorkflowMutation,
+    secrets::SecretMutation,
+    mcp_servers::McpServerMutation,
+);
+
+/// Every subscription.
+#[derive(MergedSubscription, Default)]
+pub struct Subscription(subscriptions::LogSubscription);
+
+/// Builds the schema with its limits. `state` is `None` only when the schema
+/// is built to print its SDL.
+pub fn build_schema(state: Option<Arc<AppState>>, limits: &Limits) -> ToolhubSchema {
+    let builder = Schema::build(
+        Query::default(),
+        Mutation::default(),
+        Subscription::default(),
+    )
+    .limit_depth(limits.depth)
+    .limit_complexity(limits.complexity)
+    .limit_recursive_depth(64)
+    .limit_directives(16);
+    match state {
+        Some(state) => builder.data(state).finish(),
+        None => builder.finish(),
+    }
+}
+
+/// The schema in SDL, as checked into `docs/schema.graphql`.
+pub fn sdl() -> String {
+    build_schema(None, &Limits::default()).sdl()
+}
+
+/// Data attached to each request (or WebSocket connection).
+pub struct RequestData {
+    /// The verified caller.
+    pub caller: Caller,
+    /// The request id (the `x-request-id` header).
+    pub request_id: String,
+}
+
+/// The batching loaders of one request, scoped to the caller's tenant.
+pub struct Loaders {
+    /// Execution steps by execution id.
+    pub steps: DataLoader<executions::StepLoader>,
+    /// MCP tools by server id.
+    pub tools: DataLoader<mcp_servers::ToolLoader>,
+}
+
+impl Loaders {
+    /// Loaders for `caller`'s tenant.
+    pub fn new(state: &Arc<AppState>, caller: &Caller) -> Self {
+        Self {
+            steps: DataLoader::new(
+                executions::StepLoader {
+                    state: state.clone(),
+                    tenant: caller.tenant.clone(),
+                },
+                tokio::spawn,
+            ),
+            tools: DataLoader::new(
+                mcp_servers::ToolLoader {
+                    state: state.clone(),
+                    tenant: caller.tenant.clone(),
+                },
+                tokio::spawn,
+            ),
+        }
+    }
+}
+
+/// The request's shared state.
+pub(crate) fn state<'a>(ctx: &Context<'a>) -> Result<&'a Arc<AppState>, ApiError> {
+    ctx.data_opt::<Arc<AppState>>()
+        .ok_or_else(|| ApiError::internal("the schema has no state"))
+}
+
+/// The caller, after checking that they have at least `role`.
+pub(crate) fn caller<'a>(ctx: &Context<'a>, role: Role) -> Result<&'a Caller, ApiError> {
+    let data = ctx
+        .data_opt::<RequestData>()
+        .ok_or(ApiError::Unauthenticated("a bearer token is required"))?;
+    data.caller.require(role)?;
+    Ok(&data.caller)
+}
+
+/// The request's batching loaders.
+pub(crate) fn loaders<'a>(ctx: &Context<'a>) -> Result<&'a Loaders, ApiError> {
+    ctx.data_opt::<Loaders>()
+        .ok_or_else(|| ApiError::internal("the request has no loaders"))
+}
+
+/// The context recorded with the events of a command issued by this request.
+pub(crate) fn command_context(ctx: &Context<'_>, caller: &Caller) -> CommandContext {
+    let mut context = CommandContext::new(caller.sub.clone(), caller.tenant.clone());
+    if let Some(data) = ctx.data_opt::<RequestData>() {
+        context.request_id = data.request_id.clone();
+    }
+    context
+}
+
+/// Waits for `consistency.atLeast`, when given.
+pub(crate) async fn consistent(
+    state: &AppState,
+    consistency: Option<Consistency>,
+) -> Result<(), ApiError> {
+    let Some(consistency) = consistency else {
+        return Ok(());
+    };
+    let position = parse_position(&consistency.at_least, "consistency.atLeast")?;
+    state
+        .read
+        .wait_for(position, state.limits.consistency_wait)
+        .await?;
+    Ok(())
+}
+
+/// Parses a position given by a client.
+pub(crate) fn parse_position(text: &str, field: &str) -> Result<Position, ApiError> {
+    text.parse::<Position>()
+        .map_err(|_| ApiError::validation(field, "not a position returned by this API"))
+}
+
+/// Checks and converts `first` / `after`.
+pub(crate) fn page_request(
+    first: Option<i32>,
+    after: Option<String>,
+) -> Result<PageRequest, ApiError> {
+    let first = match first {
+        None => 20,
+        Some(n) if n < 1 => {
+            return Err(ApiError::validation("first", "must be at least 1"));
+        }
+        // `first` is capped, not refused: asking for more gets a full page.
+        Some(n) => (n as u32).min(MAX_PAGE),
+    };
+    Ok(PageRequest {
+        first,
+        after: after.map(Cursor),
+    })
+}
+
+/// A Relay connection from a page of views.
+pub(crate) fn connection<V, N: OutputType>(
+    page: Page<V>,
+    had_cursor: bool,
+    node: impl Fn(V) -> N,
+) -> Connection<String, N, EmptyFields, EmptyFields> {
+    let mut connection = Connection::new(had_cursor, page.has_next_page);
+    connection.edges.extend(
+        page.items
+            .into_iter()
+            .map(|(cursor, view)| Edge::new(cursor.0, node(view))),
+    );
+    connection
+}
+
+/// Records a command's outcome in the metrics and passes it on.
+pub(crate) fn observe(
+    state: &AppState,
+    aggregate: &str,
+    result: Result<Committed, ApiError>,
+) -> Result<Committed, ApiError> {
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(ApiError::Conflict { .. }) => "conflict",
+        Err(ApiError::Validation { .. }) => "rejected",
+        Err(ApiError::NotFound) => "not_found",
+        Err(_) => "error",
+    };
+    let events = result.as_ref().map_or(0, |c| c.events);
+    state.metrics.command(aggregate, outcome, events);
+    result
+}
+
+/// The position a payload reports: the command's last event, or the log
+/// head when the command appended nothing.
+pub(crate) async fn payload_position(
+    state: &AppState,
+    committed: &Committed,
+) -> Result<Position, ApiError> {
+    match committed.position {
+        Some(position) => Ok(position),
+        None => Ok(state.store.head().await?),
+    }
+}
+
+/// Parses an entity id given by a client.
+pub(crate) fn parse_id(id: &str, field: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id).map_err(|_| ApiError::validation(field, "not a valid id"))
+}
+
+/// Who is calling.
+#[derive(SimpleObject)]
+pub struct Me {
+    /// The token's `sub`.
+    sub: String,
+    /// The token's `org`: the tenant.
+    org: String,
+    /// The roles the token grants.
+    roles: Vec<String>,
+}
+
+/// `me`.
+#[derive(Default)]
+pub struct MeQuery;
+
+#[Object]
+impl MeQuery {
+    /// The caller, as the token says.
+    async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<Me> {
+        let data = ctx
+            .data_opt::<RequestData>()
+            .ok_or(ApiError::Unauthenticated("a bearer token is required"))?;
+        Ok(Me {
+            sub: data.caller.sub.clone(),
+            org: data.caller.tenant.to_string(),
+            roles: data
+                .caller
+                .roles
+                .iter()
+                .map(|r| r.as_str().to_string())
+                .collect(),
+        })
+    }
+}

@@ -1,0 +1,279 @@
+//! Subscriptions: projections of the log, tenant-scoped and resumable.
+//!
+//! Every subscription follows the audit read model from a position. It wakes
+//! when the server learns that the read models moved (a commit in this
+//! process or, through PostgreSQL `NOTIFY`, in any replica), and also on a
+//! timer, because notifications are only hints. Reading by position from the
+//! read model is what makes resumption exact: `events(after: p)` yields
+//! every event after `p` once, in log order, whoever wrote it.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_graphql::{Context, InputObject, Subscription, ID};
+use futures::{Stream, StreamExt};
+use toolhub_domain::{Role, TenantId};
+use toolhub_eventstore::Position;
+
+use super::audit::AuditEntry;
+use super::executions::Execution;
+use super::scalars::AggregateType;
+use super::workflows::Workflow;
+use super::{caller, parse_position, state};
+use crate::error::ApiError;
+use crate::metrics::SubscriptionGuard;
+use crate::read::{AuditEntry as AuditEntryView, AuditFilter};
+use crate::state::AppState;
+
+/// How many entries one read of the log takes.
+const BATCH: u32 = 200;
+
+/// How often a subscription looks for news without being woken. Wake-ups
+/// come from `AppState::projected`, which itself polls the log head, so this
+/// is only a last resort; it is long so that idle subscribers cost nothing.
+const POLL: Duration = Duration::from_secs(5);
+
+/// Filters for `events`.
+#[derive(InputObject, Default, Clone)]
+pub struct EventFilterInput {
+    /// Only this kind of entity.
+    pub aggregate_type: Option<AggregateType>,
+    /// Only this entity.
+    pub aggregate_id: Option<ID>,
+}
+
+/// Follows the tenant's audit entries after a position, in order, in
+/// batches; ends when the server shuts down or the read fails.
+struct Follower {
+    state: Arc<AppState>,
+    tenant: TenantId,
+    filter: AuditFilter,
+    after: Position,
+    projected: tokio::sync::watch::Receiver<Position>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    _guard: SubscriptionGuard,
+}
+
+impl Follower {
+    fn new(state: &Arc<AppState>, tenant: TenantId, filter: AuditFilter, after: Position) -> Self {
+        Self {
+            state: state.clone(),
+            tenant,
+            filter,
+            after,
+            projected: state.projected.clone(),
+            shutdown: state.shutdown.clone(),
+            _guard: SubscriptionGuard::new(&state.metrics.active_subscriptions),
+        }
+    }
+
+    /// The next non-empty batch, or `None` at shutdown. Errors end the
+    /// stream after being reported.
+    async fn next_batch(&mut self) -> Option<Result<Vec<AuditEntryView>, ApiError>> {
+        loop {
+            if *self.shutdown.borrow() {
+                return None;
+            }
+            let batch = self
+                .state
+                .fanout
+                .audit_after(
+                    &self.state.read,
+                    &self.tenant,
+                    self.after,
+                    &self.filter,
+                    BATCH,
+                )
+                .await;
+            match batch {
+                Err(error) => return Some(Err(error)),
+                Ok(entries) if !entries.is_empty() => {
+                    if let Some(last) = entries.last() {
+                        self.after = last.position;
+                    }
+                    return Some(Ok(entries.as_ref().clone()));
+                }
+                Ok(_) => {}
+            }
+            tokio::select! {
+                _ = self.shutdown.changed() => return None,
+                _ = self.projected.changed() => {}
+                _ = tokio::time::sleep(POLL) => {}
+            }
+        }
+    }
+}
+
+/// The position a subscription starts after: the given one, or the log's
+/// head now (only what happens from here on).
+async fn start(state: &AppState, after: Option<String>) -> Result<Position, ApiError> {
+    match after {
+        Some(text) => parse_position(&text, "after"),
+        None => Ok(state.store.head().await?),
+    }
+}
+
+/// The log's subscriptions.
+#[derive(Default)]
+pub struct LogSubscription;
+
+#[Subscription]
+impl LogSubscription {
+    /// The tenant's log from a position (admins): every event after `after`,
+    /// once, in order; without `after`, from now on. Resume after a
+    /// disconnect by passing the last `position` received.
+    async fn events(
+        &self,
+        ctx: &Context<'_>,
+        after: Option<String>,
+        filter: Option<EventFilterInput>,
+    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<AuditEntry>>> {
+        let caller = caller(ctx, Role::Admin)?;
+        let state = state(ctx)?;
+        let after = start(state, after).await?;
+        let filter = filter.unwrap_or_default();
+        let filter = AuditFilter {
+            aggregate_type: filter.aggregate_type.map(|t| t.as_str().to_string()),
+            aggregate_id: filter.aggregate_id.map(|id| id.0),
+            ..AuditFilter::default()
+        };
+        let follower = Follower::new(state, caller.tenant.clone(), filter, after);
+        let stream = futures::stream::unfold(
+            (follower, VecDeque::new(), false),
+            |(mut follower, mut buffer, failed)| async move {
+                if failed {
+                    return None;
+                }
+                loop {
+                    if let Some(entry) = buffer.pop_front() {
+                        return Some((Ok(AuditEntry(entry)), (follower, buffer, false)));
+                    }
+                    match follower.next_batch().await? {
+                        Ok(entries) => buffer.extend(entries),
+                        Err(error) => {
+                            return Some((Err(error.into()), (follower, buffer, true)));
+                        }
+                    }
+                }
+            },
+        );
+        Ok(stream)
+    }
+
+    /// A workflow, each time it changes (viewers and up).
+    async fn workflow_changed(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Workflow>>> {
+        let caller = caller(ctx, Role::Viewer)?;
+        let state = state(ctx)?;
+        let after = state.store.head().await.map_err(ApiError::from)?;
+        if state
+            .read
+            .workflow(&caller.tenant, &id)
+            .await
+            .map_err(ApiError::from)?
+            .is_none()
+        {
+            return Err(ApiError::NotFound.into());
+        }
+        let filter = AuditFilter {
+            aggregate_type: Some(AggregateType::Workflow.as_str().to_string()),
+            aggregate_id: Some(id.0.clone()),
+            ..AuditFilter::default()
+        };
+        let follower = Follower::new(state, caller.tenant.clone(), filter, after);
+        Ok(follow_entity(
+            follower,
+            id.0,
+            |state, tenant, id| async move {
+                Ok(state
+                    .read
+                    .workflow(&tenant, &id)
+                    .await
+                    .map_err(ApiError::from)?
+                    .map(Workflow))
+            },
+        ))
+    }
+
+    /// An execution, each time it changes (viewers and up).
+    async fn execution_updated(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Execution>>> {
+        let caller = caller(ctx, Role::Viewer)?;
+        let state = state(ctx)?;
+        let after = state.store.head().await.map_err(ApiError::from)?;
+        if state
+            .read
+            .execution(&caller.tenant, &id)
+            .await
+            .map_err(ApiError::from)?
+            .is_none()
+        {
+            return Err(ApiError::NotFound.into());
+        }
+        let filter = AuditFilter {
+            aggregate_type: Some(AggregateType::Execution.as_str().to_string()),
+            aggregate_id: Some(id.0.clone()),
+            ..AuditFilter::default()
+        };
+        let follower = Follower::new(state, caller.tenant.clone(), filter, after);
+        Ok(follow_entity(
+            follower,
+            id.0,
+            |state, tenant, id| async move {
+                Ok(state
+                    .read
+                    .execution(&tenant, &id)
+                    .await
+                    .map_err(ApiError::from)?
+                    .map(Execution))
+            },
+        ))
+    }
+}
+
+/// Yields the entity as the read model shows it after each batch of its
+/// events.
+fn follow_entity<T, F, Fut>(
+    follower: Follower,
+    id: String,
+    load: F,
+) -> impl Stream<Item = async_graphql::Result<T>>
+where
+    T: Send + 'static,
+    F: Fn(Arc<AppState>, TenantId, String) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Option<T>, ApiError>> + Send,
+{
+    let load = Arc::new(load);
+    futures::stream::unfold((follower, false), move |(mut follower, failed)| {
+        let load = load.clone();
+        let id = id.clone();
+        async move {
+            if failed {
+                return None;
+            }
+            loop {
+                match follower.next_batch().await? {
+                    Err(error) => return Some((Err(error.into()), (follower, true))),
+                    Ok(_) => {
+                        let state = follower.state.clone();
+                        // The entity's read model may trail the audit log.
+                        let _ = state.settle(follower.after).await;
+                        match load(state, follower.tenant.clone(), id.clone()).await {
+                            Ok(Some(entity)) => return Some((Ok(entity), (follower, false))),
+                            Ok(None) => continue,
+                            Err(error) => return Some((Err(error.into()), (follower, true))),
+                        }
+                    }
+                }
+            }
+        }
+    })
+    .boxed()
+}

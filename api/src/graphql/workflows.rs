@@ -1,0 +1,398 @@
+//! Workflows: `workflows`, `workflow { versions }` and the six workflow
+//! mutations.
+
+use async_graphql::connection::{Connection, EmptyFields};
+use async_graphql::{Context, InputObject, Object, SimpleObject, ID};
+use chrono::{DateTime, Utc};
+use toolhub_domain::workflow::WorkflowCommand;
+use toolhub_domain::{CommandTraits, Role, WorkflowId};
+use toolhub_eventstore::Committed;
+
+use super::scalars::Json;
+use super::{
+    caller, command_context, connection, consistent, observe, page_request, parse_id,
+    payload_position, state, Consistency,
+};
+use crate::error::ApiError;
+use crate::read::{WorkflowFilter, WorkflowVersionView, WorkflowView};
+
+/// A workflow as it stands now.
+pub struct Workflow(pub WorkflowView);
+
+#[Object]
+impl Workflow {
+    /// The workflow's id.
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    /// The display name.
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    /// What the workflow is for.
+    async fn description(&self) -> &str {
+        &self.0.description
+    }
+    /// The current definition.
+    async fn definition(&self) -> Json {
+        async_graphql::Json(self.0.definition.clone())
+    }
+    /// The current definition's version number, from 1.
+    async fn definition_version(&self) -> u64 {
+        self.0.version
+    }
+    /// The entity's version: pass it as `expectedVersion` to change the
+    /// workflow only if nobody else did in between.
+    async fn version(&self) -> u64 {
+        self.0.aggregate_version
+    }
+    /// Whether the workflow is archived.
+    async fn archived(&self) -> bool {
+        self.0.archived
+    }
+    /// The triggers (cron schedules, webhooks).
+    async fn triggers(&self) -> Json {
+        async_graphql::Json(self.0.triggers.clone())
+    }
+    /// Who created it.
+    async fn created_by(&self) -> &str {
+        &self.0.created_by
+    }
+    /// When it was created.
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    /// Who changed it last.
+    async fn updated_by(&self) -> &str {
+        &self.0.updated_by
+    }
+    /// When it was changed last.
+    async fn updated_at(&self) -> DateTime<Utc> {
+        self.0.updated_at
+    }
+    /// Every version of the definition, newest first.
+    async fn versions(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "How many versions (at most 100).")] first: Option<i32>,
+        #[graphql(desc = "Continue after this cursor.")] after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, WorkflowVersion, EmptyFields, EmptyFields>> {
+        let caller = caller(ctx, Role::Viewer)?;
+        let state = state(ctx)?;
+        let had_cursor = after.is_some();
+        let page = page_request(first, after)?;
+        let page = state
+            .read
+            .workflow_versions(&caller.tenant, &self.0.id, &page)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(connection(page, had_cursor, WorkflowVersion::from))
+    }
+}
+
+/// One version of a workflow's definition.
+#[derive(SimpleObject)]
+pub struct WorkflowVersion {
+    /// The workflow's id.
+    workflow_id: ID,
+    /// The version number, from 1.
+    version: u64,
+    /// The definition of this version.
+    definition: Json,
+    /// The comment given with the change.
+    comment: Option<String>,
+    /// For a revert, the version it copied.
+    reverted_from: Option<u64>,
+    /// Who made this version.
+    actor: String,
+    /// When.
+    recorded_at: DateTime<Utc>,
+}
+
+impl From<WorkflowVersionView> for WorkflowVersion {
+    fn from(v: WorkflowVersionView) -> Self {
+        Self {
+            workflow_id: ID(v.workflow_id),
+            version: v.version,
+            definition: async_graphql::Json(v.definition),
+            comment: v.comment,
+            reverted_from: v.reverted_from,
+            actor: v.actor,
+            recorded_at: v.recorded_at,
+        }
+    }
+}
+
+/// Filters for `workflows`.
+#[derive(InputObject, Default)]
+pub struct WorkflowFilterInput {
+    /// A case-insensitive part of the name.
+    name_contains: Option<String>,
+    /// Only archived (true) or only active (false) workflows; both when
+    /// omitted.
+    archived: Option<bool>,
+}
+
+/// What a workflow mutation did.
+#[derive(SimpleObject)]
+pub struct WorkflowPayload {
+    /// The workflow's id.
+    id: ID,
+    /// The workflow's version after the mutation.
+    version: u64,
+    /// The position of the mutation's last event; pass it as
+    /// `consistency: {atLeast: …}` to read your write.
+    position: String,
+    /// The workflow as the read model shows it after the mutation; null only
+    /// when the read model did not catch up within the bound.
+    workflow: Option<Workflow>,
+}
+
+/// `createWorkflow` input.
+#[derive(InputObject)]
+pub struct CreateWorkflowInput {
+    /// The display name.
+    name: String,
+    /// What the workflow is for.
+    #[graphql(default)]
+    description: String,
+    /// The definition: `{nodes: [...], edges: [...]}`.
+    definition: Json,
+}
+
+/// `updateWorkflow` input.
+#[derive(InputObject)]
+pub struct UpdateWorkflowInput {
+    /// The workflow.
+    id: ID,
+    /// The new definition.
+    definition: Json,
+    /// Why it changed, shown in the version history.
+    comment: Option<String>,
+    /// Change only if the workflow is at this version.
+    expected_version: Option<u64>,
+}
+
+/// `renameWorkflow` input.
+#[derive(InputObject)]
+pub struct RenameWorkflowInput {
+    /// The workflow.
+    id: ID,
+    /// The new name.
+    name: String,
+    /// Change only if the workflow is at this version.
+    expected_version: Option<u64>,
+}
+
+/// `archiveWorkflow` and `restoreWorkflow` input.
+#[derive(InputObject)]
+pub struct WorkflowIdInput {
+    /// The workflow.
+    id: ID,
+    /// Change only if the workflow is at this version.
+    expected_version: Option<u64>,
+}
+
+/// `revertWorkflow` input.
+#[derive(InputObject)]
+pub struct RevertWorkflowInput {
+    /// The workflow.
+    id: ID,
+    /// The version to copy as the new current version.
+    to_version: u64,
+    /// Why.
+    comment: Option<String>,
+    /// Change only if the workflow is at this version.
+    expected_version: Option<u64>,
+}
+
+/// Workflow queries.
+#[derive(Default)]
+pub struct WorkflowQuery;
+
+#[Object]
+impl WorkflowQuery {
+    /// The tenant's workflows, by name.
+    async fn workflows(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        filter: Option<WorkflowFilterInput>,
+        consistency: Option<Consistency>,
+    ) -> async_graphql::Result<Connection<String, Workflow, EmptyFields, EmptyFields>> {
+        let caller = caller(ctx, Role::Viewer)?;
+        let state = state(ctx)?;
+        consistent(state, consistency).await?;
+        let had_cursor = after.is_some();
+        let page = page_request(first, after)?;
+        let filter = filter.unwrap_or_default();
+        let filter = WorkflowFilter {
+            name_contains: filter.name_contains,
+            archived: filter.archived,
+        };
+        let page = state
+            .read
+            .workflows(&caller.tenant, &page, &filter)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(connection(page, had_cursor, Workflow))
+    }
+
+    /// One workflow. Another tenant's workflow is `NOT_FOUND`.
+    async fn workflow(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        consistency: Option<Consistency>,
+    ) -> async_graphql::Result<Option<Workflow>> {
+        let caller = caller(ctx, Role::Viewer)?;
+        let state = state(ctx)?;
+        consistent(state, consistency).await?;
+        let view = state
+            .read
+            .workflow(&caller.tenant, &id)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or(ApiError::NotFound)?;
+        Ok(Some(Workflow(view)))
+    }
+}
+
+/// Workflow mutations.
+#[derive(Default)]
+pub struct WorkflowMutation;
+
+impl WorkflowMutation {
+    async fn run(
+        ctx: &Context<'_>,
+        id: WorkflowId,
+        command: WorkflowCommand,
+        expected_version: Option<u64>,
+    ) -> async_graphql::Result<WorkflowPayload> {
+        let caller = caller(ctx, command.required_role())?;
+        let state = state(ctx)?;
+        let context = command_context(ctx, caller);
+        let id_text = id.to_string();
+        let result: Result<Committed, ApiError> = state
+            .workflows
+            .execute_expecting(&id_text, command, &context, expected_version)
+            .await
+            .map_err(ApiError::from);
+        let committed = observe(state, "workflow", result)?;
+        let position = payload_position(state, &committed).await?;
+        let workflow = if state.settle(position).await {
+            state
+                .read
+                .workflow(&caller.tenant, &id_text)
+                .await
+                .map_err(ApiError::from)?
+                .map(Workflow)
+        } else {
+            None
+        };
+        Ok(WorkflowPayload {
+            id: ID(id_text),
+            version: committed.version,
+            position: position.to_string(),
+            workflow,
+        })
+    }
+}
+
+fn workflow_id(id: &ID) -> Result<WorkflowId, ApiError> {
+    parse_id(id, "input.id").map(WorkflowId::from_uuid)
+}
+
+#[Object]
+impl WorkflowMutation {
+    /// Creates a workflow; its definition becomes version 1.
+    async fn create_workflow(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateWorkflowInput,
+    ) -> async_graphql::Result<WorkflowPayload> {
+        let tenant = caller(ctx, Role::Viewer)?.tenant.clone();
+        let command = WorkflowCommand::Create {
+            tenant,
+            name: input.name,
+            description: input.description,
+            definition: input.definition.0,
+        };
+        Self::run(ctx, WorkflowId::new(), command, None).await
+    }
+
+    /// Records a new version of the definition.
+    async fn update_workflow(
+        &self,
+        ctx: &Context<'_>,
+        input: UpdateWorkflowInput,
+    ) -> async_graphql::Result<WorkflowPayload> {
+        let command = WorkflowCommand::UpdateDefinition {
+            definition: input.definition.0,
+            comment: input.comment,
+        };
+        Self::run(
+            ctx,
+            workflow_id(&input.id)?,
+            command,
+            input.expected_version,
+        )
+        .await
+    }
+
+    /// Changes the display name.
+    async fn rename_workflow(
+        &self,
+        ctx: &Context<'_>,
+        input: RenameWorkflowInput,
+    ) -> async_graphql::Result<WorkflowPayload> {
+        let command = WorkflowCommand::Rename { name: input.name };
+        Self::run(
+            ctx,
+            workflow_id(&input.id)?,
+            command,
+            input.expected_version,
+        )
+        .await
+    }
+
+    /// Hides and freezes the workflow.
+    async fn archive_workflow(
+        &self,
+        ctx: &Context<'_>,
+        input: WorkflowIdInput,
+    ) -> async_graphql::Result<WorkflowPayload> {
+        let id = workflow_id(&input.id)?;
+        Self::run(ctx, id, WorkflowCommand::Archive, input.expected_version).await
+    }
+
+    /// Undoes `archiveWorkflow`.
+    async fn restore_workflow(
+        &self,
+        ctx: &Context<'_>,
+        input: WorkflowIdInput,
+    ) -> async_graphql::Result<WorkflowPayload> {
+        let id = workflow_id(&input.id)?;
+        Self::run(ctx, id, WorkflowCommand::Restore, input.expected_version).await
+    }
+
+    /// Records a new version that copies an earlier one.
+    async fn revert_workflow(
+        &self,
+        ctx: &Context<'_>,
+        input: RevertWorkflowInput,
+    ) -> async_graphql::Result<WorkflowPayload> {
+        let command = WorkflowCommand::Revert {
+            to_version: input.to_version,
+            comment: input.comment,
+        };
+        Self::run(
+            ctx,
+            workflow_id(&input.id)?,
+            command,
+            input.expected_version,
+        )
+        .await
+    }
+}

@@ -1,0 +1,146 @@
+//! Prometheus metrics, served as text at `/metrics`.
+//!
+//! Each running server has its own registry (tests run several servers in
+//! one process). Labels are bounded sets — route templates, operation types,
+//! aggregate types, outcomes — never ids or user input.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// The service's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// HTTP requests by route and status class.
+    pub http_requests: IntCounterVec,
+    /// GraphQL request latency by operation type.
+    pub graphql_latency: HistogramVec,
+    /// Commands by aggregate and outcome.
+    pub commands: IntCounterVec,
+    /// Commands that ended in a conflict, by aggregate.
+    pub conflicts: IntCounterVec,
+    /// Events appended by this process.
+    pub events_appended: IntCounter,
+    /// Events each projector is behind the log head.
+    pub projector_lag: IntGaugeVec,
+    /// Open GraphQL subscriptions.
+    pub active_subscriptions: IntGauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let registry =
+            Registry::new_custom(Some("toolhub".into()), None).expect("a valid metric prefix");
+        let http_requests = IntCounterVec::new(
+            Opts::new("http_requests_total", "HTTP requests by route and status"),
+            &["route", "status"],
+        )
+        .expect("valid metric");
+        let graphql_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "graphql_request_duration_seconds",
+                "GraphQL request latency by operation type",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["operation"],
+        )
+        .expect("valid metric");
+        let commands = IntCounterVec::new(
+            Opts::new("commands_total", "Commands by aggregate and outcome"),
+            &["aggregate", "outcome"],
+        )
+        .expect("valid metric");
+        let conflicts = IntCounterVec::new(
+            Opts::new(
+                "command_conflicts_total",
+                "Commands that ended in a conflict",
+            ),
+            &["aggregate"],
+        )
+        .expect("valid metric");
+        let events_appended =
+            IntCounter::new("events_appended_total", "Events appended by this process")
+                .expect("valid metric");
+        let projector_lag = IntGaugeVec::new(
+            Opts::new(
+                "projector_lag_events",
+                "Events a projector is behind the log",
+            ),
+            &["projection"],
+        )
+        .expect("valid metric");
+        let active_subscriptions =
+            IntGauge::new("active_subscriptions", "Open GraphQL subscriptions")
+                .expect("valid metric");
+        for collector in [
+            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(graphql_latency.clone()),
+            Box::new(commands.clone()),
+            Box::new(conflicts.clone()),
+            Box::new(events_appended.clone()),
+            Box::new(projector_lag.clone()),
+            Box::new(active_subscriptions.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        Self {
+            registry,
+            http_requests,
+            graphql_latency,
+            commands,
+            conflicts,
+            events_appended,
+            projector_lag,
+            active_subscriptions,
+        }
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(error) = encoder.encode(&self.registry.gather(), &mut buffer) {
+            tracing::warn!(%error, "could not encode the metrics");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+
+    /// Records a command's outcome.
+    pub fn command(&self, aggregate: &str, outcome: &str, events: usize) {
+        self.commands.with_label_values(&[aggregate, outcome]).inc();
+        if outcome == "conflict" {
+            self.conflicts.with_label_values(&[aggregate]).inc();
+        }
+        self.events_appended.inc_by(events as u64);
+    }
+}
+
+/// Counts a subscription as active for as long as the guard lives.
+pub struct SubscriptionGuard(IntGauge);
+
+impl SubscriptionGuard {
+    /// Increments the gauge until dropped.
+    pub fn new(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for SubscriptionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -1,0 +1,11 @@
+//! The read side as the API uses it: every name taken from
+//! `toolhub-projections`, in one place.
+
+pub use toolhub_projections::views::{
+    AuditEntry, AuditFilter, Cursor, ExecutionFilter, ExecutionStepView, ExecutionView,
+    McpServerView, McpToolView, Page, PageRequest, SecretView, WorkflowFilter, WorkflowVersionView,
+    WorkflowView, MAX_PAGE,
+};
+pub use toolhub_projections::{
+    ProjectorLag, ProjectorRunner, ReadError, ReadModels, RunnerHandle, RunnerOptions, WaitError,
+};

@@ -1,0 +1,454 @@
+//! The HTTP server: the router, its limits and hygiene layers, and starting
+//! and stopping it.
+//!
+//! Every request gets an `x-request-id` (the client's, or a new UUID), which
+//! is echoed in the response, carried by the request's log span, recorded
+//! with the events of its commands and shown in `INTERNAL` errors. Request
+//! bodies, variables and `Authorization` headers are never logged.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_graphql::http::{GraphiQLSource, ALL_WEBSOCKET_PROTOCOLS};
+use async_graphql::Data;
+use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{MatchedPath, Request, State, WebSocketUpgrade};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde_json::json;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use tracing::Instrument;
+
+use crate::auth::Verifier;
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::graphql::{build_schema, Loaders, RequestData, ToolhubSchema};
+use crate::metrics::Metrics;
+use crate::read::{ProjectorRunner, ReadModels, RunnerHandle, RunnerOptions};
+use crate::state::{follow_projections, AppState};
+use toolhub_eventstore::{CommandBus, KeyStore, Position, SecretVault, StoreError};
+
+/// The request id header.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The database could not be opened or migrated.
+    #[error("cannot open the database {url}: {source}")]
+    Store {
+        /// The URL with any password removed.
+        url: String,
+        /// What failed.
+        source: StoreError,
+    },
+    /// The JWT key could not be used.
+    #[error("cannot use the JWT key: {0}")]
+    Jwt(String),
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What failed.
+        source: std::io::Error,
+    },
+}
+
+/// A running server.
+pub struct Running {
+    /// The address it listens on (with the real port when 0 was asked for).
+    pub addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    server: JoinHandle<()>,
+    runner: Option<RunnerHandle>,
+    follower: JoinHandle<()>,
+}
+
+impl Running {
+    /// The base URL, such as `http://127.0.0.1:8080`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops gracefully: stops accepting, lets in-flight requests finish
+    /// (for a bounded time), ends subscriptions, then stops the projectors,
+    /// which finish their batch and checkpoint.
+    pub async fn stop(mut self) {
+        let _ = self.shutdown.send(true);
+        let mut server = self.server;
+        if tokio::time::timeout(Duration::from_secs(15), &mut server)
+            .await
+            .is_err()
+        {
+            tracing::warn!("in-flight requests did not finish within 15s; closing them");
+            server.abort();
+        }
+        if let Some(runner) = self.runner.take() {
+            runner.stop().await;
+        }
+        self.follower.abort();
+    }
+}
+
+/// Opens the database (applying migrations), starts the projectors and the
+/// HTTP server, and returns once it listens.
+pub async fn spawn(config: Config) -> Result<Running, StartError> {
+    let shown = toolhub_eventstore::store::redact_url(&config.database_url);
+    let store = toolhub_eventstore::open(&config.database_url)
+        .await
+        .map_err(|source| StartError::Store {
+            url: shown.clone(),
+            source,
+        })?;
+    let verifier = Verifier::new(&config.jwt).map_err(|e| StartError::Jwt(e.to_string()))?;
+    let read = ReadModels::new(&store);
+    let runner = config
+        .run_projectors
+        .then(|| ProjectorRunner::start(store.clone(), RunnerOptions::default()));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (projected_tx, projected_rx) = watch::channel(Position::ZERO);
+    let follower = tokio::spawn(follow_projections(
+        store.clone(),
+        read.clone(),
+        projected_tx,
+        shutdown_rx.clone(),
+    ));
+    let keys = KeyStore::new(store.db().clone(), config.master_key.clone());
+    let state = Arc::new(AppState {
+        workflows: CommandBus::new(store.clone()),
+        mcp_servers: CommandBus::new(store.clone()),
+        secrets: SecretVault::new(CommandBus::new(store.clone()), keys),
+        store,
+        read,
+        verifier,
+        metrics: Metrics::new(),
+        limits: config.limits.clone(),
+        projected: projected_rx,
+        shutdown: shutdown_rx.clone(),
+        fanout: Default::default(),
+    });
+    let schema = build_schema(Some(state.clone()), &config.limits);
+    let app = router(state, schema, &config);
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let mut stop = shutdown_rx;
+    let server = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            })
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "the server failed");
+        }
+    });
+    tracing::info!(%addr, database = %shown, "listening");
+    Ok(Running {
+        addr,
+        shutdown: shutdown_tx,
+        server,
+        runner,
+        follower,
+    })
+}
+
+#[derive(Clone)]
+struct App {
+    state: Arc<AppState>,
+    schema: ToolhubSchema,
+}
+
+/// The router with every layer.
+fn router(state: Arc<AppState>, schema: ToolhubSchema, config: &Config) -> Router {
+    let app = App {
+        state: state.clone(),
+        schema,
+    };
+    let graphql = Router::new()
+        .route("/graphql", get(graphiql).post(graphql_http))
+        .route("/graphql/ws", get(graphql_ws))
+        .with_state(app);
+    let ops = Router::new()
+        .route("/health/live", get(crate::health::live))
+        .route("/health/ready", get(crate::health::ready))
+        .route("/metrics", get(crate::health::metrics))
+        .with_state(state.clone());
+    let trace = TraceLayer::new_for_http().make_span_with(|request: &Request| {
+        let request_id = request
+            .headers()
+            .get(REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        // The path only: never the query string or any header value.
+        tracing::info_span!(
+            "request",
+            method = %request.method(),
+            path = %request.uri().path(),
+            request_id = %request_id,
+        )
+    });
+    let mut router = graphql
+        .merge(ops)
+        .fallback(not_found)
+        // The limit answers early (from Content-Length) with plain text; the
+        // middleware outside it turns that into a JSON error.
+        .layer(RequestBodyLimitLayer::new(config.limits.body_bytes))
+        .layer(middleware::from_fn(json_limit_errors))
+        .layer(middleware::from_fn_with_state(state, count_requests))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(trace)
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
+    if let Some(cors) = cors(&config.cors_origins) {
+        router = router.layer(cors);
+    }
+    router
+}
+
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect::<Vec<_>>(),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::HeaderName::from_static(REQUEST_ID),
+            ])
+            .expose_headers([header::HeaderName::from_static(REQUEST_ID)])
+            .max_age(Duration::from_secs(600)),
+    )
+}
+
+/// A GraphQL-shaped error response.
+fn error_response(status: StatusCode, error: &ApiError) -> Response {
+    let mut extensions = json!({ "code": error.code() });
+    if let ApiError::Validation { field, reason } = error {
+        extensions["field"] = json!(field);
+        extensions["reason"] = json!(reason);
+    }
+    let body = json!({
+        "data": null,
+        "errors": [{ "message": error.message(), "extensions": extensions }],
+    });
+    let mut response = (status, axum::Json(body)).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(json!({ "error": "not found" })),
+    )
+        .into_response()
+}
+
+/// Rewrites the body limit's plain-text 413 into a JSON error.
+async fn json_limit_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        let is_json = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        if !is_json {
+            return error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &ApiError::validation("body", "the request body is larger than the limit"),
+            );
+        }
+    }
+    response
+}
+
+/// Counts requests by route template and status.
+async fn count_requests(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let response = next.run(request).await;
+    state
+        .metrics
+        .http_requests
+        .with_label_values(&[route.as_str(), response.status().as_str()])
+        .inc();
+    response
+}
+
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+async fn graphiql() -> Html<String> {
+    Html(
+        GraphiQLSource::build()
+            .endpoint("/graphql")
+            .subscription_endpoint("/graphql/ws")
+            .title("Toolhub")
+            .finish(),
+    )
+}
+
+/// What kind of operation a request is, for the latency metric (a cheap
+/// guess from the document; anything unclear counts as a query).
+fn operation_kind(query: &str) -> &'static str {
+    let trimmed = query.trim_start();
+    if trimmed.starts_with("mutation") {
+        "mutation"
+    } else if trimmed.starts_with("subscription") {
+        "subscription"
+    } else {
+        "query"
+    }
+}
+
+/// `POST /graphql`.
+async fn graphql_http(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let request_id = request_id(&headers);
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let caller = match app.state.verifier.verify_header(authorization) {
+        Ok(caller) => caller,
+        Err(error) => return error_response(StatusCode::UNAUTHORIZED, &error),
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            let status = rejection.status();
+            let reason = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "the request body is larger than the limit"
+            } else {
+                "the request body could not be read"
+            };
+            return error_response(status, &ApiError::validation("body", reason));
+        }
+    };
+    let request: async_graphql::Request = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(error) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                &ApiError::validation(
+                    "body",
+                    format!("not a GraphQL request ({{\"query\": …, \"variables\": …}}): {error}"),
+                ),
+            )
+        }
+    };
+    let kind = operation_kind(&request.query);
+    let loaders = Loaders::new(&app.state, &caller);
+    let request = request.data(RequestData {
+        caller,
+        request_id: request_id.clone(),
+    });
+    let request = request.data(loaders);
+    let started = Instant::now();
+    let span = tracing::info_span!("graphql", operation = kind);
+    let mut response = app.schema.execute(request).instrument(span).await;
+    app.state
+        .metrics
+        .graphql_latency
+        .with_label_values(&[kind])
+        .observe(started.elapsed().as_secs_f64());
+    for error in &mut response.errors {
+        let extensions = error.extensions.get_or_insert_with(Default::default);
+        match extensions.get("code") {
+            // Errors raised by async-graphql itself (parsing, validation,
+            // depth and complexity limits, input coercion) are the client's.
+            None => extensions.set("code", "VALIDATION"),
+            Some(async_graphql::Value::String(code)) if code == "INTERNAL" => {
+                extensions.set("requestId", request_id.as_str());
+            }
+            _ => {}
+        }
+    }
+    axum::Json(response).into_response()
+}
+
+/// `GET /graphql/ws`: graphql-transport-ws. The token comes in
+/// `connection_init` as `{"authorization": "Bearer …"}`; without a valid one
+/// the socket is closed.
+async fn graphql_ws(
+    State(app): State<App>,
+    protocol: GraphQLProtocol,
+    upgrade: WebSocketUpgrade,
+    headers: HeaderMap,
+) -> Response {
+    let request_id = request_id(&headers);
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| {
+            let state = app.state.clone();
+            let span = tracing::info_span!("subscription", request_id = %request_id);
+            GraphQLWebSocket::new(socket, app.schema.clone(), protocol)
+                .on_connection_init(move |payload| async move {
+                    let authorization = ["authorization", "Authorization"]
+                        .iter()
+                        .find_map(|k| payload.get(*k))
+                        .and_then(|v| v.as_str());
+                    let caller = state
+                        .verifier
+                        .verify_header(authorization)
+                        .map_err(|e| async_graphql::Error::new(e.message()))?;
+                    let mut data = Data::default();
+                    data.insert(Loaders::new(&state, &caller));
+                    data.insert(RequestData { caller, request_id });
+                    Ok(data)
+                })
+                .serve()
+                .instrument(span)
+        })
+}

@@ -1,0 +1,172 @@
+//! What every request handler shares: the store, the read models, the
+//! command buses, the verifier, the metrics and the limits.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::{BoxFuture, FutureExt, Shared};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use toolhub_domain::mcp_server::McpServer;
+use toolhub_domain::workflow::Workflow;
+use toolhub_domain::TenantId;
+use toolhub_eventstore::{CommandBus, EventStore, Position, SecretVault};
+
+use crate::auth::Verifier;
+use crate::config::Limits;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::read::{AuditEntry, AuditFilter, ReadModels};
+
+/// The shared state of one running server.
+pub struct AppState {
+    /// The event log.
+    pub store: EventStore,
+    /// The read models.
+    pub read: ReadModels,
+    /// Workflow commands.
+    pub workflows: CommandBus<Workflow>,
+    /// MCP server commands.
+    pub mcp_servers: CommandBus<McpServer>,
+    /// Secret commands, with their key handling.
+    pub secrets: SecretVault,
+    /// Token verification.
+    pub verifier: Verifier,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// Request limits and bounded waits.
+    pub limits: Limits,
+    /// A position the read models are known to have reached; it moves each
+    /// time the log grows and the projectors catch up. Subscriptions wake on
+    /// it instead of each waiting for the projectors on their own.
+    pub projected: watch::Receiver<Position>,
+    /// Becomes true when the server shuts down; subscriptions end then.
+    pub shutdown: watch::Receiver<bool>,
+    /// Shares identical log reads between subscriptions.
+    pub fanout: Fanout,
+}
+
+type SharedRead = Shared<BoxFuture<'static, Result<Arc<Vec<AuditEntry>>, ApiError>>>;
+
+/// Single-flight reads of the audit log for subscriptions.
+///
+/// When a commit wakes a thousand subscribers of one tenant that all stand
+/// at the same position, they would each send the same query. Instead, the
+/// first one sends it and the others await its answer. A read is shared only
+/// while it is in flight, so nobody ever gets a stale answer.
+#[derive(Default)]
+pub struct Fanout {
+    in_flight: Mutex<HashMap<String, (u64, SharedRead)>>,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl Fanout {
+    /// The tenant's entries after `after` that match `filter`, at most
+    /// `limit`, read once for every caller asking the same at the same time.
+    pub async fn audit_after(
+        &self,
+        read: &ReadModels,
+        tenant: &TenantId,
+        after: Position,
+        filter: &AuditFilter,
+        limit: u32,
+    ) -> Result<Arc<Vec<AuditEntry>>, ApiError> {
+        let key = format!(
+            "{tenant}|{:?}|{:?}|{:?}|{:?}|{:?}|{after}|{limit}",
+            filter.aggregate_type, filter.aggregate_id, filter.actor, filter.from, filter.to
+        );
+        let (generation, shared) = {
+            let mut in_flight = self.in_flight.lock();
+            match in_flight.get(&key) {
+                Some(entry) => entry.clone(),
+                None => {
+                    let generation = self
+                        .generation
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let read = read.clone();
+                    let tenant = tenant.clone();
+                    let filter = filter.clone();
+                    let future: BoxFuture<'static, _> = Box::pin(async move {
+                        read.audit_after(&tenant, after, &filter, limit)
+                            .await
+                            .map(Arc::new)
+                            .map_err(ApiError::from)
+                    });
+                    let entry = (generation, future.shared());
+                    in_flight.insert(key.clone(), entry.clone());
+                    entry
+                }
+            }
+        };
+        let result = shared.await;
+        let mut in_flight = self.in_flight.lock();
+        if in_flight.get(&key).is_some_and(|(g, _)| *g == generation) {
+            in_flight.remove(&key);
+        }
+        result
+    }
+}
+
+impl AppState {
+    /// Waits, within the configured bound, until the read models reach
+    /// `position`. Returns false (and logs) on a timeout or a fault, so that
+    /// a committed mutation still answers.
+    pub async fn settle(&self, position: Position) -> bool {
+        match self
+            .read
+            .wait_for(position, self.limits.consistency_wait)
+            .await
+        {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(%error, %position, "the read models did not reach a mutation's position in time");
+                false
+            }
+        }
+    }
+}
+
+/// Follows the log and moves `projected` forward once the read models have
+/// caught up with each new commit (from this process or, on PostgreSQL, any
+/// other). Polls as a fallback, because notifications are hints.
+pub async fn follow_projections(
+    store: EventStore,
+    read: ReadModels,
+    projected: watch::Sender<Position>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut notifications = store.subscribe();
+    let mut poll = tokio::time::interval(Duration::from_millis(500));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let target = tokio::select! {
+            _ = shutdown.changed() => return,
+            changed = notifications.changed() => match changed {
+                Some(position) => position,
+                None => return,
+            },
+            _ = poll.tick() => match store.head().await {
+                Ok(head) => head,
+                Err(error) => {
+                    tracing::debug!(%error, "could not read the log head");
+                    continue;
+                }
+            },
+        };
+        if target <= *projected.borrow() {
+            continue;
+        }
+        // Wait briefly; the poll catches up whatever a timeout misses.
+        if read.wait_for(target, Duration::from_secs(2)).await.is_ok() {
+            projected.send_if_modified(|p| {
+                if target > *p {
+                    *p = target;
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+    }
+}
