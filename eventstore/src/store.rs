@@ -306,16 +306,12 @@ impl EventStore {
     /// Announces a local commit to this process's subscribers and, on
     /// PostgreSQL, to every other process.
     pub(crate) fn announce(&self, position: Position) {
-        let newer = |p: &mut Position| {
-            if position > *p {
-                *p = position;
-                true
-            } else {
-                false
-            }
-        };
-        self.inner.head.send_if_modified(newer);
-        self.inner.local_commits.send_if_modified(newer);
+        // Always wake, even for a position below the newest one announced:
+        // transactions commit out of order, and the one that commits last
+        // may be the one a reader is waiting for.
+        let raise = |p: &mut Position| *p = (*p).max(position);
+        self.inner.head.send_modify(raise);
+        self.inner.local_commits.send_modify(raise);
     }
 
     /// Subscribes to "the log grew" announcements, from this process and, on
@@ -559,14 +555,8 @@ async fn listener(pool: PgPool, head: watch::Sender<Position>, mut alive: watch:
                         let Ok(position) = notification.payload().parse::<Position>() else {
                             continue;
                         };
-                        head.send_if_modified(|p| {
-                            if position > *p {
-                                *p = position;
-                                true
-                            } else {
-                                false
-                            }
-                        });
+                        // Wake even for an older position: see `announce`.
+                        head.send_modify(|p| *p = (*p).max(position));
                     }
                     Err(error) => {
                         tracing::warn!(%error, "change notifications interrupted; reconnecting");

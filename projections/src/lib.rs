@@ -27,6 +27,6 @@ pub mod views;
 
 pub use projection::{Projection, Tables};
 pub use queries::{ProjectorLag, ReadError, ReadModels, WaitError};
-pub use rebuild::{rebuild, RebuildSummary};
+pub use rebuild::{rebuild, rebuild_many, RebuildSummary};
 pub use runner::{ProjectorRunner, RunnerHandle, RunnerOptions};
 pub use views::*;

@@ -80,7 +80,8 @@ pub fn all() -> Vec<std::sync::Arc<dyn Projection>> {
 }
 
 fn decode<E: serde::de::DeserializeOwned>(event: &RecordedEvent) -> Option<E> {
-    match serde_json::from_value(event.payload.clone()) {
+    // Deserialise from a borrowed value: no copy of the payload.
+    match E::deserialize(&event.payload) {
         Ok(e) => Some(e),
         Err(error) => {
             tracing::error!(

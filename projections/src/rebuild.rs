@@ -1,17 +1,18 @@
-//! Rebuilding a read model from position zero, while the service keeps
+//! Rebuilding read models from position zero, while the service keeps
 //! serving and writing.
 //!
-//! The projection is replayed into shadow tables (`<table>__rebuild`), batch
-//! by batch, without touching the live tables. Then one transaction locks the
-//! projection's checkpoint row (which the live projector locks for every
-//! batch, so it pauses), applies the events that arrived meanwhile to the
-//! shadow, drops the live tables, renames the shadow tables into their place
-//! and moves the checkpoint. Readers see the old tables or the new ones,
-//! never a mix.
+//! The projections are replayed together — the log is read once, and each
+//! batch is applied to every projection — into shadow tables
+//! (`<table>__rebuild`), without touching the live tables. Then one
+//! transaction locks the projections' checkpoint rows (which the live
+//! projectors lock for every batch, so they pause), applies the events that
+//! arrived meanwhile to the shadows, drops the live tables, renames the
+//! shadow tables (and their indexes) into their place and moves the
+//! checkpoints. Readers see the old tables or the new ones, never a mix.
 
 use std::time::{Duration, Instant};
 
-use toolhub_eventstore::{Db, EventStore, Position, StoreError};
+use toolhub_eventstore::{Db, EventStore, Position, RecordedEvent, StoreError};
 
 use crate::projection::{Projection, Tables, SHADOW_SUFFIX};
 use crate::runner::{read_checkpoint, write_checkpoint};
@@ -20,8 +21,8 @@ use crate::sql::{fetch, Arg, Conn};
 /// What a rebuild did.
 #[derive(Debug, Clone)]
 pub struct RebuildSummary {
-    /// The projection rebuilt.
-    pub projection: &'static str,
+    /// The projections rebuilt.
+    pub projections: Vec<&'static str>,
     /// Events replayed.
     pub events: u64,
     /// Wall-clock time.
@@ -54,11 +55,26 @@ pub async fn rebuild(
     store: &EventStore,
     projection: &dyn Projection,
     batch_size: u32,
+    progress: impl FnMut(u64),
+) -> Result<RebuildSummary, StoreError> {
+    rebuild_many(store, &[projection], batch_size, progress).await
+}
+
+/// Rebuilds several projections in one pass over the log.
+pub async fn rebuild_many(
+    store: &EventStore,
+    projections: &[&dyn Projection],
+    batch_size: u32,
     mut progress: impl FnMut(u64),
 ) -> Result<RebuildSummary, StoreError> {
     let started = Instant::now();
-    create_shadow_tables(store.db(), projection).await?;
-    let shadow = Tables::shadow();
+    // A fixed order, so that two rebuilds lock checkpoint rows alike.
+    let mut projections = projections.to_vec();
+    projections.sort_by_key(|p| p.name());
+    projections.dedup_by_key(|p| p.name());
+    for projection in &projections {
+        create_shadow_tables(store.db(), *projection).await?;
+    }
     let mut checkpoint = Position::ZERO;
     let mut done = 0u64;
     loop {
@@ -66,16 +82,16 @@ pub async fn rebuild(
         let Some(last) = events.last().map(|e| e.position) else {
             break;
         };
-        apply_in_transaction(store.db(), projection, &shadow, &events).await?;
+        apply_in_transaction(store.db(), &projections, &events).await?;
         checkpoint = last;
         done += events.len() as u64;
         progress(done);
     }
-    let (checkpoint, tail) = swap(store, projection, checkpoint, batch_size).await?;
+    let (checkpoint, tail) = swap(store, &projections, checkpoint, batch_size).await?;
     done += tail;
     progress(done);
     Ok(RebuildSummary {
-        projection: projection.name(),
+        projections: projections.iter().map(|p| p.name()).collect(),
         events: done,
         elapsed: started.elapsed(),
         checkpoint,
@@ -84,24 +100,33 @@ pub async fn rebuild(
 
 async fn apply_in_transaction(
     db: &Db,
-    projection: &dyn Projection,
-    tables: &Tables,
-    events: &[toolhub_eventstore::RecordedEvent],
+    projections: &[&dyn Projection],
+    events: &[RecordedEvent],
 ) -> Result<(), StoreError> {
+    let shadow = Tables::shadow();
     match db {
         Db::Postgres(pool) => {
             let mut tx = pool.begin().await?;
-            projection
-                .apply(&mut Conn::Pg(&mut tx), tables, events)
+            // A rebuild that crashes starts over from zero, so its batches
+            // need not wait for the disk; the swap keeps full durability.
+            sqlx::query("SET LOCAL synchronous_commit = off")
+                .execute(&mut *tx)
                 .await?;
+            for projection in projections {
+                projection
+                    .apply(&mut Conn::Pg(&mut tx), &shadow, events)
+                    .await?;
+            }
             tx.commit().await?;
         }
         Db::Sqlite(pool) => {
             let mut conn = pool.acquire().await?;
             let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
-            projection
-                .apply(&mut Conn::Lite(&mut tx), tables, events)
-                .await?;
+            for projection in projections {
+                projection
+                    .apply(&mut Conn::Lite(&mut tx), &shadow, events)
+                    .await?;
+            }
             tx.commit().await?;
         }
     }
@@ -147,16 +172,22 @@ async fn create_shadow_tables(db: &Db, projection: &dyn Projection) -> Result<()
     Ok(())
 }
 
+/// What makes two PostgreSQL index definitions the same index, whatever its
+/// name and table: uniqueness and everything from `USING` on.
+fn index_shape(indexdef: &str) -> Option<(bool, &str)> {
+    let unique = indexdef.starts_with("CREATE UNIQUE INDEX");
+    indexdef.find(" USING ").map(|i| (unique, &indexdef[i..]))
+}
+
 /// Catches the shadow tables up and swaps them in, in one transaction that
-/// holds the checkpoint row. Returns the new checkpoint and how many events
+/// holds the checkpoint rows. Returns the new checkpoint and how many events
 /// the catch-up applied.
 async fn swap(
     store: &EventStore,
-    projection: &dyn Projection,
+    projections: &[&dyn Projection],
     mut checkpoint: Position,
     batch_size: u32,
 ) -> Result<(Position, u64), StoreError> {
-    let name = projection.name();
     let shadow = Tables::shadow();
     let mut tail = 0u64;
     match store.db() {
@@ -164,41 +195,27 @@ async fn swap(
             let mut tx = pool.begin().await?;
             {
                 let mut conn = Conn::Pg(&mut tx);
-                // Pauses the live projector until this commits.
-                read_checkpoint(&mut conn, name, true).await?;
+                // Pauses the live projectors until this commits.
+                for projection in projections {
+                    read_checkpoint(&mut conn, projection.name(), true).await?;
+                }
                 loop {
                     let events = store.read_after(checkpoint, batch_size).await?;
                     let Some(last) = events.last().map(|e| e.position) else {
                         break;
                     };
-                    projection.apply(&mut conn, &shadow, &events).await?;
+                    for projection in projections {
+                        projection.apply(&mut conn, &shadow, &events).await?;
+                    }
                     checkpoint = last;
                     tail += events.len() as u64;
                 }
-                for table in projection.tables() {
-                    let shadow_table = format!("{table}{SHADOW_SUFFIX}");
-                    let indexes = conn
-                        .fetch(
-                            "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND tablename = $1",
-                            &[Arg::from(shadow_table.as_str())],
-                        )
-                        .await?;
-                    conn.exec(&format!("DROP TABLE {table}"), &[]).await?;
-                    conn.exec(
-                        &format!("ALTER TABLE {shadow_table} RENAME TO {table}"),
-                        &[],
-                    )
-                    .await?;
-                    for index in indexes {
-                        let index = index.text("indexname")?;
-                        let renamed = index.replacen(SHADOW_SUFFIX, "", 1);
-                        if renamed != index {
-                            conn.exec(&format!("ALTER INDEX {index} RENAME TO {renamed}"), &[])
-                                .await?;
-                        }
+                for projection in projections {
+                    for table in projection.tables() {
+                        swap_pg_table(&mut conn, table).await?;
                     }
+                    write_checkpoint(&mut conn, projection.name(), checkpoint).await?;
                 }
-                write_checkpoint(&mut conn, name, checkpoint).await?;
             }
             tx.commit().await?;
         }
@@ -212,39 +229,84 @@ async fn swap(
                 let Some(last) = events.last().map(|e| e.position) else {
                     break;
                 };
-                projection
-                    .apply(&mut Conn::Lite(&mut tx), &shadow, &events)
-                    .await?;
+                for projection in projections {
+                    projection
+                        .apply(&mut Conn::Lite(&mut tx), &shadow, &events)
+                        .await?;
+                }
                 checkpoint = last;
                 tail += events.len() as u64;
             }
             {
                 let mut conn = Conn::Lite(&mut tx);
-                for table in projection.tables() {
-                    let shadow_table = format!("{table}{SHADOW_SUFFIX}");
-                    let indexes = conn
-                        .fetch(
-                            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = $1 AND sql IS NOT NULL",
-                            &[Arg::from(*table)],
-                        )
-                        .await?;
-                    conn.exec(&format!("DROP TABLE {table}"), &[]).await?;
-                    conn.exec(
-                        &format!("ALTER TABLE {shadow_table} RENAME TO {table}"),
-                        &[],
-                    )
-                    .await?;
-                    // The live table's indexes went with it; build them again
-                    // on the renamed table, under their own names.
-                    for index in indexes {
-                        conn.exec(&index.text("sql")?, &[]).await?;
+                for projection in projections {
+                    for table in projection.tables() {
+                        swap_sqlite_table(&mut conn, table).await?;
                     }
+                    read_checkpoint(&mut conn, projection.name(), false).await?;
+                    write_checkpoint(&mut conn, projection.name(), checkpoint).await?;
                 }
-                read_checkpoint(&mut conn, name, false).await?;
-                write_checkpoint(&mut conn, name, checkpoint).await?;
             }
             tx.commit().await?;
         }
     }
     Ok((checkpoint, tail))
+}
+
+/// Replaces a live PostgreSQL table by its shadow, giving the shadow's
+/// indexes the live indexes' names, so that later migrations find them.
+async fn swap_pg_table(conn: &mut Conn<'_>, table: &str) -> Result<(), StoreError> {
+    let shadow_table = format!("{table}{SHADOW_SUFFIX}");
+    let indexes = "SELECT indexname, indexdef FROM pg_indexes \
+                   WHERE schemaname = current_schema() AND tablename = $1";
+    let live = conn.fetch(indexes, &[Arg::from(table)]).await?;
+    let shadows = conn
+        .fetch(indexes, &[Arg::from(shadow_table.as_str())])
+        .await?;
+    conn.exec(&format!("DROP TABLE {table}"), &[]).await?;
+    conn.exec(
+        &format!("ALTER TABLE {shadow_table} RENAME TO {table}"),
+        &[],
+    )
+    .await?;
+    let mut renamed = Vec::new();
+    for index in &shadows {
+        let name = index.text("indexname")?;
+        let def = index.text("indexdef")?;
+        let target = live.iter().find_map(|l| {
+            let (live_name, live_def) = (l.text("indexname").ok()?, l.text("indexdef").ok()?);
+            let same =
+                index_shape(&live_def).is_some() && index_shape(&live_def) == index_shape(&def);
+            (same && !renamed.contains(&live_name)).then_some(live_name)
+        });
+        let target = target.unwrap_or_else(|| name.replacen(SHADOW_SUFFIX, "", 1));
+        if target != name {
+            conn.exec(&format!("ALTER INDEX {name} RENAME TO {target}"), &[])
+                .await?;
+        }
+        renamed.push(target);
+    }
+    Ok(())
+}
+
+/// Replaces a live SQLite table by its shadow and builds the live table's
+/// indexes again on it, under their own names.
+async fn swap_sqlite_table(conn: &mut Conn<'_>, table: &str) -> Result<(), StoreError> {
+    let shadow_table = format!("{table}{SHADOW_SUFFIX}");
+    let indexes = conn
+        .fetch(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = $1 AND sql IS NOT NULL",
+            &[Arg::from(table)],
+        )
+        .await?;
+    conn.exec(&format!("DROP TABLE {table}"), &[]).await?;
+    conn.exec(
+        &format!("ALTER TABLE {shadow_table} RENAME TO {table}"),
+        &[],
+    )
+    .await?;
+    for index in indexes {
+        conn.exec(&index.text("sql")?, &[]).await?;
+    }
+    Ok(())
 }

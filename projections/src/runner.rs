@@ -152,11 +152,20 @@ pub(crate) fn lock_key(projection: &str) -> i64 {
     hash as i64
 }
 
-/// Tries once to become the leader of `projection`.
-pub(crate) async fn try_lead(db: &Db, projection: &str) -> Result<Option<Leader>, StoreError> {
+/// Tries once to become the leader of `projection`. On PostgreSQL a
+/// standby keeps its connection in `standby` between attempts, rather than
+/// opening one per attempt.
+pub(crate) async fn try_lead(
+    db: &Db,
+    projection: &str,
+    standby: &mut Option<PgConnection>,
+) -> Result<Option<Leader>, StoreError> {
     match db {
         Db::Postgres(pool) => {
-            let mut conn = pool.acquire().await?.detach();
+            let mut conn = match standby.take() {
+                Some(conn) => conn,
+                None => pool.acquire().await?.detach(),
+            };
             let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
                 .bind(lock_key(projection))
                 .fetch_one(&mut conn)
@@ -164,7 +173,7 @@ pub(crate) async fn try_lead(db: &Db, projection: &str) -> Result<Option<Leader>
             if locked {
                 Ok(Some(Leader::Pg(conn)))
             } else {
-                let _ = sqlx::Connection::close(conn).await;
+                *standby = Some(conn);
                 Ok(None)
             }
         }
@@ -193,11 +202,12 @@ async fn run_projection(
     leaders: Arc<StdMutex<HashSet<&'static str>>>,
 ) {
     let name = projection.name();
+    let mut standby = None;
     'standby: loop {
         if *stopped.borrow() {
             return;
         }
-        let mut leader = match try_lead(store.db(), name).await {
+        let mut leader = match try_lead(store.db(), name, &mut standby).await {
             Ok(Some(leader)) => leader,
             Ok(None) => {
                 tokio::select! {

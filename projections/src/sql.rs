@@ -94,9 +94,44 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, StoreError> {
         .map_err(|_| StoreError::Corrupt(format!("time {s:?}")))
 }
 
-/// Rewrites `$N` placeholders as SQLite's `?N`.
+/// Rewrites `$N` placeholders for SQLite. When they appear in order
+/// (`$1, $2, …`) they become anonymous `?`, which binds by position; SQLite
+/// resolves numbered ones by a linear search per parameter, which makes a
+/// multi-row insert with thousands of parameters quadratic. Out-of-order
+/// placeholders become `?N`.
 pub fn sqlite_sql(sql: &str) -> String {
-    sql.replace('$', "?")
+    let bytes = sql.as_bytes();
+    let mut out = String::with_capacity(sql.len());
+    let mut in_order = true;
+    let mut expected = 1u64;
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'$' {
+            let start = i + 1;
+            let mut end = start;
+            while end < bytes.len() && bytes[end].is_ascii_digit() {
+                end += 1;
+            }
+            if end > start {
+                if sql[start..end].parse::<u64>().ok() != Some(expected) {
+                    in_order = false;
+                    break;
+                }
+                expected += 1;
+                out.push('?');
+                i = end;
+                continue;
+            }
+        }
+        let ch = sql[i..].chars().next().unwrap_or_default();
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    if in_order {
+        out
+    } else {
+        sql.replace('$', "?")
+    }
 }
 
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
@@ -362,4 +397,26 @@ pub fn upsert_tail(keys: &[&str], columns: &[&str]) -> String {
         keys.join(", "),
         sets.join(", ")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sqlite_sql;
+
+    #[test]
+    fn placeholders_in_order_become_anonymous() {
+        assert_eq!(
+            sqlite_sql("a = $1 AND b IN ($2, $3) -- é"),
+            "a = ? AND b IN (?, ?) -- é"
+        );
+    }
+
+    #[test]
+    fn placeholders_out_of_order_keep_their_numbers() {
+        assert_eq!(
+            sqlite_sql("SET a = $2 WHERE b = $1"),
+            "SET a = ?2 WHERE b = ?1"
+        );
+        assert_eq!(sqlite_sql("a = $1 OR c = $1"), "a = ?1 OR c = ?1");
+    }
 }

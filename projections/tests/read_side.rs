@@ -639,3 +639,32 @@ async fn on_postgres_lag_counts_the_events_a_projector_has_not_applied() {
 async fn on_sqlite_lag_counts_the_events_a_projector_has_not_applied() {
     lag_counts_the_events_a_projector_has_not_applied(TestDb::sqlite().await).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_keeps_the_index_names_the_migrations_gave() {
+    let db = TestDb::postgres().await;
+    let store = open(db.url()).await.expect("open");
+    let writers = Writers::new(&store);
+    populate(&writers, "acme", 1).await;
+    let Db::Postgres(pool) = store.db() else {
+        unreachable!("a PostgreSQL test database")
+    };
+    let names = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT tablename || '.' || indexname FROM pg_indexes \
+             WHERE schemaname = current_schema() AND tablename LIKE 'rm\\_%' ORDER BY 1",
+        )
+        .fetch_all(pool)
+        .await
+        .expect("indexes")
+    };
+    let before = names().await;
+    assert!(
+        before.contains(&"rm_audit.rm_audit_tenant_order".to_string()),
+        "{before:?}"
+    );
+    rebuild_all(&store).await;
+    assert_eq!(names().await, before);
+    rebuild_all(&store).await;
+    assert_eq!(names().await, before, "and again after a second rebuild");
+}

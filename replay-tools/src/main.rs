@@ -1,8 +1,8 @@
 //! The `toolhub-replay` binary: tools that work on the event log offline.
 //!
 //! `toolhub-replay rebuild [--projection NAME] [--batch-size N]` rebuilds one
-//! read model, or all of them in turn, from position zero: each is replayed
-//! into shadow tables and swapped in atomically (see
+//! read model, or all of them in one pass over the log, from position zero:
+//! they are replayed into shadow tables and swapped in atomically (see
 //! `toolhub_projections::rebuild`), so a running service keeps serving and
 //! writing meanwhile. A progress bar on standard error shows the events
 //! replayed, the rate and the time left (it hides itself when standard error
@@ -20,14 +20,14 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use toolhub_eventstore::store::redact_url;
 use toolhub_eventstore::{EventStore, StoreOptions};
-use toolhub_projections::rebuild::{log_length, rebuild};
+use toolhub_projections::rebuild::{log_length, rebuild_many};
 use toolhub_projections::Projection;
 
 /// Toolhub's replay tools: rebuild read models from the event log.
@@ -60,7 +60,7 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         projection: Option<String>,
         /// How many events are applied per transaction.
-        #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         batch_size: u32,
     },
 }
@@ -154,39 +154,38 @@ async fn rebuild_all(
     projections: &[Arc<dyn Projection>],
     batch_size: u32,
 ) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let mut total_events = 0u64;
-    for projection in projections {
-        let name = projection.name();
-        let length = log_length(store)
-            .await
-            .with_context(|| format!("cannot count the events to replay for {name}"))?;
-        let bar = progress_bar(name, length);
-        let summary = rebuild(store, projection.as_ref(), batch_size, |done| {
-            // Writers may append while the rebuild runs, so the log can
-            // outgrow the length counted at the start.
-            if done > bar.length().unwrap_or(0) {
-                bar.set_length(done);
-            }
-            bar.set_position(done);
-        })
-        .await;
-        bar.finish_and_clear();
-        let summary = summary.with_context(|| format!("rebuilding {name} failed"))?;
-        println!(
-            "{name}: {} events in {:.2} s ({} events/s), checkpoint {}",
-            summary.events,
-            summary.elapsed.as_secs_f64(),
-            rate(summary.rate()),
-            summary.checkpoint
-        );
-        total_events += summary.events;
+    let names: Vec<&str> = projections.iter().map(|p| p.name()).collect();
+    let label = if names.len() == 1 {
+        names[0]
+    } else {
+        "read models"
+    };
+    let length = log_length(store)
+        .await
+        .context("cannot count the events to replay")?;
+    let bar = progress_bar(label, length);
+    // One pass over the log feeds every selected read model.
+    let selected: Vec<&dyn Projection> = projections.iter().map(|p| p.as_ref()).collect();
+    let summary = rebuild_many(store, &selected, batch_size, |done| {
+        // Writers may append while the rebuild runs, so the log can outgrow
+        // the length counted at the start.
+        if done > bar.length().unwrap_or(0) {
+            bar.set_length(done);
+        }
+        bar.set_position(done);
+    })
+    .await;
+    bar.finish_and_clear();
+    let summary = summary.with_context(|| format!("rebuilding {} failed", names.join(", ")))?;
+    for name in &summary.projections {
+        println!("{name}: rebuilt, checkpoint {}", summary.checkpoint);
     }
-    let elapsed = started.elapsed().as_secs_f64();
+    let elapsed = summary.elapsed.as_secs_f64();
     println!(
-        "total: {} read model(s), {total_events} events in {elapsed:.2} s ({} events/s)",
-        projections.len(),
-        rate(total_events as f64 / elapsed.max(1e-9))
+        "total: {} read model(s), {} events in {elapsed:.2} s ({} events/s)",
+        summary.projections.len(),
+        summary.events,
+        rate(summary.rate())
     );
     Ok(())
 }

@@ -336,11 +336,12 @@ pub async fn settle(read: &toolhub_projections::ReadModels, position: Position) 
         .expect("the projectors catch up");
 }
 
-/// Rebuilds every projection from scratch.
+/// Rebuilds every projection from scratch, in one pass.
 pub async fn rebuild_all(store: &EventStore) {
-    for projection in toolhub_projections::projection::all() {
-        toolhub_projections::rebuild(store, projection.as_ref(), 500, |_| {})
-            .await
-            .expect("rebuild");
-    }
+    let all = toolhub_projections::projection::all();
+    let projections: Vec<&dyn toolhub_projections::Projection> =
+        all.iter().map(|p| p.as_ref()).collect();
+    toolhub_projections::rebuild_many(store, &projections, 500, |_| {})
+        .await
+        .expect("rebuild");
 }
