@@ -88,7 +88,7 @@ impl Config {
                 .map(|b| b.trim().to_string())
                 .filter(|b| !b.is_empty())
                 .collect(),
-            profile: env_u64("BENCH_PROFILE", 1) != 0,
+            profile: env_u64("BENCH_PROFILE", 0) != 0,
         }
     }
 }

@@ -97,7 +97,10 @@ impl RunnerHandle {
     }
 
     /// Stops at once, without waiting for the current batches: what a
-    /// crashed process does (the open transactions roll back).
+    /// crashed process does on PostgreSQL, where each leader's connection
+    /// (and with it its open transaction and its lock) dies with its task.
+    /// On SQLite an aborted task may leave a pooled connection inside a
+    /// transaction; use [`stop`](Self::stop) there.
     pub fn abort(self) {
         for task in &self.tasks {
             task.abort();

@@ -166,7 +166,12 @@ impl Projection for FailsOnce {
     }
 }
 
-async fn a_failed_batch_and_a_crash_leave_the_same_tables_as_a_rebuild(db: TestDb) {
+/// `crash` stops the first runner by aborting its tasks, as a dying process
+/// would. That is faithful on PostgreSQL, where the leader's own connection
+/// dies with it; an SQLite process that dies takes its locks with it, which
+/// an aborted task in a living process cannot imitate, so there the first
+/// runner is stopped (its failed batch is the crash in the middle).
+async fn a_failed_batch_and_a_crash_leave_the_same_tables_as_a_rebuild(db: TestDb, crash: bool) {
     let store = open(db.url()).await.expect("open");
     let writers = Writers::new(&store);
     let read = ReadModels::new(&store);
@@ -182,9 +187,13 @@ async fn a_failed_batch_and_a_crash_leave_the_same_tables_as_a_rebuild(db: TestD
         .collect();
     let runner = ProjectorRunner::start_with(store.clone(), failing, fast());
     settle(&read, first.last).await;
-    // Crash: no graceful stop, open transactions are lost.
     let more = populate(&writers, "globex", 2).await;
-    runner.abort();
+    if crash {
+        // No graceful stop: open transactions are lost.
+        runner.abort();
+    } else {
+        runner.stop().await;
+    }
     let restarted = ProjectorRunner::start(store.clone(), fast());
     settle(&read, more.last).await;
     restarted.stop().await;
@@ -200,12 +209,14 @@ async fn a_failed_batch_and_a_crash_leave_the_same_tables_as_a_rebuild(db: TestD
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgres_a_failed_batch_and_a_crash_leave_the_same_tables_as_a_rebuild() {
-    a_failed_batch_and_a_crash_leave_the_same_tables_as_a_rebuild(TestDb::postgres().await).await;
+    a_failed_batch_and_a_crash_leave_the_same_tables_as_a_rebuild(TestDb::postgres().await, true)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_sqlite_a_failed_batch_and_a_crash_leave_the_same_tables_as_a_rebuild() {
-    a_failed_batch_and_a_crash_leave_the_same_tables_as_a_rebuild(TestDb::sqlite().await).await;
+    a_failed_batch_and_a_crash_leave_the_same_tables_as_a_rebuild(TestDb::sqlite().await, false)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
