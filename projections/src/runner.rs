@@ -66,6 +66,23 @@ impl ProjectorRunner {
     ) -> RunnerHandle {
         let (stop, stopped) = watch::channel(false);
         let leaders = Arc::new(StdMutex::new(HashSet::new()));
+        if let Db::Sqlite(_) = store.db() {
+            // SQLite has one writer at a time: one task applies each batch
+            // to every projection in a single transaction, instead of five
+            // transactions queueing for the write lock.
+            let task = tokio::spawn(run_sqlite_group(
+                store,
+                projections,
+                options,
+                stopped,
+                leaders.clone(),
+            ));
+            return RunnerHandle {
+                stop,
+                tasks: vec![task],
+                leaders,
+            };
+        }
         let tasks = projections
             .into_iter()
             .map(|projection| {
@@ -274,6 +291,131 @@ async fn run_projection(
     }
 }
 
+/// The SQLite runner: one lease per projection, all held together, and one
+/// transaction per batch for all of them.
+async fn run_sqlite_group(
+    store: EventStore,
+    projections: Vec<Arc<dyn Projection>>,
+    options: RunnerOptions,
+    mut stopped: watch::Receiver<bool>,
+    leaders: Arc<StdMutex<HashSet<&'static str>>>,
+) {
+    let Db::Sqlite(pool) = store.db().clone() else {
+        return;
+    };
+    let names: Vec<&'static str> = projections.iter().map(|p| p.name()).collect();
+    loop {
+        if *stopped.borrow() {
+            return;
+        }
+        let mut leases = Vec::new();
+        for name in &names {
+            match try_lead(store.db(), name, &mut None).await {
+                Ok(Some(lease)) => leases.push(lease),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if leases.len() < names.len() {
+            drop(leases);
+            tokio::select! {
+                _ = tokio::time::sleep(options.standby_interval) => continue,
+                _ = stopped.changed() => return,
+            }
+        }
+        if let Ok(mut l) = leaders.lock() {
+            l.extend(names.iter().copied());
+        }
+        tracing::info!(projections = ?names, "projectors are the leaders");
+        let mut notifications = store.subscribe();
+        let mut failures = 0u32;
+        while !*stopped.borrow() {
+            match batch_group_on_sqlite(&store, &pool, &projections, options.batch_size).await {
+                Ok(applied) => {
+                    failures = 0;
+                    if applied >= options.batch_size as usize {
+                        continue;
+                    }
+                    tokio::select! {
+                        _ = notifications.changed() => {}
+                        _ = tokio::time::sleep(options.poll_interval) => {}
+                        _ = stopped.changed() => {}
+                    }
+                }
+                Err(error) => {
+                    failures += 1;
+                    tracing::warn!(%error, failures, "a projector batch failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(50)))) => {}
+                        _ = stopped.changed() => {}
+                    }
+                }
+            }
+        }
+        if let Ok(mut l) = leaders.lock() {
+            for name in &names {
+                l.remove(name);
+            }
+        }
+        return;
+    }
+}
+
+/// One batch for several projections on SQLite: the events after the lowest
+/// checkpoint, each projection taking those after its own, all in one
+/// transaction with the new checkpoints.
+async fn batch_group_on_sqlite(
+    store: &EventStore,
+    pool: &sqlx::SqlitePool,
+    projections: &[Arc<dyn Projection>],
+    batch_size: u32,
+) -> Result<usize, StoreError> {
+    // Read before taking the write lock: holding it while waiting for a
+    // pooled connection could starve the writers that hold the others.
+    let mut checkpoints = Vec::with_capacity(projections.len());
+    {
+        let mut conn = pool.acquire().await?;
+        let mut c = Conn::Lite(&mut conn);
+        for projection in projections {
+            checkpoints.push(read_checkpoint(&mut c, projection.name(), false).await?);
+        }
+    }
+    let Some(lowest) = checkpoints.iter().min().copied() else {
+        return Ok(0);
+    };
+    let events = store.read_after(lowest, batch_size).await?;
+    if events.is_empty() {
+        return Ok(0);
+    }
+    let mut conn = pool.acquire().await?;
+    // IMMEDIATE takes the write lock up front: a deferred transaction that
+    // reads and then writes can deadlock with another writer.
+    let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
+    {
+        let mut c = Conn::Lite(&mut tx);
+        for (projection, checkpoint) in projections.iter().zip(&checkpoints) {
+            if read_checkpoint(&mut c, projection.name(), false).await? != *checkpoint {
+                // A rebuild swapped tables in meanwhile; start over from the
+                // new checkpoints.
+                return Ok(events.len());
+            }
+        }
+        for (projection, checkpoint) in projections.iter().zip(&checkpoints) {
+            let start = events.partition_point(|e| e.position <= *checkpoint);
+            let Some(last) = events.last().map(|e| e.position) else {
+                continue;
+            };
+            if start < events.len() {
+                projection
+                    .apply(&mut c, &Tables::live(), &events[start..])
+                    .await?;
+                write_checkpoint(&mut c, projection.name(), last).await?;
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(events.len())
+}
+
 fn is_connection_error(error: &StoreError) -> bool {
     matches!(
         error,
@@ -348,8 +490,8 @@ pub(crate) async fn run_batch(
     projection: &dyn Projection,
     batch_size: u32,
 ) -> Result<usize, StoreError> {
-    match (leader, store.db()) {
-        (Leader::Pg(conn), _) => {
+    match leader {
+        Leader::Pg(conn) => {
             let mut tx = sqlx::Connection::begin(conn).await?;
             let applied = {
                 let mut c = Conn::Pg(&mut tx);
@@ -358,48 +500,11 @@ pub(crate) async fn run_batch(
             tx.commit().await?;
             Ok(applied)
         }
-        (Leader::Lite(_), Db::Sqlite(pool)) => {
-            batch_on_sqlite(store, pool, projection, batch_size).await
-        }
-        (Leader::Lite(_), Db::Postgres(_)) => {
-            Err(StoreError::Corrupt("an SQLite lease on PostgreSQL".into()))
-        }
+        // SQLite projections run together in `run_sqlite_group`.
+        Leader::Lite(_) => Err(StoreError::Corrupt(
+            "an SQLite lease outside the SQLite group runner".into(),
+        )),
     }
-}
-
-async fn batch_on_sqlite(
-    store: &EventStore,
-    pool: &sqlx::SqlitePool,
-    projection: &dyn Projection,
-    batch_size: u32,
-) -> Result<usize, StoreError> {
-    let name = projection.name();
-    // Read before taking the write lock: holding it while waiting for a
-    // pooled connection could starve the writers that hold the others.
-    let checkpoint = {
-        let mut conn = pool.acquire().await?;
-        read_checkpoint(&mut Conn::Lite(&mut conn), name, false).await?
-    };
-    let events = store.read_after(checkpoint, batch_size).await?;
-    let Some(last) = events.last().map(|e| e.position) else {
-        return Ok(0);
-    };
-    let mut conn = pool.acquire().await?;
-    // IMMEDIATE takes the write lock up front: a deferred transaction that
-    // reads and then writes can deadlock with another writer.
-    let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
-    {
-        let mut c = Conn::Lite(&mut tx);
-        if read_checkpoint(&mut c, name, false).await? != checkpoint {
-            // A rebuild swapped the tables in meanwhile; start over from
-            // the new checkpoint.
-            return Ok(events.len());
-        }
-        projection.apply(&mut c, &Tables::live(), &events).await?;
-        write_checkpoint(&mut c, name, last).await?;
-    }
-    tx.commit().await?;
-    Ok(events.len())
 }
 
 async fn apply_next(
