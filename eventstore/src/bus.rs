@@ -278,12 +278,7 @@ where
             Repo::Postgres(repo) => repo.get_last_events::<A>(id, version as usize).await?,
             Repo::Sqlite(repo) => repo.get_last_events::<A>(id, version as usize).await?,
         };
-        let mut version = version;
-        for event in events {
-            version = event.sequence as u64;
-            let event = self.store.upcast(event);
-            state.apply(serde_json::from_value(event.payload)?);
-        }
+        let version = self.apply_all(&mut state, version, events, None)?;
         Ok((state, version))
     }
 
@@ -296,7 +291,19 @@ where
             Repo::Sqlite(repo) => repo.get_events::<A>(id).await?,
         };
         let mut state = A::default();
-        let mut version = 0;
+        let version = self.apply_all(&mut state, 0, events, up_to)?;
+        Ok((state, version))
+    }
+
+    /// Upcasts and applies stored events to `state`, up to version `up_to`
+    /// when given; returns the version reached.
+    fn apply_all(
+        &self,
+        state: &mut A,
+        mut version: u64,
+        events: Vec<cqrs_es::persist::SerializedEvent>,
+        up_to: Option<u64>,
+    ) -> Result<u64, StoreError> {
         for event in events {
             if up_to.is_some_and(|limit| event.sequence as u64 > limit) {
                 break;
@@ -305,7 +312,7 @@ where
             let event = self.store.upcast(event);
             state.apply(serde_json::from_value(event.payload)?);
         }
-        Ok((state, version))
+        Ok(version)
     }
 
     fn maybe_snapshot(&self, id: &str, state: &A, old_version: u64, new_version: u64) {

@@ -68,6 +68,11 @@ pub trait Projection: Send + Sync {
     ) -> Result<(), StoreError>;
 }
 
+/// The names of every projection, as [`all`] returns them. Read-your-writes
+/// and lag consult these checkpoints on every poll, without building the
+/// projections.
+pub const NAMES: [&str; 5] = ["workflows", "executions", "secrets", "mcp_servers", "audit"];
+
 /// Every projection, in the order they are run.
 pub fn all() -> Vec<std::sync::Arc<dyn Projection>> {
     vec![
@@ -1192,5 +1197,14 @@ impl Projection for AuditProjection {
             "ON CONFLICT (global_position) DO NOTHING",
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_names_are_those_of_every_projection_in_order() {
+        let names: Vec<&str> = super::all().iter().map(|p| p.name()).collect();
+        assert_eq!(names, super::NAMES);
     }
 }

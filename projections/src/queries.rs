@@ -622,7 +622,7 @@ impl ReadModels {
 
     /// The lowest checkpoint among the projections.
     pub async fn applied(&self) -> Result<Position, StoreError> {
-        let names: Vec<&str> = crate::projection::all().iter().map(|p| p.name()).collect();
+        let names = crate::projection::NAMES;
         let sql = format!(
             "SELECT transaction_id, global_position FROM projector_checkpoints WHERE projection IN ({})",
             placeholders(1, names.len())
@@ -663,8 +663,7 @@ impl ReadModels {
     /// How far each projection is behind the log.
     pub async fn lag(&self) -> Result<Vec<ProjectorLag>, ReadError> {
         let mut out = Vec::new();
-        for projection in crate::projection::all() {
-            let name = projection.name();
+        for name in crate::projection::NAMES {
             let rows = fetch(
                 self.db(),
                 "SELECT transaction_id, global_position FROM projector_checkpoints WHERE projection = $1",
