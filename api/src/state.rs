@@ -127,46 +127,38 @@ impl AppState {
     }
 }
 
-/// Follows the log and moves `projected` forward once the read models have
-/// caught up with each new commit (from this process or, on PostgreSQL, any
-/// other). Polls as a fallback, because notifications are hints.
+/// Moves `projected` forward each time the read models do: woken by the
+/// projectors' announcements (from this process or, on PostgreSQL, any
+/// other), and polling as a fallback, because announcements are hints.
 pub async fn follow_projections(
     store: EventStore,
     read: ReadModels,
     projected: watch::Sender<Position>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut notifications = store.subscribe();
+    let mut moved = store.projected();
     let mut poll = tokio::time::interval(Duration::from_millis(500));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let target = tokio::select! {
+        tokio::select! {
             _ = shutdown.changed() => return,
-            changed = notifications.changed() => match changed {
-                Some(position) => position,
-                None => return,
+            changed = moved.changed() => if changed.is_err() {
+                return;
             },
-            _ = poll.tick() => match store.head().await {
-                Ok(head) => head,
-                Err(error) => {
-                    tracing::debug!(%error, "could not read the log head");
-                    continue;
-                }
-            },
-        };
-        if target <= *projected.borrow() {
-            continue;
+            _ = poll.tick() => {}
         }
-        // Wait briefly; the poll catches up whatever a timeout misses.
-        if read.wait_for(target, Duration::from_secs(2)).await.is_ok() {
-            projected.send_if_modified(|p| {
-                if target > *p {
-                    *p = target;
-                    true
-                } else {
-                    false
-                }
-            });
+        match read.applied().await {
+            Ok(applied) => {
+                projected.send_if_modified(|p| {
+                    if applied > *p {
+                        *p = applied;
+                        true
+                    } else {
+                        false
+                    }
+                });
+            }
+            Err(error) => tracing::debug!(%error, "could not read the projectors' checkpoints"),
         }
     }
 }

@@ -22,6 +22,10 @@ use crate::position::Position;
 /// payload is the newest position the sender committed.
 pub const NOTIFY_CHANNEL: &str = "toolhub_events";
 
+/// The PostgreSQL `NOTIFY` channel on which projectors announce that a read
+/// model moved forward.
+pub const PROJECTED_CHANNEL: &str = "toolhub_projected";
+
 /// The database behind the store.
 #[derive(Clone, Debug)]
 pub enum Db {
@@ -78,6 +82,11 @@ pub(crate) struct Inner {
     /// to other processes with `NOTIFY`. Kept apart from `head` so that a
     /// notification received is never sent again.
     local_commits: watch::Sender<Position>,
+    /// Bumped each time a read model moves forward, in this process or
+    /// (through `LISTEN`) in any other. Read-your-writes waits on it.
+    projected: watch::Sender<u64>,
+    /// Bumps made by this process's projectors, forwarded with `NOTIFY`.
+    local_projected: watch::Sender<u64>,
     listener_started: Mutex<bool>,
     /// Dropped with the store, which stops the background tasks.
     _alive: watch::Sender<()>,
@@ -262,18 +271,33 @@ impl EventStore {
     pub fn with_upcasters(db: Db, upcasters: Vec<Arc<dyn EventUpcaster>>) -> Self {
         let (head, _) = watch::channel(Position::ZERO);
         let (local_commits, local_rx) = watch::channel(Position::ZERO);
+        let (projected, _) = watch::channel(0u64);
+        let (local_projected, local_projected_rx) = watch::channel(0u64);
         let (alive_tx, alive) = watch::channel(());
         let inner = Arc::new(Inner {
             db,
             upcasters,
             head,
             local_commits,
+            projected,
+            local_projected,
             listener_started: Mutex::new(false),
             _alive: alive_tx,
             alive,
         });
         if let Db::Postgres(pool) = &inner.db {
-            tokio::spawn(notifier(pool.clone(), local_rx, inner.alive.clone()));
+            tokio::spawn(notifier(
+                pool.clone(),
+                NOTIFY_CHANNEL,
+                local_rx,
+                inner.alive.clone(),
+            ));
+            tokio::spawn(notifier(
+                pool.clone(),
+                PROJECTED_CHANNEL,
+                local_projected_rx,
+                inner.alive.clone(),
+            ));
         }
         Self { inner }
     }
@@ -317,6 +341,30 @@ impl EventStore {
     /// Subscribes to "the log grew" announcements, from this process and, on
     /// PostgreSQL, from every process that shares the database.
     pub fn subscribe(&self) -> Notifications {
+        self.ensure_listener();
+        Notifications {
+            rx: self.inner.head.subscribe(),
+        }
+    }
+
+    /// Announces that a projector of this process committed a batch: wakes
+    /// this process's waiters and, on PostgreSQL, every other process's.
+    pub fn announce_projected(&self) {
+        let bump = |n: &mut u64| *n = n.wrapping_add(1);
+        self.inner.projected.send_modify(bump);
+        self.inner.local_projected.send_modify(bump);
+    }
+
+    /// Subscribes to "a read model moved forward" announcements, from this
+    /// process's projectors and, on PostgreSQL, from every process's. The
+    /// value is only a counter: waiters must read the checkpoints, and poll
+    /// as a fallback, because announcements are hints.
+    pub fn projected(&self) -> watch::Receiver<u64> {
+        self.ensure_listener();
+        self.inner.projected.subscribe()
+    }
+
+    fn ensure_listener(&self) {
         if let Db::Postgres(pool) = &self.inner.db {
             let mut started = self.inner.listener_started.lock();
             if !*started {
@@ -324,12 +372,10 @@ impl EventStore {
                 tokio::spawn(listener(
                     pool.clone(),
                     self.inner.head.clone(),
+                    self.inner.projected.clone(),
                     self.inner.alive.clone(),
                 ));
             }
-        }
-        Notifications {
-            rx: self.inner.head.subscribe(),
         }
     }
 
@@ -496,13 +542,15 @@ impl EventStore {
     }
 }
 
-/// Forwards this process's commits to other processes with `NOTIFY`,
-/// coalescing bursts: while one notification is in flight, later commits
-/// collapse into the next one. Runs outside the command path so that commits
-/// never wait for it (and never contend for PostgreSQL's notification lock).
-async fn notifier(
+/// Forwards this process's announcements to other processes with `NOTIFY`
+/// on `channel`, coalescing bursts: while one notification is in flight,
+/// later announcements collapse into the next one. Runs outside the command
+/// and projector paths so that commits never wait for it (and never contend
+/// for PostgreSQL's notification lock).
+async fn notifier<T: std::fmt::Display>(
     pool: PgPool,
-    mut commits: watch::Receiver<Position>,
+    channel: &'static str,
+    mut commits: watch::Receiver<T>,
     mut alive: watch::Receiver<()>,
 ) {
     loop {
@@ -514,10 +562,10 @@ async fn notifier(
             }
             _ = alive.changed() => return,
         }
-        let position = *commits.borrow_and_update();
+        let payload = commits.borrow_and_update().to_string();
         let sent = sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(NOTIFY_CHANNEL)
-            .bind(position.to_string())
+            .bind(channel)
+            .bind(payload)
             .execute(&pool)
             .await;
         if let Err(error) = sent {
@@ -528,8 +576,14 @@ async fn notifier(
     }
 }
 
-/// Listens for other processes' commits and announces them locally.
-async fn listener(pool: PgPool, head: watch::Sender<Position>, mut alive: watch::Receiver<()>) {
+/// Listens for other processes' commits and projector batches and announces
+/// them locally.
+async fn listener(
+    pool: PgPool,
+    head: watch::Sender<Position>,
+    projected: watch::Sender<u64>,
+    mut alive: watch::Receiver<()>,
+) {
     loop {
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(l) => l,
@@ -541,7 +595,10 @@ async fn listener(pool: PgPool, head: watch::Sender<Position>, mut alive: watch:
                 }
             }
         };
-        if let Err(error) = listener.listen(NOTIFY_CHANNEL).await {
+        if let Err(error) = listener
+            .listen_all([NOTIFY_CHANNEL, PROJECTED_CHANNEL])
+            .await
+        {
             tracing::warn!(%error, "could not listen for change notifications; retrying");
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
@@ -551,6 +608,9 @@ async fn listener(pool: PgPool, head: watch::Sender<Position>, mut alive: watch:
         loop {
             tokio::select! {
                 received = listener.recv() => match received {
+                    Ok(notification) if notification.channel() == PROJECTED_CHANNEL => {
+                        projected.send_modify(|n| *n = n.wrapping_add(1));
+                    }
                     Ok(notification) => {
                         let Ok(position) = notification.payload().parse::<Position>() else {
                             continue;

@@ -556,6 +556,25 @@ pub async fn a_commit_wakes_subscribers(db: TestDb) {
     }
 }
 
+pub async fn a_projector_batch_wakes_read_your_writes_waiters(db: TestDb) {
+    let projector = open(db.url()).await.expect("open the store");
+    // On PostgreSQL a second store stands for another process.
+    let waiter = if db.is_postgres() {
+        open(db.url()).await.expect("open a second store")
+    } else {
+        projector.clone()
+    };
+    let mut moved = waiter.projected();
+    // Give LISTEN a moment to be in place.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!moved.has_changed().expect("the store is alive"));
+    projector.announce_projected();
+    tokio::time::timeout(Duration::from_secs(10), moved.changed())
+        .await
+        .expect("an announcement within 10 s")
+        .expect("the store is alive");
+}
+
 macro_rules! on_both_backends {
     ($($test:ident),* $(,)?) => {
         mod postgres {
@@ -588,4 +607,5 @@ on_both_backends!(
     creating_an_existing_aggregate_is_rejected_by_the_domain,
     a_stale_cache_is_corrected_by_the_optimistic_insert,
     a_commit_wakes_subscribers,
+    a_projector_batch_wakes_read_your_writes_waiters,
 );

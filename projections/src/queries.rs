@@ -647,16 +647,25 @@ impl ReadModels {
     /// [`WaitError::Timeout`] after `timeout`.
     pub async fn wait_for(&self, position: Position, timeout: Duration) -> Result<(), WaitError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut pause = Duration::from_millis(2);
+        // Subscribe before the first read, so that a batch committed
+        // between the read and the wait still wakes it.
+        let mut moved = self.store.projected();
+        let mut pause = Duration::from_millis(5);
         loop {
             if self.applied().await? >= position {
                 return Ok(());
             }
-            if tokio::time::Instant::now() + pause > deadline {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
                 return Err(WaitError::Timeout { position });
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(25));
+            // Woken by the projectors' announcements; the growing pause is
+            // the fallback for a lost one.
+            tokio::select! {
+                _ = moved.changed() => {}
+                _ = tokio::time::sleep_until((now + pause).min(deadline)) => {}
+            }
+            pause = (pause * 2).min(Duration::from_millis(100));
         }
     }
 

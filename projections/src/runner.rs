@@ -256,6 +256,9 @@ async fn run_projection(
             match run_batch(&store, &mut leader, projection.as_ref(), options.batch_size).await {
                 Ok(applied) => {
                     failures = 0;
+                    if applied > 0 {
+                        store.announce_projected();
+                    }
                     if applied >= options.batch_size as usize {
                         continue;
                     }
@@ -413,6 +416,7 @@ async fn batch_group_on_sqlite(
         }
     }
     tx.commit().await?;
+    store.announce_projected();
     Ok(events.len())
 }
 

@@ -30,8 +30,9 @@ use crate::state::AppState;
 const BATCH: u32 = 200;
 
 /// How often a subscription looks for news without being woken. Wake-ups
-/// come from `AppState::projected`, which itself polls the log head, so this
-/// is only a last resort; it is long so that idle subscribers cost nothing.
+/// come from `AppState::projected`, which itself polls the checkpoints, so
+/// this is only a last resort; it is long so that idle subscribers cost
+/// nothing.
 const POLL: Duration = Duration::from_secs(5);
 
 /// Filters for `events`.
