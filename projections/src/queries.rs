@@ -2,6 +2,7 @@
 //! as a required argument, so a query that forgets it does not compile, and
 //! every statement filters on it.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -313,57 +314,75 @@ impl ReadModels {
         .await
     }
 
-    /// A workflow's versions, newest first.
+    /// A page of a workflow's versions, newest first.
     pub async fn workflow_versions(
         &self,
         tenant: &TenantId,
         workflow_id: &str,
         page: &PageRequest,
     ) -> Result<Page<WorkflowVersionView>, ReadError> {
-        let mut sql =
-            "SELECT * FROM rm_workflow_versions WHERE tenant = $1 AND workflow_id = $2".to_string();
-        let mut args = vec![Arg::from(tenant.as_str()), Arg::from(workflow_id)];
-        if let Some(after) = &page.after {
-            let version: i64 = decode_cursor("version", after)?
-                .parse()
-                .map_err(|_| ReadError::InvalidCursor)?;
-            args.push(version.into());
-            sql.push_str(" AND version < $3");
-        }
-        let n = limit(page);
-        args.push((n + 1).into());
-        sql.push_str(&format!(" ORDER BY version DESC LIMIT ${}", args.len()));
-        let rows = fetch(self.db(), &sql, &args).await?;
-        let has_next_page = rows.len() as i64 > n;
-        let items = rows
-            .iter()
-            .take(n as usize)
-            .map(|r| {
-                let v = version_view(r)?;
-                Ok((cursor("version", &v.version.to_string()), v))
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(Page {
-            items,
-            has_next_page,
-        })
+        let mut pages = self
+            .workflow_versions_of(tenant, &[workflow_id.to_string()], page)
+            .await?;
+        Ok(pages.remove(workflow_id).unwrap_or(Page {
+            items: Vec::new(),
+            has_next_page: false,
+        }))
     }
 
-    /// The versions of several workflows at once (for a DataLoader), newest
-    /// first within each workflow.
+    /// The same page of the versions of several workflows at once (for a
+    /// DataLoader): one query, whatever the number of workflows. Workflows
+    /// without versions on that page are absent from the map.
     pub async fn workflow_versions_of(
         &self,
         tenant: &TenantId,
         workflow_ids: &[String],
-    ) -> Result<Vec<WorkflowVersionView>, ReadError> {
-        self.batched(
-            "SELECT * FROM rm_workflow_versions WHERE tenant = $1 AND workflow_id IN",
-            "ORDER BY workflow_id, version DESC",
-            tenant,
-            workflow_ids,
-            version_view,
-        )
-        .await
+        page: &PageRequest,
+    ) -> Result<HashMap<String, Page<WorkflowVersionView>>, ReadError> {
+        let n = limit(page);
+        let before = match &page.after {
+            Some(after) => Some(
+                decode_cursor("version", after)?
+                    .parse::<i64>()
+                    .map_err(|_| ReadError::InvalidCursor)?,
+            ),
+            None => None,
+        };
+        let mut out: HashMap<String, Page<WorkflowVersionView>> = HashMap::new();
+        for chunk in workflow_ids.chunks(500) {
+            let mut args = vec![Arg::from(tenant.as_str())];
+            args.extend(chunk.iter().map(|id| Arg::from(id.as_str())));
+            let ids = placeholders(2, chunk.len());
+            let mut filter = String::new();
+            if let Some(before) = before {
+                args.push(before.into());
+                filter = format!(" AND version < ${}", args.len());
+            }
+            // `n + 1` per workflow tells whether a next page follows.
+            args.push((n + 1).into());
+            let sql = format!(
+                "SELECT * FROM ( \
+                   SELECT v.*, row_number() OVER (PARTITION BY workflow_id ORDER BY version DESC) AS rn \
+                     FROM rm_workflow_versions v \
+                    WHERE tenant = $1 AND workflow_id IN ({ids}){filter} \
+                 ) ranked WHERE rn <= ${} ORDER BY workflow_id, version DESC",
+                args.len()
+            );
+            for row in fetch(self.db(), &sql, &args).await? {
+                let view = version_view(&row)?;
+                let page = out.entry(view.workflow_id.clone()).or_insert(Page {
+                    items: Vec::new(),
+                    has_next_page: false,
+                });
+                if page.items.len() as i64 == n {
+                    page.has_next_page = true;
+                } else {
+                    page.items
+                        .push((cursor("version", &view.version.to_string()), view));
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn batched<T>(

@@ -446,7 +446,7 @@ async fn no_query_returns_anything_of_another_tenant(db: TestDb) {
         .expect("tools")
         .is_empty());
     assert!(read
-        .workflow_versions_of(&me, &globex.workflows)
+        .workflow_versions_of(&me, &globex.workflows, &page)
         .await
         .expect("versions")
         .is_empty());

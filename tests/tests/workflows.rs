@@ -99,6 +99,100 @@ async fn updating_a_workflow_adds_a_version_and_lists_every_version() {
 }
 
 #[tokio::test]
+async fn a_list_of_workflows_pages_each_workflows_versions_on_its_own() {
+    let env = TestEnv::postgres().await;
+    let server = env.server().await;
+    let editor = token("ada", "acme", Role::Editor);
+    // Three workflows with one, three and two versions.
+    let mut ids = Vec::new();
+    let mut last = String::new();
+    for (name, updates) in [("One", 0), ("Three", 2), ("Two", 1)] {
+        let created = create(&server, &editor, name).await;
+        let id = created["id"].as_str().unwrap().to_string();
+        last = created["position"].as_str().unwrap().to_string();
+        for n in 0..updates {
+            let updated = server
+                .ok(
+                    &editor,
+                    UPDATE,
+                    json!({ "input": { "id": id, "definition": tiny_definition(&format!("https://example.com/{n}")) } }),
+                )
+                .await;
+            last = updated["updateWorkflow"]["position"]
+                .as_str()
+                .unwrap()
+                .to_string();
+        }
+        ids.push(id);
+    }
+    let data = server
+        .ok(
+            &editor,
+            r#"query ($at: String!) {
+                 workflows(first: 10, consistency: {atLeast: $at}) {
+                   edges { node {
+                     id name
+                     versions(first: 2) {
+                       edges { node { workflowId version } }
+                       pageInfo { hasNextPage endCursor }
+                     }
+                   } }
+                 }
+               }"#,
+            json!({ "at": last }),
+        )
+        .await;
+    let mut seen = std::collections::BTreeMap::new();
+    for edge in data["workflows"]["edges"].as_array().unwrap() {
+        let node = &edge["node"];
+        let versions = &node["versions"];
+        let numbers: Vec<u64> = versions["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                assert_eq!(e["node"]["workflowId"], node["id"], "{data}");
+                e["node"]["version"].as_u64().unwrap()
+            })
+            .collect();
+        seen.insert(
+            node["name"].as_str().unwrap().to_string(),
+            (
+                numbers,
+                versions["pageInfo"]["hasNextPage"].as_bool().unwrap(),
+            ),
+        );
+    }
+    assert_eq!(seen["One"], (vec![1], false), "{data}");
+    assert_eq!(seen["Two"], (vec![2, 1], false), "{data}");
+    assert_eq!(seen["Three"], (vec![3, 2], true), "{data}");
+
+    // The cursor continues where the list's page ended.
+    let three = data["workflows"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["node"]["name"] == "Three")
+        .unwrap();
+    let cursor = three["node"]["versions"]["pageInfo"]["endCursor"].clone();
+    let rest = server
+        .ok(
+            &editor,
+            r#"query ($id: ID!, $after: String!) {
+                 workflow(id: $id) { versions(first: 2, after: $after) {
+                   edges { node { version } } pageInfo { hasNextPage }
+                 } }
+               }"#,
+            json!({ "id": ids[1], "after": cursor }),
+        )
+        .await;
+    let versions = &rest["workflow"]["versions"];
+    assert_eq!(versions["edges"].as_array().unwrap().len(), 1, "{rest}");
+    assert_eq!(versions["edges"][0]["node"]["version"], 1);
+    assert_eq!(versions["pageInfo"]["hasNextPage"], false);
+}
+
+#[tokio::test]
 async fn a_stale_expected_version_is_a_conflict() {
     let env = TestEnv::postgres().await;
     let server = env.server().await;

@@ -96,6 +96,8 @@ pub struct Loaders {
     pub steps: DataLoader<executions::StepLoader>,
     /// MCP tools by server id.
     pub tools: DataLoader<mcp_servers::ToolLoader>,
+    /// Pages of workflow versions by workflow id and page.
+    pub versions: DataLoader<workflows::VersionLoader>,
 }
 
 impl Loaders {
@@ -111,6 +113,13 @@ impl Loaders {
             ),
             tools: DataLoader::new(
                 mcp_servers::ToolLoader {
+                    state: state.clone(),
+                    tenant: caller.tenant.clone(),
+                },
+                tokio::spawn,
+            ),
+            versions: DataLoader::new(
+                workflows::VersionLoader {
                     state: state.clone(),
                     tenant: caller.tenant.clone(),
                 },

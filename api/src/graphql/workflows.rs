@@ -1,20 +1,25 @@
 //! Workflows: `workflows`, `workflow { versions }` and the six workflow
 //! mutations.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use async_graphql::connection::{Connection, EmptyFields};
+use async_graphql::dataloader::Loader;
 use async_graphql::{Context, InputObject, Object, SimpleObject, ID};
 use chrono::{DateTime, Utc};
 use toolhub_domain::workflow::WorkflowCommand;
-use toolhub_domain::{CommandTraits, Role, WorkflowId};
+use toolhub_domain::{CommandTraits, Role, TenantId, WorkflowId};
 use toolhub_eventstore::Committed;
 
 use super::scalars::Json;
 use super::{
-    caller, command_context, connection, consistent, observe, page_request, parse_id,
+    caller, command_context, connection, consistent, loaders, observe, page_request, parse_id,
     payload_position, state, Consistency,
 };
 use crate::error::ApiError;
-use crate::read::{WorkflowFilter, WorkflowVersionView, WorkflowView};
+use crate::read::{Cursor, Page, PageRequest, WorkflowFilter, WorkflowVersionView, WorkflowView};
+use crate::state::AppState;
 
 /// A workflow as it stands now.
 pub struct Workflow(pub WorkflowView);
@@ -77,16 +82,75 @@ impl Workflow {
         #[graphql(desc = "How many versions (at most 100).")] first: Option<i32>,
         #[graphql(desc = "Continue after this cursor.")] after: Option<String>,
     ) -> async_graphql::Result<Connection<String, WorkflowVersion, EmptyFields, EmptyFields>> {
-        let caller = caller(ctx, Role::Viewer)?;
-        let state = state(ctx)?;
+        caller(ctx, Role::Viewer)?;
         let had_cursor = after.is_some();
         let page = page_request(first, after)?;
-        let page = state
-            .read
-            .workflow_versions(&caller.tenant, &self.0.id, &page)
-            .await
-            .map_err(ApiError::from)?;
+        // In a list of workflows, every workflow's page comes from one query.
+        let key = VersionsKey {
+            workflow_id: self.0.id.clone(),
+            first: page.first,
+            after: page.after.map(|c| c.0),
+        };
+        let page = loaders(ctx)?.versions.load_one(key).await?.unwrap_or(Page {
+            items: Vec::new(),
+            has_next_page: false,
+        });
         Ok(connection(page, had_cursor, WorkflowVersion::from))
+    }
+}
+
+/// Which page of which workflow's versions.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct VersionsKey {
+    workflow_id: String,
+    first: u32,
+    after: Option<String>,
+}
+
+/// Loads pages of versions for many workflows at once: one query per
+/// distinct page request (usually one for the whole list).
+pub struct VersionLoader {
+    pub(crate) state: Arc<AppState>,
+    pub(crate) tenant: TenantId,
+}
+
+impl Loader<VersionsKey> for VersionLoader {
+    type Value = Page<WorkflowVersionView>;
+    type Error = async_graphql::Error;
+
+    async fn load(
+        &self,
+        keys: &[VersionsKey],
+    ) -> Result<HashMap<VersionsKey, Self::Value>, Self::Error> {
+        let mut requests: HashMap<(u32, Option<String>), Vec<String>> = HashMap::new();
+        for key in keys {
+            requests
+                .entry((key.first, key.after.clone()))
+                .or_default()
+                .push(key.workflow_id.clone());
+        }
+        let mut out = HashMap::new();
+        for ((first, after), ids) in requests {
+            let page = PageRequest {
+                first,
+                after: after.clone().map(Cursor),
+            };
+            let pages = self
+                .state
+                .read
+                .workflow_versions_of(&self.tenant, &ids, &page)
+                .await
+                .map_err(ApiError::from)?;
+            for (workflow_id, versions) in pages {
+                let key = VersionsKey {
+                    workflow_id,
+                    first,
+                    after: after.clone(),
+                };
+                out.insert(key, versions);
+            }
+        }
+        Ok(out)
     }
 }
 
