@@ -105,6 +105,9 @@ pub struct Limits {
     pub ready_max_lag_events: u64,
     /// The oldest unapplied event `/health/ready` tolerates.
     pub ready_max_lag: Duration,
+    /// How long a subscription socket may stay open without sending
+    /// `connection_init`; then it is closed with code 4408.
+    pub ws_init_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -116,6 +119,7 @@ impl Default for Limits {
             consistency_wait: Duration::from_secs(5),
             ready_max_lag_events: 10_000,
             ready_max_lag: Duration::from_secs(60),
+            ws_init_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -15,12 +15,14 @@ use async_graphql::Data;
 use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::ws::{CloseFrame, Message as WsFrame};
 use axum::extract::{MatchedPath, Request, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -420,7 +422,8 @@ async fn graphql_http(
 
 /// `GET /graphql/ws`: graphql-transport-ws. The token comes in
 /// `connection_init` as `{"authorization": "Bearer …"}`; without a valid one
-/// the socket is closed.
+/// the socket is closed, and a socket that sends nothing is closed with
+/// 4408 (connection initialisation timeout) after `ws_init_timeout`.
 async fn graphql_ws(
     State(app): State<App>,
     protocol: GraphQLProtocol,
@@ -430,10 +433,39 @@ async fn graphql_ws(
     let request_id = request_id(&headers);
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |socket| {
+        .on_upgrade(move |socket| async move {
             let state = app.state.clone();
             let span = tracing::info_span!("subscription", request_id = %request_id);
-            GraphQLWebSocket::new(socket, app.schema.clone(), protocol)
+            let (mut sink, mut stream) = socket.split();
+            // Hold the socket until the client says something: an idle
+            // socket that never authenticates must not live forever.
+            let deadline = tokio::time::Instant::now() + state.limits.ws_init_timeout;
+            let mut early = Vec::new();
+            loop {
+                match tokio::time::timeout_at(deadline, stream.next()).await {
+                    Err(_) => {
+                        let close = CloseFrame {
+                            code: 4408,
+                            reason: "Connection initialisation timeout".into(),
+                        };
+                        let _ = sink.send(WsFrame::Close(Some(close))).await;
+                        return;
+                    }
+                    Ok(None) | Ok(Some(Err(_))) => return,
+                    Ok(Some(Ok(frame))) => {
+                        let said_something = matches!(
+                            frame,
+                            WsFrame::Text(_) | WsFrame::Binary(_) | WsFrame::Close(_)
+                        );
+                        early.push(Ok(frame));
+                        if said_something {
+                            break;
+                        }
+                    }
+                }
+            }
+            let stream = futures::stream::iter(early).chain(stream);
+            GraphQLWebSocket::new_with_pair(sink, stream, app.schema.clone(), protocol)
                 .on_connection_init(move |payload| async move {
                     let authorization = ["authorization", "Authorization"]
                         .iter()
@@ -450,5 +482,6 @@ async fn graphql_ws(
                 })
                 .serve()
                 .instrument(span)
+                .await
         })
 }

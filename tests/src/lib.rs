@@ -184,25 +184,32 @@ impl TestServer {
         (status, response.text().await.expect("a body"))
     }
 
-    /// Opens a graphql-transport-ws connection and sends `connection_init`
-    /// with `payload`.
-    pub async fn ws(&self, payload: Value) -> WsClient {
+    /// Opens a graphql-transport-ws connection and sends nothing on it.
+    pub async fn ws_silent(&self) -> WsClient {
         let url = format!("{}/graphql/ws", self.url.replacen("http://", "ws://", 1));
         let mut request = url.into_client_request().expect("a WebSocket request");
         request.headers_mut().insert(
             "Sec-WebSocket-Protocol",
             HeaderValue::from_static("graphql-transport-ws"),
         );
-        let (mut socket, _) = tokio_tungstenite::connect_async(request)
+        let (socket, _) = tokio_tungstenite::connect_async(request)
             .await
             .expect("the WebSocket handshake succeeds");
-        socket
+        WsClient { socket }
+    }
+
+    /// Opens a graphql-transport-ws connection and sends `connection_init`
+    /// with `payload`.
+    pub async fn ws(&self, payload: Value) -> WsClient {
+        let mut client = self.ws_silent().await;
+        client
+            .socket
             .send(Message::text(
                 json!({ "type": "connection_init", "payload": payload }).to_string(),
             ))
             .await
             .expect("send connection_init");
-        WsClient { socket }
+        client
     }
 
     /// A graphql-transport-ws connection authenticated with `token`, after
@@ -252,6 +259,14 @@ pub enum WsEnd {
 }
 
 impl WsClient {
+    /// Sends a graphql-transport-ws `ping`.
+    pub async fn ping(&mut self) {
+        self.socket
+            .send(Message::text(json!({ "type": "ping" }).to_string()))
+            .await
+            .expect("send ping");
+    }
+
     /// Starts a subscription with id `id`.
     pub async fn subscribe(&mut self, id: &str, query: &str, variables: Value) {
         self.socket

@@ -252,3 +252,107 @@ async fn a_subscription_without_a_valid_connection_init_is_closed() {
     let client = server.ws_authenticated(&good).await;
     client.close().await;
 }
+
+#[tokio::test]
+async fn a_socket_that_never_sends_connection_init_is_closed_with_4408() {
+    let env = TestEnv::postgres().await;
+    let mut config = env.config();
+    config.limits.ws_init_timeout = Duration::from_millis(300);
+    let server = env.server_with(config).await;
+
+    let started = std::time::Instant::now();
+    let mut silent = server.ws_silent().await;
+    assert!(matches!(silent.closed().await, WsEnd::Closed(4408)));
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    // A client that does say hello in time is acknowledged as usual, and
+    // stays open past the timeout.
+    let good = token("ada", "acme", Role::Admin);
+    let mut client = server.ws_authenticated(&good).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    client.ping().await;
+    let answer = client.next_json().await.expect("the socket is still open");
+    assert_eq!(answer["type"], "pong", "{answer}");
+    client.close().await;
+}
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/jwt")
+        .join(name)
+}
+
+fn signed(algorithm: jsonwebtoken::Algorithm, private_pem: &str, exp_offset: i64) -> String {
+    let pem = std::fs::read(fixture(private_pem)).expect("a fixture key");
+    let key = match algorithm {
+        jsonwebtoken::Algorithm::RS256 => jsonwebtoken::EncodingKey::from_rsa_pem(&pem),
+        jsonwebtoken::Algorithm::ES256 => jsonwebtoken::EncodingKey::from_ec_pem(&pem),
+        other => panic!("no fixture for {other:?}"),
+    }
+    .expect("a private key");
+    let claims = json!({"sub": "ada", "org": "acme", "roles": ["viewer"],
+                        "exp": chrono::Utc::now().timestamp() + exp_offset});
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(algorithm), &claims, &key).unwrap()
+}
+
+#[tokio::test]
+async fn rs256_and_es256_tokens_are_verified_with_the_configured_public_key() {
+    use jsonwebtoken::Algorithm::{ES256, HS256, RS256};
+    let env = TestEnv::postgres().await;
+    for (algorithm, other_algorithm, prefix, other_prefix) in [
+        (RS256, ES256, "rs256", "es256"),
+        (ES256, RS256, "es256", "rs256"),
+    ] {
+        // Configured as an operator would: a public key file, read and
+        // recognised by the configuration loader.
+        let data_dir = std::env::temp_dir().join(format!("toolhub-jwt-{}", uuid::Uuid::new_v4()));
+        let public = fixture(&format!("{prefix}-a.pub.pem"));
+        let loaded = toolhub_api::config::Config::from_lookup(|name| match name {
+            "TOOLHUB_JWT_PUBLIC_KEY_FILE" => Some(public.display().to_string()),
+            "TOOLHUB_DATA_DIR" => Some(data_dir.display().to_string()),
+            _ => None,
+        })
+        .expect("the key file loads");
+        let mut config = env.config();
+        config.jwt = loaded.jwt;
+        let server = env.server_with(config).await;
+
+        let good = signed(algorithm, &format!("{prefix}-a.key.pem"), 600);
+        let data = server.ok(&good, ME, json!({})).await;
+        assert_eq!(data["me"]["sub"], "ada", "{prefix}");
+
+        // The public key as an HMAC secret: the algorithm-confusion attack.
+        let public_pem = std::fs::read(&public).unwrap();
+        let confused = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(HS256),
+            &json!({"sub": "ada", "org": "acme", "roles": ["admin"],
+                    "exp": chrono::Utc::now().timestamp() + 600}),
+            &jsonwebtoken::EncodingKey::from_secret(&public_pem),
+        )
+        .unwrap();
+        for (what, bad) in [
+            (
+                "another key pair",
+                signed(algorithm, &format!("{prefix}-b.key.pem"), 600),
+            ),
+            (
+                "another algorithm",
+                signed(other_algorithm, &format!("{other_prefix}-a.key.pem"), 600),
+            ),
+            (
+                "expired",
+                signed(algorithm, &format!("{prefix}-a.key.pem"), -3600),
+            ),
+            ("HS256 signed with the public key", confused),
+        ] {
+            let (status, body) = server.post(Some(&bad), ME, json!({})).await;
+            assert_eq!(status, 401, "{prefix}, {what}: {body}");
+            assert_eq!(
+                body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED",
+                "{prefix}, {what}: {body}"
+            );
+        }
+        drop(server);
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
+}
