@@ -172,6 +172,10 @@ fn conflict_of(kind: ConflictKind) -> ApiError {
             "CONCURRENT_CHANGE",
             "a concurrent change won; reload and try again",
         ),
+        ConflictKind::NameTaken => ApiError::conflict(
+            "NAME_TAKEN",
+            "the name is already in use in this organisation; choose another",
+        ),
     }
 }
 

@@ -165,6 +165,24 @@ pub trait AggregateRoot: cqrs_es::Aggregate {
     /// The tenant that owns this aggregate, or `None` while it does not exist
     /// yet (no creation event has been applied).
     fn tenant(&self) -> Option<&TenantId>;
+
+    /// What `event` does to the aggregate's name, for aggregates whose names
+    /// are unique within their tenant (they are referenced by name). The bus
+    /// records the claim in the same transaction as the event, so that of
+    /// two concurrent creations with one name only one commits.
+    fn name_change(_event: &Self::Event) -> Option<NameChange<'_>> {
+        None
+    }
+}
+
+/// What an event does to its aggregate's unique name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameChange<'a> {
+    /// The aggregate takes this name; no other aggregate of its kind and
+    /// tenant may hold it.
+    Claim(&'a str),
+    /// The aggregate gives its name up (it was deleted).
+    Release,
 }
 
 /// What the command bus needs to know about a command.

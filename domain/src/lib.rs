@@ -16,5 +16,6 @@ pub mod secret;
 pub mod workflow;
 
 pub use common::{
-    AggregateRoot, CommandTraits, ExecutionId, McpServerId, Role, SecretId, TenantId, WorkflowId,
+    AggregateRoot, CommandTraits, ExecutionId, McpServerId, NameChange, Role, SecretId, TenantId,
+    WorkflowId,
 };

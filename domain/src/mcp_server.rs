@@ -12,7 +12,7 @@
 //! uniqueness spans aggregates, so the layer that maps names to
 //! [`crate::McpServerId`]s enforces it, not this aggregate.
 
-use crate::common::{AggregateRoot, CommandTraits, Role, TenantId};
+use crate::common::{AggregateRoot, CommandTraits, NameChange, Role, TenantId};
 use crate::secret::{is_valid_secret_name, secret_references_in};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
@@ -560,6 +560,16 @@ impl Aggregate for McpServer {
 impl AggregateRoot for McpServer {
     fn tenant(&self) -> Option<&TenantId> {
         self.tenant.as_ref()
+    }
+
+    /// `mcp_tool` nodes reference servers by name: a name is unique per
+    /// tenant until its server is deregistered.
+    fn name_change(event: &McpServerEvent) -> Option<NameChange<'_>> {
+        match event {
+            McpServerEvent::McpServerRegistered { name, .. } => Some(NameChange::Claim(name)),
+            McpServerEvent::McpServerDeregistered => Some(NameChange::Release),
+            _ => None,
+        }
     }
 }
 

@@ -12,7 +12,7 @@
 //! is enforced by the layer that maps names to [`crate::SecretId`]s, not here.
 
 use crate::common::{template_expressions, TemplateReference};
-use crate::common::{AggregateRoot, CommandTraits, Role, TenantId};
+use crate::common::{AggregateRoot, CommandTraits, NameChange, Role, TenantId};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
@@ -362,6 +362,16 @@ impl Aggregate for Secret {
 impl AggregateRoot for Secret {
     fn tenant(&self) -> Option<&TenantId> {
         self.tenant.as_ref()
+    }
+
+    /// Workflows reference secrets by name: a name is unique per tenant
+    /// until its secret is deleted.
+    fn name_change(event: &SecretEvent) -> Option<NameChange<'_>> {
+        match event {
+            SecretEvent::SecretCreated { name, .. } => Some(NameChange::Claim(name)),
+            SecretEvent::SecretDeleted => Some(NameChange::Release),
+            _ => None,
+        }
     }
 }
 

@@ -69,6 +69,9 @@ pub enum ConflictKind {
     /// A concurrent writer appended at the same sequence, and the command is
     /// not safe to retry (or its retries ran out).
     LostRace,
+    /// Another aggregate of the same kind and tenant holds the name the
+    /// command would claim.
+    NameTaken,
 }
 
 impl fmt::Display for ConflictKind {
@@ -78,6 +81,7 @@ impl fmt::Display for ConflictKind {
                 write!(f, "expected version {expected}, found {actual}")
             }
             Self::LostRace => f.write_str("a concurrent command changed the aggregate first"),
+            Self::NameTaken => f.write_str("the name is taken"),
         }
     }
 }

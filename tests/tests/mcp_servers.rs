@@ -213,3 +213,33 @@ async fn mcp_servers_are_listed_with_their_discovered_tools() {
         .await;
     assert_eq!(missing, "NOT_FOUND");
 }
+
+#[tokio::test]
+async fn a_taken_name_is_a_conflict_until_its_holder_is_gone() {
+    let env = TestEnv::postgres().await;
+    let server = env.server().await;
+    let editor = token("ada", "acme", Role::Editor);
+    let admin = token("root", "acme", Role::Admin);
+    let other_tenant = token("gus", "globex", Role::Editor);
+    let input = json!({ "input": { "name": "files", "transport": {
+        "kind": "streamable_http", "url": "https://mcp.example.com/mcp"
+    } } });
+    let first = server.ok(&editor, REGISTER, input.clone()).await;
+    let (_, body) = server.post(Some(&editor), REGISTER, input.clone()).await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "CONFLICT",
+        "{body}"
+    );
+    assert_eq!(
+        body["errors"][0]["extensions"]["reason"], "NAME_TAKEN",
+        "{body}"
+    );
+    // Names are per organisation.
+    server.ok(&other_tenant, REGISTER, input.clone()).await;
+    // Deregistering frees the name.
+    let id = first["registerMcpServer"]["id"].clone();
+    server
+        .ok(&admin, DEREGISTER, json!({ "input": { "id": id } }))
+        .await;
+    server.ok(&editor, REGISTER, input).await;
+}

@@ -259,3 +259,32 @@ async fn secret_values_never_appear_in_responses_or_the_file_on_sqlite() {
     let logs = String::from_utf8_lossy(&logs.lock().unwrap()).to_string();
     assert_absent(&logs, &values, "the logs");
 }
+
+#[tokio::test]
+async fn a_secret_name_already_in_use_is_a_conflict() {
+    let env = TestEnv::postgres().await;
+    let server = env.server().await;
+    let admin = token("root", "acme", Role::Admin);
+    let input = |value: &str| json!({ "input": { "name": "API_TOKEN", "description": "", "value": value } });
+    server.ok(&admin, CREATE, input("first-value-1234")).await;
+    let (_, body) = server
+        .post(Some(&admin), CREATE, input("second-value-5678"))
+        .await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "CONFLICT",
+        "{body}"
+    );
+    assert_eq!(
+        body["errors"][0]["extensions"]["reason"], "NAME_TAKEN",
+        "{body}"
+    );
+    assert!(!body.to_string().contains("second-value-5678"));
+    let listed = server
+        .ok(
+            &admin,
+            "{ secrets(first: 10) { edges { node { name } } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(listed["secrets"]["edges"].as_array().unwrap().len(), 1);
+}
