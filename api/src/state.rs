@@ -47,7 +47,10 @@ pub struct AppState {
     pub fanout: Fanout,
 }
 
-type SharedRead = Shared<BoxFuture<'static, Result<Arc<Vec<AuditEntry>>, ApiError>>>;
+/// A batch of entries, each shared by every subscriber that receives it.
+pub type SharedEntries = Arc<Vec<Arc<AuditEntry>>>;
+
+type SharedRead = Shared<BoxFuture<'static, Result<SharedEntries, ApiError>>>;
 
 /// Single-flight reads of the audit log for subscriptions.
 ///
@@ -71,7 +74,7 @@ impl Fanout {
         after: Position,
         filter: &AuditFilter,
         limit: u32,
-    ) -> Result<Arc<Vec<AuditEntry>>, ApiError> {
+    ) -> Result<SharedEntries, ApiError> {
         let key = format!(
             "{tenant}|{:?}|{:?}|{:?}|{:?}|{:?}|{after}|{limit}",
             filter.aggregate_type, filter.aggregate_id, filter.actor, filter.from, filter.to
@@ -90,7 +93,7 @@ impl Fanout {
                     let future: BoxFuture<'static, _> = Box::pin(async move {
                         read.audit_after(&tenant, after, &filter, limit)
                             .await
-                            .map(Arc::new)
+                            .map(|entries| Arc::new(entries.into_iter().map(Arc::new).collect()))
                             .map_err(ApiError::from)
                     });
                     let entry = (generation, future.shared());

@@ -1,6 +1,8 @@
 //! The audit log and per-entity history (admins only). The entries are the
 //! same type the `events` subscription yields.
 
+use std::sync::Arc;
+
 use async_graphql::connection::{Connection, EmptyFields};
 use async_graphql::{Context, InputObject, Object, ID};
 use chrono::{DateTime, Utc};
@@ -13,7 +15,7 @@ use crate::read::{AuditEntry as AuditEntryView, AuditFilter};
 
 /// One event of the log, as auditors see it: who, what, when, and the
 /// payload with every secret-bearing field redacted.
-pub struct AuditEntry(pub AuditEntryView);
+pub struct AuditEntry(pub Arc<AuditEntryView>);
 
 #[Object]
 impl AuditEntry {
@@ -116,7 +118,7 @@ impl AuditQuery {
             .audit_log(&caller.tenant, &page, &filter)
             .await
             .map_err(ApiError::from)?;
-        Ok(connection(page, had_cursor, AuditEntry))
+        Ok(connection(page, had_cursor, |v| AuditEntry(Arc::new(v))))
     }
 
     /// Every event of one entity, in order. Another tenant's entity is
@@ -139,6 +141,9 @@ impl AuditQuery {
         if entries.is_empty() {
             return Err(ApiError::NotFound.into());
         }
-        Ok(entries.into_iter().map(AuditEntry).collect())
+        Ok(entries
+            .into_iter()
+            .map(|v| AuditEntry(Arc::new(v)))
+            .collect())
     }
 }

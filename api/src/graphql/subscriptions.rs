@@ -71,7 +71,7 @@ impl Follower {
 
     /// The next non-empty batch, or `None` at shutdown. Errors end the
     /// stream after being reported.
-    async fn next_batch(&mut self) -> Option<Result<Vec<AuditEntryView>, ApiError>> {
+    async fn next_batch(&mut self) -> Option<Result<Vec<Arc<AuditEntryView>>, ApiError>> {
         loop {
             if *self.shutdown.borrow() {
                 return None;
