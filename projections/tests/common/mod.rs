@@ -89,6 +89,9 @@ fn track(last: &mut Position, committed: toolhub_eventstore::Committed) {
 pub async fn populate(w: &Writers, tenant_name: &str, n: usize) -> Populated {
     let ctx = CommandContext::new(format!("user-of-{tenant_name}"), tenant(tenant_name));
     let mut out = Populated::default();
+    // Names are unique within a tenant, and a test may populate one tenant
+    // more than once.
+    let call = uuid::Uuid::new_v4().simple().to_string()[..8].to_uppercase();
     for i in 0..n {
         let wid = WorkflowId::new().to_string();
         let c = w
@@ -218,7 +221,7 @@ pub async fn populate(w: &Writers, tenant_name: &str, n: usize) -> Populated {
             .create(
                 &ctx,
                 sid,
-                format!("TOKEN_{i}"),
+                format!("TOKEN_{i}_{call}"),
                 "a token".into(),
                 Zeroizing::new(value.clone()),
             )
@@ -252,7 +255,7 @@ pub async fn populate(w: &Writers, tenant_name: &str, n: usize) -> Populated {
         for cmd in [
             McpServerCommand::Register {
                 tenant: ctx.tenant.clone(),
-                name: format!("server-{i}"),
+                name: format!("server-{i}-{}", call.to_lowercase()),
                 transport: Transport::StreamableHttp {
                     url: "https://mcp.example.com/mcp".into(),
                     headers,
