@@ -26,7 +26,16 @@ async fn the_reader_waits_for_a_transaction_held_open_and_then_returns_everythin
     )
     .await
     .expect("an early event");
-    let before = store.read_after(Position::ZERO, 100).await.expect("read");
+    // Readable once every older transaction in the cluster has ended (other
+    // tests' included).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let before = loop {
+        let before = store.read_after(Position::ZERO, 100).await.expect("read");
+        if !before.is_empty() || tokio::time::Instant::now() > deadline {
+            break before;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     assert_eq!(before.len(), 1);
     let checkpoint = before[0].position;
 

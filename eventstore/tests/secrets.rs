@@ -28,6 +28,30 @@ async fn all_event_text(db: &Db) -> Vec<String> {
     }
 }
 
+/// The log from the start up to `until`. On PostgreSQL an event becomes
+/// readable only once every older transaction in the cluster has ended
+/// (other tests' included), so the reader may need a moment.
+async fn read_until(
+    store: &toolhub_eventstore::EventStore,
+    until: toolhub_eventstore::Position,
+) -> Vec<toolhub_eventstore::RecordedEvent> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let events = store
+            .read_after(toolhub_eventstore::Position::ZERO, 1000)
+            .await
+            .expect("read the log");
+        if events.last().is_some_and(|e| e.position >= until) {
+            return events;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the log never reached {until}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 fn sealed_values(
     events: &[toolhub_eventstore::RecordedEvent],
 ) -> Vec<toolhub_domain::secret::SealedValue> {
@@ -62,7 +86,7 @@ async fn plaintext_never_reaches_the_log_and_delete_shreds_the_key(db: TestDb) {
         )
         .await
         .expect("create");
-    vault
+    let rotated = vault
         .rotate(&ctx, id, Zeroizing::new(second.clone()), None)
         .await
         .expect("rotate");
@@ -80,10 +104,7 @@ async fn plaintext_never_reaches_the_log_and_delete_shreds_the_key(db: TestDb) {
         );
     }
 
-    let events = store
-        .read_after(toolhub_eventstore::Position::ZERO, 100)
-        .await
-        .expect("read");
+    let events = read_until(&store, rotated.position.expect("a position")).await;
     let sealed = sealed_values(&events);
     assert_eq!(sealed.len(), 2);
     let opened = keys
@@ -119,7 +140,7 @@ async fn plaintext_never_reaches_the_log_and_delete_shreds_the_key(db: TestDb) {
         Err(KeyError::Crypto)
     ));
 
-    vault.delete(&ctx, id, None).await.expect("delete");
+    let deleted = vault.delete(&ctx, id, None).await.expect("delete");
     assert!(matches!(
         keys.unseal(&acme, id, &sealed[1]).await,
         Err(KeyError::NoKey)
@@ -128,10 +149,7 @@ async fn plaintext_never_reaches_the_log_and_delete_shreds_the_key(db: TestDb) {
         keys.unseal(&acme, id, &sealed[0]).await,
         Err(KeyError::NoKey)
     ));
-    let after = store
-        .read_after(toolhub_eventstore::Position::ZERO, 100)
-        .await
-        .expect("read");
+    let after = read_until(&store, deleted.position.expect("a position")).await;
     let kinds: Vec<&str> = after
         .iter()
         .filter(|e| e.aggregate_id == id.to_string())
