@@ -53,6 +53,9 @@ struct Follower {
     after: Position,
     projected: tokio::sync::watch::Receiver<Position>,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Whether the log may hold entries this follower has not read: true
+    /// after a wake-up or a full batch, false once a read came back short.
+    unread: bool,
     _guard: SubscriptionGuard,
 }
 
@@ -65,6 +68,7 @@ impl Follower {
             after,
             projected: state.projected.clone(),
             shutdown: state.shutdown.clone(),
+            unread: true,
             _guard: SubscriptionGuard::new(&state.metrics.active_subscriptions),
         }
     }
@@ -76,6 +80,19 @@ impl Follower {
             if *self.shutdown.borrow() {
                 return None;
             }
+            if !self.unread {
+                tokio::select! {
+                    _ = self.shutdown.changed() => return None,
+                    _ = self.projected.changed() => {}
+                    _ = tokio::time::sleep(POLL) => {}
+                }
+                self.unread = true;
+                continue;
+            }
+            // Mark the current position seen before reading: whatever the
+            // read models reach after this read started wakes the follower
+            // again, so a short read never misses an entry.
+            self.projected.borrow_and_update();
             let batch = self
                 .state
                 .fanout
@@ -89,18 +106,15 @@ impl Follower {
                 .await;
             match batch {
                 Err(error) => return Some(Err(error)),
-                Ok(entries) if !entries.is_empty() => {
+                Ok(entries) => {
+                    // A full batch may have left more behind it; a short one
+                    // read everything there was.
+                    self.unread = entries.len() >= BATCH as usize;
                     if let Some(last) = entries.last() {
                         self.after = last.position;
+                        return Some(Ok(entries.as_ref().clone()));
                     }
-                    return Some(Ok(entries.as_ref().clone()));
                 }
-                Ok(_) => {}
-            }
-            tokio::select! {
-                _ = self.shutdown.changed() => return None,
-                _ = self.projected.changed() => {}
-                _ = tokio::time::sleep(POLL) => {}
             }
         }
     }
