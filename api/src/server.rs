@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_graphql::http::{GraphiQLSource, ALL_WEBSOCKET_PROTOCOLS};
+use async_graphql::parser::types::ExecutableDocument;
 use async_graphql::Data;
 use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::body::Bytes;
@@ -179,6 +180,50 @@ pub async fn spawn(config: Config) -> Result<Running, StartError> {
 struct App {
     state: Arc<AppState>,
     schema: ToolhubSchema,
+    documents: Arc<DocumentCache>,
+}
+
+/// Parsed GraphQL documents by their text. A UI sends the same few
+/// documents over and over; parsing each once saves a good part of a small
+/// query's cost. Validation still runs on every request (it depends on the
+/// variables).
+struct DocumentCache {
+    parsed: parking_lot::Mutex<lru::LruCache<String, ExecutableDocument>>,
+}
+
+impl DocumentCache {
+    /// How many documents are kept.
+    const CAPACITY: usize = 256;
+    /// Longer documents are parsed every time rather than kept.
+    const MAX_LEN: usize = 16 * 1024;
+
+    fn new() -> Self {
+        let capacity =
+            std::num::NonZeroUsize::new(Self::CAPACITY).unwrap_or(std::num::NonZeroUsize::MIN);
+        Self {
+            parsed: parking_lot::Mutex::new(lru::LruCache::new(capacity)),
+        }
+    }
+
+    /// Attaches the parsed document to `request`, parsing it on a miss. A
+    /// document that does not parse is left for the executor, which reports
+    /// the error as usual.
+    fn attach(&self, mut request: async_graphql::Request) -> async_graphql::Request {
+        if request.query.len() > Self::MAX_LEN {
+            return request;
+        }
+        if let Some(document) = self.parsed.lock().get(&request.query) {
+            request.set_parsed_query(document.clone());
+            return request;
+        }
+        if let Ok(document) = async_graphql::parser::parse_query(&request.query) {
+            self.parsed
+                .lock()
+                .put(request.query.clone(), document.clone());
+            request.set_parsed_query(document);
+        }
+        request
+    }
 }
 
 /// The router with every layer.
@@ -186,6 +231,7 @@ fn router(state: Arc<AppState>, schema: ToolhubSchema, config: &Config) -> Route
     let app = App {
         state: state.clone(),
         schema,
+        documents: Arc::new(DocumentCache::new()),
     };
     let graphql = Router::new()
         .route("/graphql", get(graphiql).post(graphql_http))
@@ -391,6 +437,7 @@ async fn graphql_http(
         }
     };
     let kind = operation_kind(&request.query);
+    let request = app.documents.attach(request);
     let loaders = Loaders::new(&app.state, &caller);
     let request = request.data(RequestData {
         caller,
