@@ -328,6 +328,8 @@ async fn main() {
     let mut from_send = Vec::new();
     let mut from_commit = Vec::new();
     let mut round_trips = Vec::new();
+    let mut firsts = Vec::new();
+    let mut lasts = Vec::new();
     for round in 0..ROUNDS {
         // Rounds apart, so that each starts from quiet subscribers.
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -335,6 +337,7 @@ async fn main() {
         create_workflows(&client, &url, &editor, 1).await;
         round_trips.push(sent.elapsed());
         let mut got = 0;
+        let mut this_round = Vec::with_capacity(SUBSCRIBERS);
         while got < SUBSCRIBERS {
             let (_, at, since_commit) = tokio::time::timeout(Duration::from_secs(30), rx.recv())
                 .await
@@ -342,8 +345,11 @@ async fn main() {
                 .unwrap();
             from_send.push(at.duration_since(sent));
             from_commit.push(since_commit);
+            this_round.push(since_commit);
             got += 1;
         }
+        firsts.push(this_round.iter().copied().min().unwrap_or_default());
+        lasts.push(this_round.iter().copied().max().unwrap_or_default());
     }
     let summary = |mut samples: Vec<Duration>| {
         samples.sort();
@@ -359,6 +365,8 @@ async fn main() {
     println!("  from the commit            {}", summary(from_commit));
     println!("  from sending the mutation  {}", summary(from_send));
     println!("  the mutation's round trip  {}", summary(round_trips));
+    println!("  first subscriber of a round {}", summary(firsts));
+    println!("  last subscriber of a round  {}", summary(lasts));
     println!("resident memory of toolhub serve:");
     println!("  idle                      {:6} MiB", idle / 1024);
     println!(
