@@ -352,9 +352,137 @@ pub fn placeholders(from: usize, n: usize) -> String {
         .join(", ")
 }
 
-/// Inserts (or upserts) `rows` into `table` with multi-row statements of at
-/// most `chunk` rows. `conflict` is the statement's tail (`ON CONFLICT …`).
+/// Inserts (or upserts) `rows` into `table`. `conflict` is the statement's
+/// tail (`ON CONFLICT …`).
+///
+/// On PostgreSQL the rows go in as one array per column, unnested by the
+/// statement (`INSERT … SELECT * FROM UNNEST($1::text[], …)`): a handful of
+/// parameters however many rows, so the server parses and plans a short
+/// statement instead of one with thousands of placeholders. On SQLite they
+/// go in as multi-row `VALUES` of at most 500 rows.
 pub async fn insert_rows(
+    conn: &mut Conn<'_>,
+    table: &str,
+    columns: &[&str],
+    rows: Vec<Vec<Arg>>,
+    conflict: &str,
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    match conn {
+        Conn::Pg(c) => insert_rows_pg(c, table, columns, rows, conflict).await,
+        Conn::Lite(_) => insert_rows_values(conn, table, columns, rows, conflict).await,
+    }
+}
+
+/// One column of rows to insert, as the array PostgreSQL unnests.
+enum Column {
+    Text(Vec<Option<String>>),
+    Int(Vec<Option<i64>>),
+    Bool(Vec<Option<bool>>),
+    Json(Vec<Option<sqlx::types::Json<Value>>>),
+    Time(Vec<Option<DateTime<Utc>>>),
+}
+
+impl Column {
+    /// An empty column of the argument's type.
+    fn like(arg: &Arg, capacity: usize) -> Self {
+        match arg {
+            Arg::Text(_) => Self::Text(Vec::with_capacity(capacity)),
+            Arg::Int(_) => Self::Int(Vec::with_capacity(capacity)),
+            Arg::Bool(_) => Self::Bool(Vec::with_capacity(capacity)),
+            Arg::Json(_) => Self::Json(Vec::with_capacity(capacity)),
+            Arg::Time(_) => Self::Time(Vec::with_capacity(capacity)),
+        }
+    }
+
+    /// The array type to cast the parameter to.
+    fn array_type(&self) -> &'static str {
+        match self {
+            Self::Text(_) => "text[]",
+            Self::Int(_) => "int8[]",
+            Self::Bool(_) => "bool[]",
+            Self::Json(_) => "jsonb[]",
+            Self::Time(_) => "timestamptz[]",
+        }
+    }
+
+    /// Appends a value; an argument of another type is given back.
+    fn push(&mut self, arg: Arg) -> Result<(), Arg> {
+        match (self, arg) {
+            (Self::Text(c), Arg::Text(v)) => c.push(v),
+            (Self::Int(c), Arg::Int(v)) => c.push(v),
+            (Self::Bool(c), Arg::Bool(v)) => c.push(v),
+            (Self::Json(c), Arg::Json(v)) => c.push(v.map(sqlx::types::Json)),
+            (Self::Time(c), Arg::Time(v)) => c.push(v),
+            (_, arg) => return Err(arg),
+        }
+        Ok(())
+    }
+
+    fn bind(self, q: PgQuery<'_>) -> PgQuery<'_> {
+        match self {
+            Self::Text(c) => q.bind(c),
+            Self::Int(c) => q.bind(c),
+            Self::Bool(c) => q.bind(c),
+            Self::Json(c) => q.bind(c),
+            Self::Time(c) => q.bind(c),
+        }
+    }
+}
+
+async fn insert_rows_pg(
+    conn: &mut PgConnection,
+    table: &str,
+    columns: &[&str],
+    rows: Vec<Vec<Arg>>,
+    conflict: &str,
+) -> Result<(), StoreError> {
+    // Bounds the size of one message, not the number of parameters.
+    const CHUNK: usize = 10_000;
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let batch: Vec<Vec<Arg>> = rows.by_ref().take(CHUNK).collect();
+        let mut arrays: Vec<Column> = batch[0]
+            .iter()
+            .map(|a| Column::like(a, batch.len()))
+            .collect();
+        for row in batch {
+            if row.len() != columns.len() {
+                return Err(StoreError::Corrupt(format!(
+                    "{} values for the {} columns of {table}",
+                    row.len(),
+                    columns.len()
+                )));
+            }
+            for ((array, arg), column) in arrays.iter_mut().zip(row).zip(columns) {
+                array.push(arg).map_err(|_| {
+                    StoreError::Corrupt(format!("{table}.{column}: values of different types"))
+                })?;
+            }
+        }
+        let unnest = arrays
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("${}::{}", i + 1, a.array_type()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO {table} ({}) SELECT * FROM UNNEST({unnest}) {conflict}",
+            columns.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for array in arrays {
+            q = array.bind(q);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Multi-row `VALUES` of at most `chunk` rows (SQLite).
+async fn insert_rows_values(
     conn: &mut Conn<'_>,
     table: &str,
     columns: &[&str],
