@@ -481,6 +481,141 @@ async fn insert_rows_pg(
     Ok(())
 }
 
+/// Rows for a binary `COPY` into a PostgreSQL table: the fastest way in,
+/// and the server parses no text, but there is no `ON CONFLICT`, so it is
+/// only for rows that cannot exist yet. Values are written in the binary
+/// form of the types the read models use: `int` for `bigint`, `json` for
+/// `jsonb`, `time` for `timestamptz` (a column of another type makes the
+/// `COPY` fail, never store a wrong value). The whole batch is encoded
+/// before the `COPY` starts, so a value that cannot be encoded fails before
+/// anything is sent.
+pub struct CopyRows {
+    data: Vec<u8>,
+    fields: i16,
+}
+
+impl CopyRows {
+    /// Rows of `columns` values each.
+    pub fn new(columns: usize) -> Self {
+        let mut data = Vec::with_capacity(64 * 1024);
+        data.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+        data.extend_from_slice(&0i32.to_be_bytes()); // flags
+        data.extend_from_slice(&0i32.to_be_bytes()); // header extension
+        Self {
+            data,
+            fields: i16::try_from(columns).unwrap_or(i16::MAX),
+        }
+    }
+
+    /// Starts a row: its values follow, one call per column, in order.
+    pub fn row(&mut self) {
+        self.data.extend_from_slice(&self.fields.to_be_bytes());
+    }
+
+    fn null(&mut self) {
+        self.data.extend_from_slice(&(-1i32).to_be_bytes());
+    }
+
+    fn sized(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        let len = i32::try_from(bytes.len())
+            .map_err(|_| StoreError::Corrupt("a value over 2 GiB".into()))?;
+        self.data.extend_from_slice(&len.to_be_bytes());
+        self.data.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    /// A text value, or NULL.
+    pub fn text(&mut self, v: Option<&str>) -> Result<(), StoreError> {
+        match v {
+            Some(v) => self.sized(v.as_bytes()),
+            None => {
+                self.null();
+                Ok(())
+            }
+        }
+    }
+
+    /// A `bigint`, or NULL.
+    pub fn int(&mut self, v: Option<i64>) {
+        match v {
+            Some(v) => {
+                self.data.extend_from_slice(&8i32.to_be_bytes());
+                self.data.extend_from_slice(&v.to_be_bytes());
+            }
+            None => self.null(),
+        }
+    }
+
+    /// A boolean, or NULL.
+    pub fn bool(&mut self, v: Option<bool>) {
+        match v {
+            Some(v) => {
+                self.data.extend_from_slice(&1i32.to_be_bytes());
+                self.data.push(u8::from(v));
+            }
+            None => self.null(),
+        }
+    }
+
+    /// A `jsonb` value, or NULL, serialised in place.
+    pub fn json(&mut self, v: Option<&Value>) -> Result<(), StoreError> {
+        let Some(v) = v else {
+            self.null();
+            return Ok(());
+        };
+        // The length goes in front of the value once it is known.
+        let at = self.data.len();
+        self.null();
+        self.data.push(1); // the jsonb format version
+        serde_json::to_writer(&mut self.data, v)?;
+        let len = i32::try_from(self.data.len() - at - 4)
+            .map_err(|_| StoreError::Corrupt("a JSON value over 2 GiB".into()))?;
+        self.data[at..at + 4].copy_from_slice(&len.to_be_bytes());
+        Ok(())
+    }
+
+    /// A `timestamptz`, or NULL.
+    pub fn time(&mut self, v: Option<&DateTime<Utc>>) -> Result<(), StoreError> {
+        // Microseconds from 1970-01-01 to 2000-01-01, PostgreSQL's epoch.
+        const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+        let Some(v) = v else {
+            self.null();
+            return Ok(());
+        };
+        let micros = v
+            .timestamp_micros()
+            .checked_sub(PG_EPOCH_MICROS)
+            .ok_or_else(|| StoreError::Corrupt(format!("time {v} out of range")))?;
+        self.int(Some(micros));
+        Ok(())
+    }
+
+    /// Sends the rows to `table` with `COPY … FROM STDIN (FORMAT binary)`.
+    pub async fn copy_into(
+        mut self,
+        conn: &mut PgConnection,
+        table: &str,
+        columns: &[&str],
+    ) -> Result<(), StoreError> {
+        if usize::try_from(self.fields).ok() != Some(columns.len()) {
+            return Err(StoreError::Corrupt(format!(
+                "rows of {} values for the {} columns of {table}",
+                self.fields,
+                columns.len()
+            )));
+        }
+        self.data.extend_from_slice(&(-1i16).to_be_bytes()); // trailer
+        let statement = format!(
+            "COPY {table} ({}) FROM STDIN (FORMAT binary)",
+            columns.join(", ")
+        );
+        let mut copy = conn.copy_in_raw(&statement).await?;
+        copy.send(self.data).await?;
+        copy.finish().await?;
+        Ok(())
+    }
+}
+
 /// Multi-row `VALUES` of at most `chunk` rows (SQLite).
 async fn insert_rows_values(
     conn: &mut Conn<'_>,
