@@ -18,13 +18,16 @@ use toolhub_domain::workflow::WorkflowEvent;
 use toolhub_eventstore::{RecordedEvent, StoreError};
 
 use crate::redact::{redact_payload, redact_transport};
-use crate::sql::{insert_rows, placeholders, upsert_tail, Arg, Conn, Row};
+use crate::sql::{insert_rows, placeholders, upsert_tail, Arg, Conn, CopyRows, Row};
 
 /// The table names a projection writes to: the live tables, or the shadow
 /// tables of a rebuild.
 #[derive(Debug, Clone, Default)]
 pub struct Tables {
     suffix: String,
+    /// Whether the tables have been given every event before the batch at
+    /// hand once, and none after it (see [`Tables::replay`]).
+    replay: bool,
 }
 
 /// The suffix of a rebuild's shadow tables.
@@ -40,7 +43,25 @@ impl Tables {
     pub fn shadow() -> Self {
         Self {
             suffix: SHADOW_SUFFIX.to_string(),
+            replay: false,
         }
+    }
+
+    /// The shadow tables as a rebuild fills them: created empty, then given
+    /// every event of the log exactly once, in order. No row keyed by an
+    /// event (an audit entry) can exist before its event is applied, so
+    /// such rows are loaded with `COPY` on PostgreSQL, without the
+    /// `ON CONFLICT` that makes re-applying a batch harmless elsewhere.
+    pub fn replay() -> Self {
+        Self {
+            replay: true,
+            ..Self::shadow()
+        }
+    }
+
+    /// Whether these are [`Tables::replay`].
+    pub fn is_replay(&self) -> bool {
+        self.replay
     }
 
     /// The name to use for the table `base`.
@@ -1168,6 +1189,29 @@ impl Projection for AuditProjection {
         tables: &Tables,
         events: &[RecordedEvent],
     ) -> Result<(), StoreError> {
+        let table = tables.name("rm_audit");
+        if let (Conn::Pg(c), true) = (&mut *conn, tables.is_replay()) {
+            // Straight from the events, without an owned copy of each.
+            let mut rows = CopyRows::new(AUDIT_COLUMNS.len());
+            for e in events {
+                rows.row();
+                rows.int(Some(e.position.global));
+                rows.int(Some(e.position.transaction.min(i64::MAX as u64) as i64));
+                rows.text(Some(&e.metadata.tenant))?;
+                rows.text(Some(&e.aggregate_type))?;
+                rows.text(Some(&e.aggregate_id))?;
+                rows.int(Some(e.sequence as i64));
+                rows.text(Some(&e.event_type))?;
+                rows.text(Some(&e.event_version))?;
+                rows.text(Some(&e.metadata.actor))?;
+                rows.text(Some(&e.metadata.correlation_id))?;
+                rows.text(Some(&e.metadata.causation_id))?;
+                rows.text(Some(&e.metadata.request_id))?;
+                rows.time(Some(&e.recorded_at))?;
+                rows.json(Some(&redact_payload(&e.aggregate_type, &e.payload)))?;
+            }
+            return rows.copy_into(c, &table, AUDIT_COLUMNS).await;
+        }
         let rows = events
             .iter()
             .map(|e| {
@@ -1185,13 +1229,15 @@ impl Projection for AuditProjection {
                     e.metadata.causation_id.clone().into(),
                     e.metadata.request_id.clone().into(),
                     e.recorded_at.into(),
-                    redact_payload(&e.aggregate_type, &e.payload).into(),
+                    redact_payload(&e.aggregate_type, &e.payload)
+                        .into_owned()
+                        .into(),
                 ]
             })
             .collect();
         insert_rows(
             conn,
-            &tables.name("rm_audit"),
+            &table,
             AUDIT_COLUMNS,
             rows,
             "ON CONFLICT (global_position) DO NOTHING",

@@ -6,13 +6,19 @@
 //! (`{{secrets.NAME}}`): a literal `Authorization: Bearer abc…` is a
 //! credential typed into the wrong field, and the log must not spread it.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 
 /// What replaces a redacted value.
 pub const REDACTED: &str = "[redacted]";
 
-/// The redacted form of an event payload.
-pub fn redact_payload(aggregate_type: &str, payload: &Value) -> Value {
+/// The redacted form of an event payload: the payload itself when its
+/// aggregate type has nothing to redact.
+pub fn redact_payload<'a>(aggregate_type: &str, payload: &'a Value) -> Cow<'a, Value> {
+    if !matches!(aggregate_type, "secret" | "mcp_server") {
+        return Cow::Borrowed(payload);
+    }
     let mut payload = payload.clone();
     match aggregate_type {
         "secret" => {
@@ -29,7 +35,7 @@ pub fn redact_payload(aggregate_type: &str, payload: &Value) -> Value {
         }
         _ => {}
     }
-    payload
+    Cow::Owned(payload)
 }
 
 /// Redacts the literal environment and header values of a transport.

@@ -352,9 +352,272 @@ pub fn placeholders(from: usize, n: usize) -> String {
         .join(", ")
 }
 
-/// Inserts (or upserts) `rows` into `table` with multi-row statements of at
-/// most `chunk` rows. `conflict` is the statement's tail (`ON CONFLICT …`).
+/// Inserts (or upserts) `rows` into `table`. `conflict` is the statement's
+/// tail (`ON CONFLICT …`).
+///
+/// On PostgreSQL the rows go in as one array per column, unnested by the
+/// statement (`INSERT … SELECT * FROM UNNEST($1::text[], …)`): a handful of
+/// parameters however many rows, so the server parses and plans a short
+/// statement instead of one with thousands of placeholders. On SQLite they
+/// go in as multi-row `VALUES` of at most 500 rows.
 pub async fn insert_rows(
+    conn: &mut Conn<'_>,
+    table: &str,
+    columns: &[&str],
+    rows: Vec<Vec<Arg>>,
+    conflict: &str,
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    match conn {
+        Conn::Pg(c) => insert_rows_pg(c, table, columns, rows, conflict).await,
+        Conn::Lite(_) => insert_rows_values(conn, table, columns, rows, conflict).await,
+    }
+}
+
+/// One column of rows to insert, as the array PostgreSQL unnests.
+enum Column {
+    Text(Vec<Option<String>>),
+    Int(Vec<Option<i64>>),
+    Bool(Vec<Option<bool>>),
+    Json(Vec<Option<sqlx::types::Json<Value>>>),
+    Time(Vec<Option<DateTime<Utc>>>),
+}
+
+impl Column {
+    /// An empty column of the argument's type.
+    fn like(arg: &Arg, capacity: usize) -> Self {
+        match arg {
+            Arg::Text(_) => Self::Text(Vec::with_capacity(capacity)),
+            Arg::Int(_) => Self::Int(Vec::with_capacity(capacity)),
+            Arg::Bool(_) => Self::Bool(Vec::with_capacity(capacity)),
+            Arg::Json(_) => Self::Json(Vec::with_capacity(capacity)),
+            Arg::Time(_) => Self::Time(Vec::with_capacity(capacity)),
+        }
+    }
+
+    /// The array type to cast the parameter to.
+    fn array_type(&self) -> &'static str {
+        match self {
+            Self::Text(_) => "text[]",
+            Self::Int(_) => "int8[]",
+            Self::Bool(_) => "bool[]",
+            Self::Json(_) => "jsonb[]",
+            Self::Time(_) => "timestamptz[]",
+        }
+    }
+
+    /// Appends a value; an argument of another type is given back.
+    fn push(&mut self, arg: Arg) -> Result<(), Arg> {
+        match (self, arg) {
+            (Self::Text(c), Arg::Text(v)) => c.push(v),
+            (Self::Int(c), Arg::Int(v)) => c.push(v),
+            (Self::Bool(c), Arg::Bool(v)) => c.push(v),
+            (Self::Json(c), Arg::Json(v)) => c.push(v.map(sqlx::types::Json)),
+            (Self::Time(c), Arg::Time(v)) => c.push(v),
+            (_, arg) => return Err(arg),
+        }
+        Ok(())
+    }
+
+    fn bind(self, q: PgQuery<'_>) -> PgQuery<'_> {
+        match self {
+            Self::Text(c) => q.bind(c),
+            Self::Int(c) => q.bind(c),
+            Self::Bool(c) => q.bind(c),
+            Self::Json(c) => q.bind(c),
+            Self::Time(c) => q.bind(c),
+        }
+    }
+}
+
+async fn insert_rows_pg(
+    conn: &mut PgConnection,
+    table: &str,
+    columns: &[&str],
+    rows: Vec<Vec<Arg>>,
+    conflict: &str,
+) -> Result<(), StoreError> {
+    // Bounds the size of one message, not the number of parameters.
+    const CHUNK: usize = 10_000;
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let batch: Vec<Vec<Arg>> = rows.by_ref().take(CHUNK).collect();
+        let mut arrays: Vec<Column> = batch[0]
+            .iter()
+            .map(|a| Column::like(a, batch.len()))
+            .collect();
+        for row in batch {
+            if row.len() != columns.len() {
+                return Err(StoreError::Corrupt(format!(
+                    "{} values for the {} columns of {table}",
+                    row.len(),
+                    columns.len()
+                )));
+            }
+            for ((array, arg), column) in arrays.iter_mut().zip(row).zip(columns) {
+                array.push(arg).map_err(|_| {
+                    StoreError::Corrupt(format!("{table}.{column}: values of different types"))
+                })?;
+            }
+        }
+        let unnest = arrays
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("${}::{}", i + 1, a.array_type()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO {table} ({}) SELECT * FROM UNNEST({unnest}) {conflict}",
+            columns.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for array in arrays {
+            q = array.bind(q);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Rows for a binary `COPY` into a PostgreSQL table: the fastest way in,
+/// and the server parses no text, but there is no `ON CONFLICT`, so it is
+/// only for rows that cannot exist yet. Values are written in the binary
+/// form of the types the read models use: `int` for `bigint`, `json` for
+/// `jsonb`, `time` for `timestamptz` (a column of another type makes the
+/// `COPY` fail, never store a wrong value). The whole batch is encoded
+/// before the `COPY` starts, so a value that cannot be encoded fails before
+/// anything is sent.
+pub struct CopyRows {
+    data: Vec<u8>,
+    fields: i16,
+}
+
+impl CopyRows {
+    /// Rows of `columns` values each.
+    pub fn new(columns: usize) -> Self {
+        let mut data = Vec::with_capacity(64 * 1024);
+        data.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+        data.extend_from_slice(&0i32.to_be_bytes()); // flags
+        data.extend_from_slice(&0i32.to_be_bytes()); // header extension
+        Self {
+            data,
+            fields: i16::try_from(columns).unwrap_or(i16::MAX),
+        }
+    }
+
+    /// Starts a row: its values follow, one call per column, in order.
+    pub fn row(&mut self) {
+        self.data.extend_from_slice(&self.fields.to_be_bytes());
+    }
+
+    fn null(&mut self) {
+        self.data.extend_from_slice(&(-1i32).to_be_bytes());
+    }
+
+    fn sized(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        let len = i32::try_from(bytes.len())
+            .map_err(|_| StoreError::Corrupt("a value over 2 GiB".into()))?;
+        self.data.extend_from_slice(&len.to_be_bytes());
+        self.data.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    /// A text value, or NULL.
+    pub fn text(&mut self, v: Option<&str>) -> Result<(), StoreError> {
+        match v {
+            Some(v) => self.sized(v.as_bytes()),
+            None => {
+                self.null();
+                Ok(())
+            }
+        }
+    }
+
+    /// A `bigint`, or NULL.
+    pub fn int(&mut self, v: Option<i64>) {
+        match v {
+            Some(v) => {
+                self.data.extend_from_slice(&8i32.to_be_bytes());
+                self.data.extend_from_slice(&v.to_be_bytes());
+            }
+            None => self.null(),
+        }
+    }
+
+    /// A boolean, or NULL.
+    pub fn bool(&mut self, v: Option<bool>) {
+        match v {
+            Some(v) => {
+                self.data.extend_from_slice(&1i32.to_be_bytes());
+                self.data.push(u8::from(v));
+            }
+            None => self.null(),
+        }
+    }
+
+    /// A `jsonb` value, or NULL, serialised in place.
+    pub fn json(&mut self, v: Option<&Value>) -> Result<(), StoreError> {
+        let Some(v) = v else {
+            self.null();
+            return Ok(());
+        };
+        // The length goes in front of the value once it is known.
+        let at = self.data.len();
+        self.null();
+        self.data.push(1); // the jsonb format version
+        serde_json::to_writer(&mut self.data, v)?;
+        let len = i32::try_from(self.data.len() - at - 4)
+            .map_err(|_| StoreError::Corrupt("a JSON value over 2 GiB".into()))?;
+        self.data[at..at + 4].copy_from_slice(&len.to_be_bytes());
+        Ok(())
+    }
+
+    /// A `timestamptz`, or NULL.
+    pub fn time(&mut self, v: Option<&DateTime<Utc>>) -> Result<(), StoreError> {
+        // Microseconds from 1970-01-01 to 2000-01-01, PostgreSQL's epoch.
+        const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+        let Some(v) = v else {
+            self.null();
+            return Ok(());
+        };
+        let micros = v
+            .timestamp_micros()
+            .checked_sub(PG_EPOCH_MICROS)
+            .ok_or_else(|| StoreError::Corrupt(format!("time {v} out of range")))?;
+        self.int(Some(micros));
+        Ok(())
+    }
+
+    /// Sends the rows to `table` with `COPY … FROM STDIN (FORMAT binary)`.
+    pub async fn copy_into(
+        mut self,
+        conn: &mut PgConnection,
+        table: &str,
+        columns: &[&str],
+    ) -> Result<(), StoreError> {
+        if usize::try_from(self.fields).ok() != Some(columns.len()) {
+            return Err(StoreError::Corrupt(format!(
+                "rows of {} values for the {} columns of {table}",
+                self.fields,
+                columns.len()
+            )));
+        }
+        self.data.extend_from_slice(&(-1i16).to_be_bytes()); // trailer
+        let statement = format!(
+            "COPY {table} ({}) FROM STDIN (FORMAT binary)",
+            columns.join(", ")
+        );
+        let mut copy = conn.copy_in_raw(&statement).await?;
+        copy.send(self.data).await?;
+        copy.finish().await?;
+        Ok(())
+    }
+}
+
+/// Multi-row `VALUES` of at most `chunk` rows (SQLite).
+async fn insert_rows_values(
     conn: &mut Conn<'_>,
     table: &str,
     columns: &[&str],

@@ -679,3 +679,232 @@ async fn a_rebuild_keeps_the_index_names_the_migrations_gave() {
     rebuild_all(&store).await;
     assert_eq!(names().await, before, "and again after a second rebuild");
 }
+
+/// Every index and constraint of the read-model tables: table, name and
+/// definition.
+async fn pg_schema(pool: &sqlx::PgPool) -> Vec<(String, String, String)> {
+    sqlx::query_as(
+        "SELECT tablename::text, indexname::text, indexdef FROM pg_indexes \
+          WHERE schemaname = current_schema() AND tablename LIKE 'rm\\_%' \
+         UNION ALL \
+         SELECT conrelid::regclass::text, conname::text, pg_get_constraintdef(oid) \
+           FROM pg_constraint WHERE conrelid::regclass::text LIKE 'rm\\_%' \
+         ORDER BY 1, 2, 3",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("the schema")
+}
+
+/// Records, at its first batch of a rebuild's replay, the indexes its
+/// shadow tables carry.
+struct IndexSpy {
+    inner: Arc<dyn Projection>,
+    seen: parking_lot::Mutex<Option<Vec<String>>>,
+}
+
+#[async_trait]
+impl Projection for IndexSpy {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        self.inner.tables()
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut Conn<'_>,
+        tables: &Tables,
+        events: &[RecordedEvent],
+    ) -> Result<(), StoreError> {
+        if tables.is_replay() && self.seen.lock().is_none() {
+            let mut names = Vec::new();
+            for table in self.inner.tables() {
+                let rows = conn
+                    .fetch(
+                        "SELECT indexname FROM pg_indexes \
+                          WHERE schemaname = current_schema() AND tablename = $1",
+                        &[tables.name(table).into()],
+                    )
+                    .await?;
+                for row in rows {
+                    names.push(row.text("indexname")?);
+                }
+            }
+            *self.seen.lock() = Some(names);
+        }
+        self.inner.apply(conn, tables, events).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_replays_into_primary_keys_only_and_ends_with_every_index_and_constraint_of_the_migrations(
+) {
+    let db = TestDb::postgres().await;
+    let store = open(db.url()).await.expect("open");
+    let writers = Writers::new(&store);
+    populate(&writers, "acme", 2).await;
+    let Db::Postgres(pool) = store.db() else {
+        unreachable!("a PostgreSQL test database")
+    };
+    // The replay must see the events, not only the swap's catch-up: wait
+    // until transactions elsewhere in the cluster no longer hold them back.
+    let total = log_count(store.db()).await as usize;
+    while store
+        .read_after(Position::ZERO, 10_000)
+        .await
+        .expect("read")
+        .len()
+        < total
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = pg_schema(pool).await;
+    let secondary = [
+        "rm_workflows_tenant",
+        "rm_executions_tenant",
+        "rm_executions_workflow",
+        "rm_secrets_tenant",
+        "rm_mcp_servers_tenant",
+        "rm_audit_tenant_order",
+        "rm_audit_aggregate",
+    ];
+    for name in secondary {
+        assert!(
+            before.iter().any(|(_, n, _)| n == name),
+            "{name} in {before:?}"
+        );
+    }
+    for round in 0..2 {
+        let spies: Vec<IndexSpy> = toolhub_projections::projection::all()
+            .into_iter()
+            .map(|inner| IndexSpy {
+                inner,
+                seen: parking_lot::Mutex::new(None),
+            })
+            .collect();
+        let projections: Vec<&dyn Projection> =
+            spies.iter().map(|s| s as &dyn Projection).collect();
+        toolhub_projections::rebuild_many(&store, &projections, 7, |_| {})
+            .await
+            .expect("rebuild");
+        for spy in &spies {
+            let seen = spy.seen.lock().clone().expect("the replay applied batches");
+            let mut expected: Vec<String> = spy
+                .tables()
+                .iter()
+                .map(|t| format!("{t}__rebuild_pkey"))
+                .collect();
+            let mut seen_sorted = seen.clone();
+            seen_sorted.sort();
+            expected.sort();
+            assert_eq!(
+                seen_sorted,
+                expected,
+                "during the replay {}'s shadow tables have their primary keys only",
+                spy.name()
+            );
+        }
+        assert_eq!(
+            pg_schema(pool).await,
+            before,
+            "after rebuild {round}, the indexes and constraints are the migrations' own"
+        );
+    }
+}
+
+/// Fails at its third batch of a rebuild's replay.
+struct FailsInReplay {
+    inner: Arc<dyn Projection>,
+    batches: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl Projection for FailsInReplay {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        self.inner.tables()
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut Conn<'_>,
+        tables: &Tables,
+        events: &[RecordedEvent],
+    ) -> Result<(), StoreError> {
+        if tables.is_replay() && self.batches.fetch_add(1, Ordering::SeqCst) == 2 {
+            return Err(StoreError::Corrupt("injected failure in a replay".into()));
+        }
+        self.inner.apply(conn, tables, events).await
+    }
+}
+
+async fn a_rebuild_that_fails_midway_leaves_the_live_tables_and_checkpoints_as_they_were(
+    db: TestDb,
+) {
+    let store = open(db.url()).await.expect("open");
+    let writers = Writers::new(&store);
+    let read = ReadModels::new(&store);
+    let populated = populate(&writers, "acme", 2).await;
+    let runner = ProjectorRunner::start(store.clone(), fast());
+    settle(&read, populated.last).await;
+    runner.stop().await;
+    let live = dump(store.db()).await;
+    let checkpoints: Vec<Position> = read
+        .lag()
+        .await
+        .expect("lag")
+        .iter()
+        .map(|l| l.checkpoint)
+        .collect();
+    let all = toolhub_projections::projection::all();
+    let failing = FailsInReplay {
+        inner: all[1].clone(),
+        batches: Default::default(),
+    };
+    let mut projections: Vec<&dyn Projection> = all.iter().map(|p| p.as_ref()).collect();
+    projections[1] = &failing;
+    let failed = toolhub_projections::rebuild_many(&store, &projections, 5, |_| {}).await;
+    assert!(
+        matches!(&failed, Err(StoreError::Corrupt(m)) if m.contains("injected")),
+        "the projection's own error is reported: {failed:?}"
+    );
+    assert_eq!(dump(store.db()).await, live);
+    let after: Vec<Position> = read
+        .lag()
+        .await
+        .expect("lag")
+        .iter()
+        .map(|l| l.checkpoint)
+        .collect();
+    assert_eq!(after, checkpoints);
+    rebuild_all(&store).await;
+    assert_eq!(
+        dump(store.db()).await,
+        live,
+        "the next rebuild starts over and succeeds"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_rebuild_that_fails_midway_leaves_the_live_tables_and_checkpoints_as_they_were(
+) {
+    a_rebuild_that_fails_midway_leaves_the_live_tables_and_checkpoints_as_they_were(
+        TestDb::postgres().await,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sqlite_a_rebuild_that_fails_midway_leaves_the_live_tables_and_checkpoints_as_they_were()
+{
+    a_rebuild_that_fails_midway_leaves_the_live_tables_and_checkpoints_as_they_were(
+        TestDb::sqlite().await,
+    )
+    .await;
+}
