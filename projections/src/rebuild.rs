@@ -425,6 +425,8 @@ async fn swap(
             tx.commit().await?;
         }
     }
+    // The checkpoints moved: wake whoever waits for the read models.
+    store.announce_projected();
     Ok((checkpoint, tail))
 }
 
