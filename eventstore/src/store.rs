@@ -88,6 +88,9 @@ pub(crate) struct Inner {
     /// Bumps made by this process's projectors, forwarded with `NOTIFY`.
     local_projected: watch::Sender<u64>,
     listener_started: Mutex<bool>,
+    /// Names this store's notifications, so that its listener can ignore
+    /// them: it announces its own commits and batches locally already.
+    instance: String,
     /// Dropped with the store, which stops the background tasks.
     _alive: watch::Sender<()>,
     alive: watch::Receiver<()>,
@@ -282,6 +285,7 @@ impl EventStore {
             projected,
             local_projected,
             listener_started: Mutex::new(false),
+            instance: uuid::Uuid::new_v4().simple().to_string(),
             _alive: alive_tx,
             alive,
         });
@@ -289,12 +293,14 @@ impl EventStore {
             tokio::spawn(notifier(
                 pool.clone(),
                 NOTIFY_CHANNEL,
+                inner.instance.clone(),
                 local_rx,
                 inner.alive.clone(),
             ));
             tokio::spawn(notifier(
                 pool.clone(),
                 PROJECTED_CHANNEL,
+                inner.instance.clone(),
                 local_projected_rx,
                 inner.alive.clone(),
             ));
@@ -371,6 +377,7 @@ impl EventStore {
                 *started = true;
                 tokio::spawn(listener(
                     pool.clone(),
+                    self.inner.instance.clone(),
                     self.inner.head.clone(),
                     self.inner.projected.clone(),
                     self.inner.alive.clone(),
@@ -550,6 +557,7 @@ impl EventStore {
 async fn notifier<T: std::fmt::Display>(
     pool: PgPool,
     channel: &'static str,
+    instance: String,
     mut commits: watch::Receiver<T>,
     mut alive: watch::Receiver<()>,
 ) {
@@ -562,7 +570,8 @@ async fn notifier<T: std::fmt::Display>(
             }
             _ = alive.changed() => return,
         }
-        let payload = commits.borrow_and_update().to_string();
+        // `<instance> <value>`: the sender's listener skips its own.
+        let payload = format!("{instance} {}", *commits.borrow_and_update());
         let sent = sqlx::query("SELECT pg_notify($1, $2)")
             .bind(channel)
             .bind(payload)
@@ -580,6 +589,7 @@ async fn notifier<T: std::fmt::Display>(
 /// them locally.
 async fn listener(
     pool: PgPool,
+    instance: String,
     head: watch::Sender<Position>,
     projected: watch::Sender<u64>,
     mut alive: watch::Receiver<()>,
@@ -608,11 +618,19 @@ async fn listener(
         loop {
             tokio::select! {
                 received = listener.recv() => match received {
-                    Ok(notification) if notification.channel() == PROJECTED_CHANNEL => {
-                        projected.send_modify(|n| *n = n.wrapping_add(1));
-                    }
                     Ok(notification) => {
-                        let Ok(position) = notification.payload().parse::<Position>() else {
+                        let Some((from, value)) = notification.payload().split_once(' ') else {
+                            continue;
+                        };
+                        if from == instance {
+                            // Announced locally when it happened.
+                            continue;
+                        }
+                        if notification.channel() == PROJECTED_CHANNEL {
+                            projected.send_modify(|n| *n = n.wrapping_add(1));
+                            continue;
+                        }
+                        let Ok(position) = value.parse::<Position>() else {
                             continue;
                         };
                         // Wake even for an older position: see `announce`.

@@ -565,14 +565,21 @@ pub async fn a_projector_batch_wakes_read_your_writes_waiters(db: TestDb) {
         projector.clone()
     };
     let mut moved = waiter.projected();
+    let mut own = projector.projected();
     // Give LISTEN a moment to be in place.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!moved.has_changed().expect("the store is alive"));
     projector.announce_projected();
+    // The announcing store wakes its own waiters at once...
+    assert!(own.has_changed().expect("the store is alive"));
+    own.borrow_and_update();
     tokio::time::timeout(Duration::from_secs(10), moved.changed())
         .await
         .expect("an announcement within 10 s")
         .expect("the store is alive");
+    // ...and not again when its own notification comes back.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!own.has_changed().expect("the store is alive"));
 }
 
 macro_rules! on_both_backends {
