@@ -461,39 +461,47 @@ pub(crate) async fn append_rows_naming(
     events: &[NewEvent],
     names: &[NameUpdate],
 ) -> Result<Position, AppendError> {
-    match db {
-        Db::Postgres(pool) => {
-            let mut tx = pool.begin().await?;
-            let position = insert_pg(&mut *tx, aggregate_type, events).await?;
+    // The statements differ only in their executor and placeholders.
+    macro_rules! change_names {
+        ($tx:expr, $claim:literal, $release:literal) => {
             for update in names {
                 let changed = match &update.claim {
-                    Some(name) => sqlx::query(
-                        "INSERT INTO name_claims (tenant, aggregate_type, name, aggregate_id) \
-                         VALUES ($1, $2, $3, $4)",
-                    )
-                    .bind(&update.tenant)
-                    .bind(aggregate_type)
-                    .bind(name)
-                    .bind(&update.aggregate_id)
-                    .execute(&mut *tx)
-                    .await
-                    .map(|_| ()),
-                    None => sqlx::query(
-                        "DELETE FROM name_claims WHERE aggregate_type = $1 AND aggregate_id = $2",
-                    )
-                    .bind(aggregate_type)
-                    .bind(&update.aggregate_id)
-                    .execute(&mut *tx)
-                    .await
-                    .map(|_| ()),
+                    Some(name) => {
+                        sqlx::query($claim)
+                            .bind(&update.tenant)
+                            .bind(aggregate_type)
+                            .bind(name)
+                            .bind(&update.aggregate_id)
+                            .execute(&mut *$tx)
+                            .await
+                    }
+                    None => {
+                        sqlx::query($release)
+                            .bind(aggregate_type)
+                            .bind(&update.aggregate_id)
+                            .execute(&mut *$tx)
+                            .await
+                    }
                 };
                 match changed {
                     Err(error) if is_unique_violation(&error) => {
                         return Err(AppendError::NameTaken)
                     }
                     other => other?,
-                }
+                };
             }
+        };
+    }
+    match db {
+        Db::Postgres(pool) => {
+            let mut tx = pool.begin().await?;
+            let position = insert_pg(&mut *tx, aggregate_type, events).await?;
+            change_names!(
+                tx,
+                "INSERT INTO name_claims (tenant, aggregate_type, name, aggregate_id) \
+                 VALUES ($1, $2, $3, $4)",
+                "DELETE FROM name_claims WHERE aggregate_type = $1 AND aggregate_id = $2"
+            );
             tx.commit().await?;
             Ok(position)
         }
@@ -502,35 +510,12 @@ pub(crate) async fn append_rows_naming(
             // IMMEDIATE: take the write lock up front (see the projectors).
             let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
             let position = insert_sqlite(&mut *tx, aggregate_type, events).await?;
-            for update in names {
-                let changed = match &update.claim {
-                    Some(name) => sqlx::query(
-                        "INSERT INTO name_claims (tenant, aggregate_type, name, aggregate_id) \
-                         VALUES (?1, ?2, ?3, ?4)",
-                    )
-                    .bind(&update.tenant)
-                    .bind(aggregate_type)
-                    .bind(name)
-                    .bind(&update.aggregate_id)
-                    .execute(&mut *tx)
-                    .await
-                    .map(|_| ()),
-                    None => sqlx::query(
-                        "DELETE FROM name_claims WHERE aggregate_type = ?1 AND aggregate_id = ?2",
-                    )
-                    .bind(aggregate_type)
-                    .bind(&update.aggregate_id)
-                    .execute(&mut *tx)
-                    .await
-                    .map(|_| ()),
-                };
-                match changed {
-                    Err(error) if is_unique_violation(&error) => {
-                        return Err(AppendError::NameTaken)
-                    }
-                    other => other?,
-                }
-            }
+            change_names!(
+                tx,
+                "INSERT INTO name_claims (tenant, aggregate_type, name, aggregate_id) \
+                 VALUES (?1, ?2, ?3, ?4)",
+                "DELETE FROM name_claims WHERE aggregate_type = ?1 AND aggregate_id = ?2"
+            );
             tx.commit().await?;
             Ok(position)
         }
