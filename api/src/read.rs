@@ -2,7 +2,7 @@
 //! `toolhub-projections`, in one place.
 
 pub use toolhub_projections::views::{
-    AuditEntry, AuditFilter, Cursor, ExecutionFilter, ExecutionStepView, ExecutionView,
+    AuditEntryView, AuditFilter, Cursor, ExecutionFilter, ExecutionStepView, ExecutionView,
     McpServerView, McpToolView, Page, PageRequest, SecretView, WorkflowFilter, WorkflowVersionView,
     WorkflowView, MAX_PAGE,
 };

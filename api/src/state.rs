@@ -17,7 +17,7 @@ use crate::auth::Verifier;
 use crate::config::Limits;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::read::{AuditEntry, AuditFilter, ReadModels};
+use crate::read::{AuditEntryView, AuditFilter, ReadModels};
 
 /// The shared state of one running server.
 pub struct AppState {
@@ -48,7 +48,7 @@ pub struct AppState {
 }
 
 /// A batch of entries, each shared by every subscriber that receives it.
-pub type SharedEntries = Arc<Vec<Arc<AuditEntry>>>;
+pub type SharedEntries = Arc<Vec<Arc<AuditEntryView>>>;
 
 type SharedRead = Shared<BoxFuture<'static, Result<SharedEntries, ApiError>>>;
 
@@ -115,7 +115,7 @@ impl AppState {
     /// Waits, within the configured bound, until the read models reach
     /// `position`. Returns false (and logs) on a timeout or a fault, so that
     /// a committed mutation still answers.
-    pub async fn settle(&self, position: Position) -> bool {
+    pub async fn wait_for(&self, position: Position) -> bool {
         match self
             .read
             .wait_for(position, self.limits.consistency_wait)

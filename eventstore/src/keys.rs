@@ -15,12 +15,12 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use sqlx::Row;
 use toolhub_domain::secret::SealedValue;
 use toolhub_domain::{SecretId, TenantId};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::StoreError;
+use crate::sql::{exec, fetch};
 use crate::store::Db;
 
 /// The key that wraps every data key. Wiped from memory when dropped.
@@ -149,33 +149,19 @@ impl KeyStore {
                 },
             )
             .map_err(|_| KeyError::Crypto)?;
-        let fingerprint = self.master.fingerprint();
-        let inserted = match &self.db {
-            Db::Postgres(pool) => sqlx::query(
-                "INSERT INTO secret_keys (secret_id, tenant, master_key, nonce, wrapped_key) \
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (secret_id) DO NOTHING",
-            )
-            .bind(secret.to_string())
-            .bind(tenant.as_str())
-            .bind(&fingerprint)
-            .bind(nonce.as_slice())
-            .bind(&wrapped)
-            .execute(pool)
-            .await?
-            .rows_affected(),
-            Db::Sqlite(pool) => sqlx::query(
-                "INSERT INTO secret_keys (secret_id, tenant, master_key, nonce, wrapped_key) \
-                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (secret_id) DO NOTHING",
-            )
-            .bind(secret.to_string())
-            .bind(tenant.as_str())
-            .bind(&fingerprint)
-            .bind(nonce.as_slice())
-            .bind(&wrapped)
-            .execute(pool)
-            .await?
-            .rows_affected(),
-        };
+        let inserted = exec(
+            &self.db,
+            "INSERT INTO secret_keys (secret_id, tenant, master_key, nonce, wrapped_key) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (secret_id) DO NOTHING",
+            &[
+                secret.to_string().into(),
+                tenant.as_str().into(),
+                self.master.fingerprint().into(),
+                nonce.to_vec().into(),
+                wrapped.into(),
+            ],
+        )
+        .await?;
         Ok(inserted == 1)
     }
 
@@ -184,42 +170,23 @@ impl KeyStore {
         tenant: &TenantId,
         secret: SecretId,
     ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
-        let row = match &self.db {
-            Db::Postgres(pool) => {
-                sqlx::query(
-                    "SELECT tenant, master_key, nonce, wrapped_key FROM secret_keys WHERE secret_id = $1",
-                )
-                .bind(secret.to_string())
-                .fetch_optional(pool)
-                .await?
-                .map(|r| -> Result<_, sqlx::Error> {
-                    Ok((
-                        r.try_get::<String, _>(0)?,
-                        r.try_get::<String, _>(1)?,
-                        r.try_get::<Vec<u8>, _>(2)?,
-                        r.try_get::<Vec<u8>, _>(3)?,
-                    ))
-                })
-                .transpose()?
-            }
-            Db::Sqlite(pool) => {
-                sqlx::query(
-                    "SELECT tenant, master_key, nonce, wrapped_key FROM secret_keys WHERE secret_id = ?1",
-                )
-                .bind(secret.to_string())
-                .fetch_optional(pool)
-                .await?
-                .map(|r| -> Result<_, sqlx::Error> {
-                    Ok((
-                        r.try_get::<String, _>(0)?,
-                        r.try_get::<String, _>(1)?,
-                        r.try_get::<Vec<u8>, _>(2)?,
-                        r.try_get::<Vec<u8>, _>(3)?,
-                    ))
-                })
-                .transpose()?
-            }
-        };
+        let rows = fetch(
+            &self.db,
+            "SELECT tenant, master_key, nonce, wrapped_key FROM secret_keys WHERE secret_id = $1",
+            &[secret.to_string().into()],
+        )
+        .await?;
+        let row = rows
+            .first()
+            .map(|r| -> Result<_, StoreError> {
+                Ok((
+                    r.text("tenant")?,
+                    r.text("master_key")?,
+                    r.bytes("nonce")?,
+                    r.bytes("wrapped_key")?,
+                ))
+            })
+            .transpose()?;
         let (owner, fingerprint, nonce, wrapped) = row.ok_or(KeyError::NoKey)?;
         if owner != tenant.as_str() {
             return Err(KeyError::WrongTenant);
@@ -298,18 +265,12 @@ impl KeyStore {
     /// Destroys the secret's data key. Every value sealed under it becomes
     /// unrecoverable. Returns whether a key was there.
     pub async fn destroy(&self, secret: SecretId) -> Result<bool, KeyError> {
-        let deleted = match &self.db {
-            Db::Postgres(pool) => sqlx::query("DELETE FROM secret_keys WHERE secret_id = $1")
-                .bind(secret.to_string())
-                .execute(pool)
-                .await?
-                .rows_affected(),
-            Db::Sqlite(pool) => sqlx::query("DELETE FROM secret_keys WHERE secret_id = ?1")
-                .bind(secret.to_string())
-                .execute(pool)
-                .await?
-                .rows_affected(),
-        };
+        let deleted = exec(
+            &self.db,
+            "DELETE FROM secret_keys WHERE secret_id = $1",
+            &[secret.to_string().into()],
+        )
+        .await?;
         Ok(deleted > 0)
     }
 }

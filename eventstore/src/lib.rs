@@ -26,6 +26,7 @@ pub mod keys;
 pub mod metadata;
 pub mod position;
 pub mod secrets;
+pub mod sql;
 pub mod store;
 pub mod testing;
 pub mod upcast;

@@ -11,12 +11,13 @@ use parking_lot::Mutex;
 use serde_json::Value;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{PgPool, Row, SqlitePool};
+use sqlx::{PgPool, SqlitePool};
 use tokio::sync::watch;
 
 use crate::error::StoreError;
 use crate::metadata::EventMetadata;
 use crate::position::Position;
+use crate::sql::{exec, fetch, Arg, Conn, Row};
 
 /// The PostgreSQL channel that carries "the log grew" notifications. The
 /// payload is the newest position the sender committed.
@@ -323,14 +324,7 @@ impl EventStore {
 
     /// Checks that the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        match &self.inner.db {
-            Db::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await?,
-            Db::Sqlite(pool) => {
-                sqlx::query("SELECT 1").execute(pool).await?;
-                return Ok(());
-            }
-        };
-        Ok(())
+        exec(&self.inner.db, "SELECT 1", &[]).await.map(|_| ())
     }
 
     /// Announces a local commit to this process's subscribers and, on
@@ -407,103 +401,71 @@ impl EventStore {
         checkpoint: Position,
         limit: u32,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        const COLUMNS: &str = "global_position, aggregate_type, aggregate_id, sequence, \
-             event_type, event_version, payload, metadata, recorded_at";
-        let limit = i64::from(limit.max(1));
         match &self.inner.db {
             Db::Postgres(pool) => {
-                let sql = format!(
-                    "SELECT transaction_id::text AS tx, {COLUMNS} FROM events \
-                      WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
-                        AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
-                      ORDER BY transaction_id, global_position \
-                      LIMIT $3"
-                );
-                let rows = sqlx::query(&sql)
-                    .bind(checkpoint.transaction.to_string())
-                    .bind(checkpoint.global)
-                    .bind(limit)
-                    .fetch_all(pool)
-                    .await?;
-                rows.iter()
-                    .map(|row| {
-                        let tx: String = row.try_get("tx")?;
-                        let tx = tx
-                            .parse::<u64>()
-                            .map_err(|_| StoreError::Corrupt(format!("transaction id {tx}")))?;
-                        let recorded_at: DateTime<Utc> = row.try_get("recorded_at")?;
-                        self.recorded(row, tx, recorded_at)
-                    })
-                    .collect()
+                let mut conn = pool.acquire().await?;
+                self.read_after_on(&mut Conn::Pg(&mut conn), checkpoint, limit)
+                    .await
             }
             Db::Sqlite(pool) => {
                 let mut conn = pool.acquire().await?;
-                self.read_after_on(&mut conn, checkpoint, limit as u32)
+                self.read_after_on(&mut Conn::Lite(&mut conn), checkpoint, limit)
                     .await
             }
         }
     }
 
-    /// [`read_after`](Self::read_after) on a given SQLite connection: for a
-    /// caller that holds SQLite's write lock in a transaction on it, and must
-    /// not wait for another pooled connection (the writers queued behind its
+    /// [`read_after`](Self::read_after) on a given connection: for a caller
+    /// that holds SQLite's write lock in a transaction on it, and must not
+    /// wait for another pooled connection (the writers queued behind its
     /// lock may hold them all).
     pub async fn read_after_on(
         &self,
-        conn: &mut sqlx::SqliteConnection,
+        conn: &mut Conn<'_>,
         checkpoint: Position,
         limit: u32,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        const COLUMNS: &str = "global_position, aggregate_type, aggregate_id, sequence, \
-             event_type, event_version, payload, metadata, recorded_at";
-        let sql = format!(
-            "SELECT {COLUMNS} FROM events WHERE global_position > ?1 \
-              ORDER BY global_position LIMIT ?2"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(checkpoint.global)
-            .bind(i64::from(limit.max(1)))
-            .fetch_all(conn)
+        // The one difference between the backends: which rows are safe to
+        // read, and the order that is commit order.
+        let (after, order) = match conn {
+            Conn::Pg(_) => (
+                "(transaction_id, global_position) > ($1::text::xid8, $2) \
+                 AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())",
+                "transaction_id, global_position",
+            ),
+            Conn::Lite(_) => ("global_position > $2", "global_position"),
+        };
+        let sql =
+            format!("SELECT {EVENT_COLUMNS} FROM events WHERE {after} ORDER BY {order} LIMIT $3");
+        let rows = conn
+            .fetch(
+                &sql,
+                &[
+                    Arg::from(checkpoint.transaction.to_string()),
+                    Arg::from(checkpoint.global),
+                    Arg::from(i64::from(limit.max(1))),
+                ],
+            )
             .await?;
-        rows.iter()
-            .map(|row| {
-                let recorded_at: String = row.try_get("recorded_at")?;
-                let recorded_at = DateTime::parse_from_rfc3339(&recorded_at)
-                    .map_err(|_| StoreError::Corrupt(format!("timestamp {recorded_at}")))?
-                    .with_timezone(&Utc);
-                self.recorded(row, 0, recorded_at)
-            })
-            .collect()
+        rows.iter().map(|row| self.recorded(row)).collect()
     }
 
-    fn recorded<R>(
-        &self,
-        row: &R,
-        transaction: u64,
-        recorded_at: DateTime<Utc>,
-    ) -> Result<RecordedEvent, StoreError>
-    where
-        R: Row,
-        for<'r> &'r str: sqlx::ColumnIndex<R>,
-        for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-        for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-        for<'r> Value: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    {
-        let global: i64 = row.try_get("global_position")?;
-        let sequence: i64 = row.try_get("sequence")?;
+    /// Decodes (and upcasts) one row selected with [`EVENT_COLUMNS`].
+    fn recorded(&self, row: &Row) -> Result<RecordedEvent, StoreError> {
+        let sequence = row.int("sequence")?;
         let serialized = SerializedEvent::new(
-            row.try_get("aggregate_id")?,
+            row.text("aggregate_id")?,
             usize::try_from(sequence).map_err(|_| StoreError::Corrupt("sequence".into()))?,
-            row.try_get("aggregate_type")?,
-            row.try_get("event_type")?,
-            row.try_get("event_version")?,
-            row.try_get("payload")?,
-            row.try_get("metadata")?,
+            row.text("aggregate_type")?,
+            row.text("event_type")?,
+            row.text("event_version")?,
+            row.json("payload")?,
+            row.json("metadata")?,
         );
         let event = self.upcast(serialized);
         let metadata: EventMetadata = serde_json::from_value(event.metadata)?;
         Ok(RecordedEvent {
-            position: Position::new(transaction, global),
+            position: row.position("tx", "global_position")?,
             aggregate_type: event.aggregate_type,
             aggregate_id: event.aggregate_id,
             sequence: event.sequence as u64,
@@ -511,43 +473,33 @@ impl EventStore {
             event_version: event.event_version,
             payload: event.payload,
             metadata,
-            recorded_at,
+            recorded_at: row.time("recorded_at")?,
         })
     }
 
     /// The position of the newest event a reader may take now (the head of
     /// the commit-safe log), or [`Position::ZERO`] for an empty log.
     pub async fn head(&self) -> Result<Position, StoreError> {
-        match &self.inner.db {
-            Db::Postgres(pool) => {
-                let row = sqlx::query(
-                    "SELECT transaction_id::text AS tx, global_position FROM events \
-                      WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
-                      ORDER BY transaction_id DESC, global_position DESC LIMIT 1",
-                )
-                .fetch_optional(pool)
-                .await?;
-                match row {
-                    None => Ok(Position::ZERO),
-                    Some(row) => {
-                        let tx: String = row.try_get("tx")?;
-                        let tx = tx
-                            .parse()
-                            .map_err(|_| StoreError::Corrupt(format!("transaction id {tx}")))?;
-                        Ok(Position::new(tx, row.try_get("global_position")?))
-                    }
-                }
-            }
-            Db::Sqlite(pool) => {
-                let global: Option<i64> =
-                    sqlx::query_scalar("SELECT max(global_position) FROM events")
-                        .fetch_one(pool)
-                        .await?;
-                Ok(Position::new(0, global.unwrap_or(0)))
-            }
+        let safe = match &self.inner.db {
+            Db::Postgres(_) => "transaction_id < pg_snapshot_xmin(pg_current_snapshot())",
+            Db::Sqlite(_) => "1 = 1",
+        };
+        let sql = format!(
+            "SELECT CAST(transaction_id AS TEXT) AS tx, global_position FROM events \
+              WHERE {safe} ORDER BY transaction_id DESC, global_position DESC LIMIT 1"
+        );
+        match fetch(&self.inner.db, &sql, &[]).await?.first() {
+            None => Ok(Position::ZERO),
+            Some(row) => row.position("tx", "global_position"),
         }
     }
 }
+
+/// The columns of the log that [`EventStore::read_after_on`] selects: the
+/// transaction id as text (PostgreSQL's `xid8` outgrows `bigint`).
+const EVENT_COLUMNS: &str = "CAST(transaction_id AS TEXT) AS tx, global_position, \
+     aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, \
+     recorded_at";
 
 /// Forwards this process's announcements to other processes with `NOTIFY`
 /// on `channel`, coalescing bursts: while one notification is in flight,

@@ -44,10 +44,10 @@ use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 use toolhub_domain::mcp_server::{McpServer, McpServerCommand, Transport};
 use toolhub_domain::{McpServerId, TenantId};
+use toolhub_eventstore::sql::Conn;
 use toolhub_eventstore::testing::TestDb;
 use toolhub_eventstore::{CommandBus, CommandContext, Db, EventStore, Position, StoreOptions};
 use toolhub_projections::projection::{all, Tables, SHADOW_SUFFIX};
-use toolhub_projections::sql::Conn;
 use toolhub_projections::{rebuild_many, ProjectorRunner, ReadModels, RunnerOptions};
 
 /// The projections that have a `GenericQuery` counterpart in the baseline.

@@ -17,16 +17,18 @@
 //! appends to the log, never decides whether a command is allowed, and never
 //! stores a secret value, sealed or not.
 
+mod consistency;
+mod cursor;
 pub mod projection;
 pub mod queries;
 pub mod rebuild;
 pub mod redact;
 pub mod runner;
-pub mod sql;
 pub mod views;
 
+pub use consistency::{ProjectorLag, WaitError};
 pub use projection::{Projection, Tables};
-pub use queries::{ProjectorLag, ReadError, ReadModels, WaitError};
+pub use queries::{ReadError, ReadModels};
 pub use rebuild::{rebuild, rebuild_many, RebuildSummary};
 pub use runner::{ProjectorRunner, RunnerHandle, RunnerOptions};
 pub use views::*;

@@ -3,14 +3,16 @@
 //! every statement filters on it.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use base64::Engine;
 use toolhub_domain::TenantId;
+use toolhub_eventstore::sql::{fetch, placeholders, Arg, Row};
 use toolhub_eventstore::{Db, EventStore, Position, StoreError};
 
-use crate::sql::{fetch, placeholders, Arg, Row};
+use crate::cursor::{cursor, decode_cursor, limit};
+use crate::projection::fold::TableRow;
+use crate::projection::{
+    AuditRow, ExecutionRow, McpServerRow, SecretRow, StepRow, ToolRow, VersionRow, WorkflowRow,
+};
 use crate::views::*;
 
 /// Why a read failed.
@@ -24,187 +26,17 @@ pub enum ReadError {
     Store(#[from] StoreError),
 }
 
-/// Why waiting for a position ended without it.
-#[derive(Debug, thiserror::Error)]
-pub enum WaitError {
-    /// The read models did not reach the position in time.
-    #[error("the read models have not reached position {position} yet")]
-    Timeout {
-        /// The position waited for.
-        position: Position,
-    },
-    /// The database failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// How far a projector is behind the log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProjectorLag {
-    /// The projection's name.
-    pub projection: String,
-    /// Its checkpoint.
-    pub checkpoint: Position,
-    /// How many committed events it has not applied yet.
-    pub behind: u64,
-    /// How long ago the oldest of them was recorded, in milliseconds.
-    pub oldest_unapplied_ms: Option<u64>,
-}
-
 /// The read queries. Cheap to clone.
 #[derive(Clone)]
 pub struct ReadModels {
-    store: EventStore,
+    /// The store whose database holds the read models; its announcements
+    /// wake read-your-writes waiters.
+    pub(crate) store: EventStore,
 }
 
-const DEFAULT_PAGE: u32 = 20;
-
-fn limit(page: &PageRequest) -> i64 {
-    i64::from(match page.first {
-        0 => DEFAULT_PAGE,
-        n => n.min(MAX_PAGE),
-    })
-}
-
-fn cursor(kind: &str, value: &str) -> Cursor {
-    Cursor(B64.encode(format!("{kind}:{value}")))
-}
-
-fn decode_cursor(kind: &str, cursor: &Cursor) -> Result<String, ReadError> {
-    let bytes = B64
-        .decode(&cursor.0)
-        .map_err(|_| ReadError::InvalidCursor)?;
-    let text = String::from_utf8(bytes).map_err(|_| ReadError::InvalidCursor)?;
-    text.strip_prefix(kind)
-        .and_then(|rest| rest.strip_prefix(':'))
-        .map(str::to_string)
-        .ok_or(ReadError::InvalidCursor)
-}
-
-fn u64_of(v: i64) -> u64 {
-    v.max(0) as u64
-}
-
-fn workflow_view(r: &Row) -> Result<WorkflowView, StoreError> {
-    Ok(WorkflowView {
-        id: r.text("id")?,
-        tenant: r.text("tenant")?,
-        name: r.text("name")?,
-        description: r.text("description")?,
-        definition: r.json("definition")?,
-        version: u64_of(r.int("version")?),
-        aggregate_version: u64_of(r.int("seq")?),
-        archived: r.bool("archived")?,
-        triggers: r.json("triggers")?,
-        created_by: r.text("created_by")?,
-        created_at: r.time("created_at")?,
-        updated_by: r.text("updated_by")?,
-        updated_at: r.time("updated_at")?,
-    })
-}
-
-fn version_view(r: &Row) -> Result<WorkflowVersionView, StoreError> {
-    Ok(WorkflowVersionView {
-        workflow_id: r.text("workflow_id")?,
-        version: u64_of(r.int("version")?),
-        definition: r.json("definition")?,
-        comment: r.opt_text("comment")?,
-        reverted_from: r.opt_int("reverted_from")?.map(u64_of),
-        actor: r.text("actor")?,
-        recorded_at: r.time("recorded_at")?,
-    })
-}
-
-fn execution_view(r: &Row) -> Result<ExecutionView, StoreError> {
-    Ok(ExecutionView {
-        id: r.text("id")?,
-        tenant: r.text("tenant")?,
-        workflow_id: r.text("workflow_id")?,
-        workflow_version: u64_of(r.int("workflow_version")?),
-        status: r.text("status")?,
-        trigger: r.text("trigger")?,
-        input: r.json("input")?,
-        output: r.opt_json("output")?,
-        error: r.opt_text("error")?,
-        aggregate_version: u64_of(r.int("seq")?),
-        started_by: r.text("started_by")?,
-        started_at: r.time("started_at")?,
-        finished_at: r.opt_time("finished_at")?,
-        updated_at: r.time("updated_at")?,
-    })
-}
-
-fn step_view(r: &Row) -> Result<ExecutionStepView, StoreError> {
-    Ok(ExecutionStepView {
-        execution_id: r.text("execution_id")?,
-        node_id: r.text("node_id")?,
-        attempt: u32::try_from(r.int("attempt")?).unwrap_or(u32::MAX),
-        status: r.text("status")?,
-        input: r.json("input")?,
-        output: r.opt_json("output")?,
-        error: r.opt_text("error")?,
-        scheduled_at: r.time("scheduled_at")?,
-        started_at: r.opt_time("started_at")?,
-        finished_at: r.opt_time("finished_at")?,
-    })
-}
-
-fn secret_view(r: &Row) -> Result<SecretView, StoreError> {
-    Ok(SecretView {
-        id: r.text("id")?,
-        tenant: r.text("tenant")?,
-        name: r.text("name")?,
-        description: r.text("description")?,
-        rotation_count: u32::try_from(r.int("rotation_count")?).unwrap_or(u32::MAX),
-        aggregate_version: u64_of(r.int("seq")?),
-        created_by: r.text("created_by")?,
-        created_at: r.time("created_at")?,
-        updated_at: r.time("updated_at")?,
-    })
-}
-
-fn mcp_server_view(r: &Row) -> Result<McpServerView, StoreError> {
-    Ok(McpServerView {
-        id: r.text("id")?,
-        tenant: r.text("tenant")?,
-        name: r.text("name")?,
-        transport: r.json("transport")?,
-        enabled: r.bool("enabled")?,
-        healthy: r.opt_bool("healthy")?,
-        latency_ms: r.opt_int("latency_ms")?.map(u64_of),
-        health_detail: r.opt_text("health_detail")?,
-        checked_at: r.opt_time("checked_at")?,
-        aggregate_version: u64_of(r.int("seq")?),
-        created_at: r.time("created_at")?,
-        updated_at: r.time("updated_at")?,
-    })
-}
-
-fn tool_view(r: &Row) -> Result<McpToolView, StoreError> {
-    Ok(McpToolView {
-        server_id: r.text("server_id")?,
-        name: r.text("name")?,
-        description: r.opt_text("description")?,
-        input_schema: r.json("input_schema")?,
-    })
-}
-
-fn audit_entry(r: &Row) -> Result<AuditEntry, StoreError> {
-    Ok(AuditEntry {
-        position: Position::new(u64_of(r.int("transaction_id")?), r.int("global_position")?),
-        tenant: r.text("tenant")?,
-        aggregate_type: r.text("aggregate_type")?,
-        aggregate_id: r.text("aggregate_id")?,
-        sequence: u64_of(r.int("sequence")?),
-        event_type: r.text("event_type")?,
-        event_version: r.text("event_version")?,
-        actor: r.text("actor")?,
-        correlation_id: r.text("correlation_id")?,
-        causation_id: r.text("causation_id")?,
-        request_id: r.text("request_id")?,
-        recorded_at: r.time("recorded_at")?,
-        payload: r.json("payload")?,
-    })
+/// Reads a row of a read-model table as the view the API shows.
+fn view<R: TableRow + Into<V>, V>(row: &Row) -> Result<V, StoreError> {
+    R::from_row(row).map(Into::into)
 }
 
 /// A keyset page over an id-ordered (newest first) table.
@@ -267,7 +99,7 @@ impl ReadModels {
         }
     }
 
-    fn db(&self) -> &Db {
+    pub(crate) fn db(&self) -> &Db {
         self.store.db()
     }
 
@@ -277,7 +109,15 @@ impl ReadModels {
         tenant: &TenantId,
         id: &str,
     ) -> Result<Option<WorkflowView>, ReadError> {
-        one(self.db(), "rm_workflows", "", tenant, id, workflow_view).await
+        one(
+            self.db(),
+            "rm_workflows",
+            "",
+            tenant,
+            id,
+            view::<WorkflowRow, _>,
+        )
+        .await
     }
 
     /// Workflows, newest first.
@@ -309,7 +149,7 @@ impl ReadModels {
             tenant,
             &conditions,
             page,
-            workflow_view,
+            view::<WorkflowRow, _>,
         )
         .await
     }
@@ -369,7 +209,7 @@ impl ReadModels {
                 args.len()
             );
             for row in fetch(self.db(), &sql, &args).await? {
-                let view = version_view(&row)?;
+                let view = view::<VersionRow, WorkflowVersionView>(&row)?;
                 let page = out.entry(view.workflow_id.clone()).or_insert(Page {
                     items: Vec::new(),
                     has_next_page: false,
@@ -411,7 +251,15 @@ impl ReadModels {
         tenant: &TenantId,
         id: &str,
     ) -> Result<Option<ExecutionView>, ReadError> {
-        one(self.db(), "rm_executions", "", tenant, id, execution_view).await
+        one(
+            self.db(),
+            "rm_executions",
+            "",
+            tenant,
+            id,
+            view::<ExecutionRow, _>,
+        )
+        .await
     }
 
     /// Executions, newest first.
@@ -435,7 +283,7 @@ impl ReadModels {
             tenant,
             &conditions,
             page,
-            execution_view,
+            view::<ExecutionRow, _>,
         )
         .await
     }
@@ -452,7 +300,7 @@ impl ReadModels {
             "ORDER BY execution_id, scheduled_at, node_id, attempt",
             tenant,
             execution_ids,
-            step_view,
+            view::<StepRow, _>,
         )
         .await
     }
@@ -469,7 +317,7 @@ impl ReadModels {
             "AND deleted = false",
             tenant,
             id,
-            secret_view,
+            view::<SecretRow, _>,
         )
         .await
     }
@@ -488,7 +336,7 @@ impl ReadModels {
             tenant,
             &conditions,
             page,
-            secret_view,
+            view::<SecretRow, _>,
         )
         .await
     }
@@ -505,7 +353,7 @@ impl ReadModels {
             "AND deregistered = false",
             tenant,
             id,
-            mcp_server_view,
+            view::<McpServerRow, _>,
         )
         .await
     }
@@ -524,7 +372,7 @@ impl ReadModels {
             tenant,
             &conditions,
             page,
-            mcp_server_view,
+            view::<McpServerRow, _>,
         )
         .await
     }
@@ -540,7 +388,7 @@ impl ReadModels {
             "ORDER BY server_id, name",
             tenant,
             server_ids,
-            tool_view,
+            view::<ToolRow, _>,
         )
         .await
     }
@@ -575,7 +423,7 @@ impl ReadModels {
         tenant: &TenantId,
         page: &PageRequest,
         filter: &AuditFilter,
-    ) -> Result<Page<AuditEntry>, ReadError> {
+    ) -> Result<Page<AuditEntryView>, ReadError> {
         let after = match &page.after {
             Some(c) => decode_cursor("audit", c)?
                 .parse::<Position>()
@@ -606,7 +454,7 @@ impl ReadModels {
         after: Position,
         filter: &AuditFilter,
         limit: u32,
-    ) -> Result<Vec<AuditEntry>, ReadError> {
+    ) -> Result<Vec<AuditEntryView>, ReadError> {
         let mut args = vec![
             Arg::from(tenant.as_str()),
             Arg::from(after.transaction.min(i64::MAX as u64) as i64),
@@ -620,7 +468,10 @@ impl ReadModels {
             args.len()
         );
         let rows = fetch(self.db(), &sql, &args).await?;
-        Ok(rows.iter().map(audit_entry).collect::<Result<_, _>>()?)
+        Ok(rows
+            .iter()
+            .map(view::<AuditRow, AuditEntryView>)
+            .collect::<Result<_, _>>()?)
     }
 
     /// Every event of one aggregate, in sequence order.
@@ -629,113 +480,16 @@ impl ReadModels {
         tenant: &TenantId,
         aggregate_type: &str,
         aggregate_id: &str,
-    ) -> Result<Vec<AuditEntry>, ReadError> {
+    ) -> Result<Vec<AuditEntryView>, ReadError> {
         let rows = fetch(
             self.db(),
             "SELECT * FROM rm_audit WHERE tenant = $1 AND aggregate_type = $2 AND aggregate_id = $3 ORDER BY sequence",
             &[tenant.as_str().into(), aggregate_type.into(), aggregate_id.into()],
         )
         .await?;
-        Ok(rows.iter().map(audit_entry).collect::<Result<_, _>>()?)
-    }
-
-    /// The lowest checkpoint among the projections.
-    pub async fn applied(&self) -> Result<Position, StoreError> {
-        let names = crate::projection::NAMES;
-        let sql = format!(
-            "SELECT transaction_id, global_position FROM projector_checkpoints WHERE projection IN ({})",
-            placeholders(1, names.len())
-        );
-        let args: Vec<Arg> = names.iter().map(|n| Arg::from(*n)).collect();
-        let rows = fetch(self.db(), &sql, &args).await?;
-        if rows.len() < names.len() {
-            return Ok(Position::ZERO);
-        }
-        let mut min: Option<Position> = None;
-        for row in &rows {
-            let p = Position::new(
-                u64_of(row.int("transaction_id")?),
-                row.int("global_position")?,
-            );
-            min = Some(min.map_or(p, |m| m.min(p)));
-        }
-        Ok(min.unwrap_or(Position::ZERO))
-    }
-
-    /// Returns once every projection has applied `position`, or
-    /// [`WaitError::Timeout`] after `timeout`.
-    pub async fn wait_for(&self, position: Position, timeout: Duration) -> Result<(), WaitError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        // Subscribe before the first read, so that a batch committed
-        // between the read and the wait still wakes it.
-        let mut moved = self.store.projected();
-        let mut pause = Duration::from_millis(5);
-        loop {
-            if self.applied().await? >= position {
-                return Ok(());
-            }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return Err(WaitError::Timeout { position });
-            }
-            // Woken by the projectors' announcements; the growing pause is
-            // the fallback for a lost one.
-            tokio::select! {
-                _ = moved.changed() => {}
-                _ = tokio::time::sleep_until((now + pause).min(deadline)) => {}
-            }
-            pause = (pause * 2).min(Duration::from_millis(100));
-        }
-    }
-
-    /// How far each projection is behind the log.
-    pub async fn lag(&self) -> Result<Vec<ProjectorLag>, ReadError> {
-        let mut out = Vec::new();
-        for name in crate::projection::NAMES {
-            let rows = fetch(
-                self.db(),
-                "SELECT transaction_id, global_position FROM projector_checkpoints WHERE projection = $1",
-                &[name.into()],
-            )
-            .await?;
-            let checkpoint = match rows.first() {
-                Some(r) => {
-                    Position::new(u64_of(r.int("transaction_id")?), r.int("global_position")?)
-                }
-                None => Position::ZERO,
-            };
-            let (behind, oldest) = match self.db() {
-                Db::Postgres(pool) => {
-                    let row: (i64, Option<f64>) = sqlx::query_as(
-                        "SELECT count(*), (extract(epoch FROM (clock_timestamp() - min(recorded_at))) * 1000)::float8 \
-                           FROM events WHERE (transaction_id, global_position) > ($1::text::xid8, $2)",
-                    )
-                    .bind(checkpoint.transaction.to_string())
-                    .bind(checkpoint.global)
-                    .fetch_one(pool)
-                    .await
-                    .map_err(StoreError::from)?;
-                    row
-                }
-                Db::Sqlite(pool) => {
-                    let row: (i64, Option<f64>) = sqlx::query_as(
-                        "SELECT count(*), (julianday('now') - julianday(min(recorded_at))) * 86400000.0 \
-                           FROM events WHERE global_position > ?1",
-                    )
-                    .bind(checkpoint.global)
-                    .fetch_one(pool)
-                    .await
-                    .map_err(StoreError::from)?;
-                    row
-                }
-            };
-            out.push(ProjectorLag {
-                projection: name.to_string(),
-                checkpoint,
-                behind: u64_of(behind),
-                oldest_unapplied_ms: oldest.map(|ms| ms.max(0.0) as u64),
-            });
-        }
-        Ok(out)
+        Ok(rows
+            .iter()
+            .map(view::<AuditRow, AuditEntryView>)
+            .collect::<Result<_, _>>()?)
     }
 }

@@ -26,7 +26,7 @@ use toolhub_eventstore::{Db, EventStore, Position, RecordedEvent, StoreError};
 
 use crate::projection::{Projection, Tables, SHADOW_SUFFIX};
 use crate::runner::{read_checkpoint, write_checkpoint};
-use crate::sql::{fetch, Arg, Conn};
+use toolhub_eventstore::sql::{fetch, Arg, Conn};
 
 /// What a rebuild did.
 #[derive(Debug, Clone)]
@@ -400,7 +400,9 @@ async fn swap(
             loop {
                 // Read on the connection that holds the write lock: the
                 // writers waiting for it may hold every other connection.
-                let events = store.read_after_on(&mut tx, checkpoint, batch_size).await?;
+                let events = store
+                    .read_after_on(&mut Conn::Lite(&mut tx), checkpoint, batch_size)
+                    .await?;
                 let Some(last) = events.last().map(|e| e.position) else {
                     break;
                 };

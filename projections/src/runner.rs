@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use toolhub_eventstore::{Db, EventStore, Position, StoreError};
 
 use crate::projection::{Projection, Tables};
-use crate::sql::{Arg, Conn};
+use toolhub_eventstore::sql::{Arg, Conn};
 
 /// Tuning for the runner.
 #[derive(Debug, Clone)]

@@ -1,9 +1,162 @@
 //! What the read queries return: rows of the read models, as the API shows
-//! them. Secret values never appear here, sealed or not.
+//! them, each made from its table's row type (so a column is mapped once).
+//! Secret values never appear here, sealed or not.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use toolhub_eventstore::Position;
+
+use crate::projection::{
+    AuditRow, ExecutionRow, McpServerRow, SecretRow, StepRow, ToolRow, VersionRow, WorkflowRow,
+};
+
+/// A stored count or version as the unsigned number it is.
+fn unsigned(v: i64) -> u64 {
+    v.max(0) as u64
+}
+
+/// A stored attempt or rotation count as the `u32` the domain uses.
+fn small(v: i64) -> u32 {
+    u32::try_from(v.max(0)).unwrap_or(u32::MAX)
+}
+
+impl From<WorkflowRow> for WorkflowView {
+    fn from(r: WorkflowRow) -> Self {
+        Self {
+            id: r.id,
+            tenant: r.tenant,
+            name: r.name,
+            description: r.description,
+            definition: r.definition,
+            version: unsigned(r.version),
+            aggregate_version: unsigned(r.seq),
+            archived: r.archived,
+            triggers: r.triggers,
+            created_by: r.created_by,
+            created_at: r.created_at,
+            updated_by: r.updated_by,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+impl From<VersionRow> for WorkflowVersionView {
+    fn from(r: VersionRow) -> Self {
+        Self {
+            workflow_id: r.workflow_id,
+            version: unsigned(r.version),
+            definition: r.definition,
+            comment: r.comment,
+            reverted_from: r.reverted_from.map(unsigned),
+            actor: r.actor,
+            recorded_at: r.recorded_at,
+        }
+    }
+}
+
+impl From<ExecutionRow> for ExecutionView {
+    fn from(r: ExecutionRow) -> Self {
+        Self {
+            id: r.id,
+            tenant: r.tenant,
+            workflow_id: r.workflow_id,
+            workflow_version: unsigned(r.workflow_version),
+            status: r.status,
+            trigger: r.trigger,
+            input: r.input,
+            output: r.output,
+            error: r.error,
+            aggregate_version: unsigned(r.seq),
+            started_by: r.started_by,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+impl From<StepRow> for ExecutionStepView {
+    fn from(r: StepRow) -> Self {
+        Self {
+            execution_id: r.execution_id,
+            node_id: r.node_id,
+            attempt: small(r.attempt),
+            status: r.status,
+            input: r.input,
+            output: r.output,
+            error: r.error,
+            scheduled_at: r.scheduled_at,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+        }
+    }
+}
+
+impl From<SecretRow> for SecretView {
+    fn from(r: SecretRow) -> Self {
+        Self {
+            id: r.id,
+            tenant: r.tenant,
+            name: r.name,
+            description: r.description,
+            rotation_count: small(r.rotation_count),
+            aggregate_version: unsigned(r.seq),
+            created_by: r.created_by,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+impl From<McpServerRow> for McpServerView {
+    fn from(r: McpServerRow) -> Self {
+        Self {
+            id: r.id,
+            tenant: r.tenant,
+            name: r.name,
+            transport: r.transport,
+            enabled: r.enabled,
+            healthy: r.healthy,
+            latency_ms: r.latency_ms.map(unsigned),
+            health_detail: r.health_detail,
+            checked_at: r.checked_at,
+            aggregate_version: unsigned(r.seq),
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+impl From<ToolRow> for McpToolView {
+    fn from(r: ToolRow) -> Self {
+        Self {
+            server_id: r.server_id,
+            name: r.name,
+            description: r.description,
+            input_schema: r.input_schema,
+        }
+    }
+}
+
+impl From<AuditRow> for AuditEntryView {
+    fn from(r: AuditRow) -> Self {
+        Self {
+            position: Position::new(unsigned(r.transaction_id), r.global_position),
+            tenant: r.tenant,
+            aggregate_type: r.aggregate_type,
+            aggregate_id: r.aggregate_id,
+            sequence: unsigned(r.sequence),
+            event_type: r.event_type,
+            event_version: r.event_version,
+            actor: r.actor,
+            correlation_id: r.correlation_id,
+            causation_id: r.causation_id,
+            request_id: r.request_id,
+            recorded_at: r.recorded_at,
+            payload: r.payload,
+        }
+    }
+}
 
 /// A workflow as it stands now.
 #[derive(Debug, Clone, PartialEq)]
@@ -183,7 +336,7 @@ pub struct McpToolView {
 
 /// One event, as auditors see it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct AuditEntry {
+pub struct AuditEntryView {
     /// The event's position in the global log.
     pub position: Position,
     /// The owning tenant.

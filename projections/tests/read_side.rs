@@ -14,9 +14,9 @@ use common::*;
 use sqlx::Connection;
 use toolhub_domain::workflow::WorkflowCommand;
 use toolhub_domain::WorkflowId;
+use toolhub_eventstore::sql::Conn;
 use toolhub_eventstore::testing::TestDb;
 use toolhub_eventstore::{open, CommandContext, Db, Position, RecordedEvent, StoreError};
-use toolhub_projections::sql::Conn;
 use toolhub_projections::{
     AuditFilter, Projection, ProjectorRunner, ReadModels, RunnerOptions, Tables,
 };

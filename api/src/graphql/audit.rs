@@ -9,9 +9,9 @@ use chrono::{DateTime, Utc};
 use toolhub_domain::Role;
 
 use super::scalars::{AggregateType, Json};
-use super::{caller, connection, consistent, page_request, state, Consistency};
+use super::{caller, connection, page_request, state, wait_for, Consistency};
 use crate::error::ApiError;
-use crate::read::{AuditEntry as AuditEntryView, AuditFilter};
+use crate::read::{AuditEntryView, AuditFilter};
 
 /// One event of the log, as auditors see it: who, what, when, and the
 /// payload with every secret-bearing field redacted.
@@ -109,7 +109,7 @@ impl AuditQuery {
     ) -> async_graphql::Result<Connection<String, AuditEntry, EmptyFields, EmptyFields>> {
         let caller = caller(ctx, Role::Admin)?;
         let state = state(ctx)?;
-        consistent(state, consistency).await?;
+        wait_for(state, consistency).await?;
         let had_cursor = after.is_some();
         let page = page_request(first, after)?;
         let filter: AuditFilter = filter.unwrap_or_default().into();
@@ -132,7 +132,7 @@ impl AuditQuery {
     ) -> async_graphql::Result<Vec<AuditEntry>> {
         let caller = caller(ctx, Role::Admin)?;
         let state = state(ctx)?;
-        consistent(state, consistency).await?;
+        wait_for(state, consistency).await?;
         let entries = state
             .read
             .history(&caller.tenant, aggregate_type.as_str(), &aggregate_id)

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use toolhub_domain::{Role, TenantId};
 
 use super::scalars::Json;
-use super::{caller, connection, consistent, loaders, page_request, state, Consistency};
+use super::{caller, connection, loaders, page_request, state, wait_for, Consistency};
 use crate::error::ApiError;
 use crate::read::{ExecutionFilter, ExecutionStepView, ExecutionView};
 use crate::state::AppState;
@@ -224,7 +224,7 @@ impl ExecutionQuery {
     ) -> async_graphql::Result<Connection<String, Execution, EmptyFields, EmptyFields>> {
         let caller = caller(ctx, Role::Viewer)?;
         let state = state(ctx)?;
-        consistent(state, consistency).await?;
+        wait_for(state, consistency).await?;
         let had_cursor = after.is_some();
         let page = page_request(first, after)?;
         let filter = filter.unwrap_or_default();
@@ -249,7 +249,7 @@ impl ExecutionQuery {
     ) -> async_graphql::Result<Option<Execution>> {
         let caller = caller(ctx, Role::Viewer)?;
         let state = state(ctx)?;
-        consistent(state, consistency).await?;
+        wait_for(state, consistency).await?;
         let view = state
             .read
             .execution(&caller.tenant, &id)

@@ -10,15 +10,13 @@ use async_graphql::{Context, InputObject, Object, SimpleObject, ID};
 use chrono::{DateTime, Utc};
 use toolhub_domain::mcp_server::{McpServerCommand, Transport};
 use toolhub_domain::{CommandTraits, McpServerId, Role, TenantId};
-use toolhub_eventstore::Committed;
 
 use super::scalars::Json;
-use super::{
-    caller, command_context, connection, consistent, loaders, observe, page_request, parse_id,
-    payload_position, state, Consistency,
-};
+use super::{caller, connection, loaders, page_request, parse_id, state, wait_for, Consistency};
+use super::{execute, written, ReadBack, Written};
 use crate::error::ApiError;
 use crate::read::{McpServerView, McpToolView};
+use crate::read::{ReadError, ReadModels};
 use crate::state::AppState;
 
 /// An MCP server's configuration and health.
@@ -193,7 +191,7 @@ impl McpServerQuery {
     ) -> async_graphql::Result<Connection<String, McpServer, EmptyFields, EmptyFields>> {
         let caller = caller(ctx, Role::Viewer)?;
         let state = state(ctx)?;
-        consistent(state, consistency).await?;
+        wait_for(state, consistency).await?;
         let had_cursor = after.is_some();
         let page = page_request(first, after)?;
         let page = state
@@ -213,7 +211,7 @@ impl McpServerQuery {
     ) -> async_graphql::Result<Option<McpServer>> {
         let caller = caller(ctx, Role::Viewer)?;
         let state = state(ctx)?;
-        consistent(state, consistency).await?;
+        wait_for(state, consistency).await?;
         let view = state
             .read
             .mcp_server(&caller.tenant, &id)
@@ -244,33 +242,33 @@ impl McpServerMutation {
         command: McpServerCommand,
         expected_version: Option<u64>,
     ) -> async_graphql::Result<McpServerPayload> {
-        let caller = caller(ctx, command.required_role())?;
-        let state = state(ctx)?;
-        let context = command_context(ctx, caller);
-        let id_text = id.to_string();
-        let result: Result<Committed, ApiError> = state
-            .mcp_servers
-            .execute_expecting(&id_text, command, &context, expected_version)
-            .await
-            .map_err(ApiError::from);
-        let committed = observe(state, "mcp_server", result)?;
-        let position = payload_position(state, &committed).await?;
-        let mcp_server = if state.settle(position).await {
-            state
-                .read
-                .mcp_server(&caller.tenant, &id_text)
-                .await
-                .map_err(ApiError::from)?
-                .map(McpServer)
-        } else {
-            None
-        };
-        Ok(McpServerPayload {
-            id: ID(id_text),
-            version: committed.version,
-            position: position.to_string(),
-            mcp_server,
-        })
+        let id = id.to_string();
+        let bus = &state(ctx)?.mcp_servers;
+        let result = execute(ctx, bus, &id, command, expected_version).await;
+        Ok(written::<McpServer>(ctx, id, result).await?.into())
+    }
+}
+
+impl ReadBack for McpServer {
+    const AGGREGATE: &'static str = "mcp_server";
+
+    async fn read_back(
+        read: &ReadModels,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<Self>, ReadError> {
+        Ok(read.mcp_server(tenant, id).await?.map(McpServer))
+    }
+}
+
+impl From<Written<McpServer>> for McpServerPayload {
+    fn from(w: Written<McpServer>) -> Self {
+        Self {
+            id: w.id,
+            version: w.version,
+            position: w.position,
+            mcp_server: w.entity,
+        }
     }
 }
 

@@ -19,16 +19,16 @@ use std::sync::Arc;
 use async_graphql::connection::{Connection, Edge, EmptyFields};
 use async_graphql::dataloader::DataLoader;
 use async_graphql::{
-    Context, MergedObject, MergedSubscription, Object, OutputType, Schema, SimpleObject,
+    Context, MergedObject, MergedSubscription, Object, OutputType, Schema, SimpleObject, ID,
 };
-use toolhub_domain::Role;
-use toolhub_eventstore::{CommandContext, Committed, Position};
+use toolhub_domain::{AggregateRoot, CommandTraits, Role, TenantId};
+use toolhub_eventstore::{CommandBus, CommandContext, CommandError, Committed, Position};
 use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::config::Limits;
 use crate::error::ApiError;
-use crate::read::{Cursor, Page, PageRequest, MAX_PAGE};
+use crate::read::{Cursor, Page, PageRequest, ReadError, ReadModels, MAX_PAGE};
 use crate::state::AppState;
 
 pub use scalars::Consistency;
@@ -159,8 +159,8 @@ pub(crate) fn command_context(ctx: &Context<'_>, caller: &Caller) -> CommandCont
     context
 }
 
-/// Waits for `consistency.atLeast`, when given.
-pub(crate) async fn consistent(
+/// Waits for `consistency.atLeast`, when given (read-your-writes).
+pub(crate) async fn wait_for(
     state: &AppState,
     consistency: Option<Consistency>,
 ) -> Result<(), ApiError> {
@@ -213,6 +213,83 @@ pub(crate) fn connection<V, N: OutputType>(
             .map(|(cursor, view)| Edge::new(cursor.0, node(view))),
     );
     connection
+}
+
+/// Runs `command` on the aggregate `id` through `bus` for the caller,
+/// after checking the role the command requires: the first half of every
+/// mutation.
+pub(crate) async fn execute<A>(
+    ctx: &Context<'_>,
+    bus: &CommandBus<A>,
+    id: &str,
+    command: A::Command,
+    expected_version: Option<u64>,
+) -> Result<Committed, ApiError>
+where
+    A: AggregateRoot<Services = ()> + 'static,
+    A::Command: CommandTraits + Clone,
+    ApiError: From<CommandError<A::Error>>,
+{
+    let caller = caller(ctx, command.required_role())?;
+    let context = command_context(ctx, caller);
+    Ok(bus
+        .execute_expecting(id, command, &context, expected_version)
+        .await?)
+}
+
+/// An entity a mutation answers with, read back from the read models.
+pub(crate) trait ReadBack: Sized {
+    /// The aggregate's name in the metrics.
+    const AGGREGATE: &'static str;
+
+    /// The entity `id` of `tenant` as the read models show it.
+    fn read_back(
+        read: &ReadModels,
+        tenant: &TenantId,
+        id: &str,
+    ) -> impl std::future::Future<Output = Result<Option<Self>, ReadError>> + Send;
+}
+
+/// What every mutation answers: the entity's id, its version after the
+/// command, the position of the command's last event, and the entity as the
+/// read models show it once they reach that position (`None` when they did
+/// not within the bound).
+pub(crate) struct Written<V> {
+    /// The entity's id.
+    pub id: ID,
+    /// The aggregate's version after the command.
+    pub version: u64,
+    /// Where the command's last event is in the log.
+    pub position: String,
+    /// The entity, read after the read models reached `position`.
+    pub entity: Option<V>,
+}
+
+/// The second half of every mutation: counts the command's outcome, waits
+/// (boundedly) for the read models to reach its position, and reads the
+/// entity back.
+pub(crate) async fn written<V: ReadBack>(
+    ctx: &Context<'_>,
+    id: String,
+    result: Result<Committed, ApiError>,
+) -> async_graphql::Result<Written<V>> {
+    let state = state(ctx)?;
+    let committed = observe(state, V::AGGREGATE, result)?;
+    let position = payload_position(state, &committed).await?;
+    let entity = match ctx.data_opt::<RequestData>() {
+        Some(data) if state.wait_for(position).await => {
+            V::read_back(&state.read, &data.caller.tenant, &id)
+                .await
+                .map_err(ApiError::from)?
+        }
+        _ => None,
+    };
+    Ok(Written {
+        id: ID(id),
+        version: committed.version,
+        position: position.to_string(),
+        entity,
+    })
 }
 
 /// Records a command's outcome in the metrics and passes it on.

@@ -9,17 +9,16 @@ use async_graphql::connection::{Connection, EmptyFields};
 use async_graphql::{Context, InputObject, Object, SimpleObject, ID};
 use chrono::{DateTime, Utc};
 use toolhub_domain::secret::SecretCommand;
-use toolhub_domain::{CommandTraits, Role, SecretId};
+use toolhub_domain::{CommandTraits, Role, SecretId, TenantId};
 use toolhub_eventstore::Committed;
 use zeroize::Zeroizing;
 
 use super::{
-    caller, command_context, connection, consistent, observe, page_request, parse_id,
-    payload_position, state, Consistency,
+    caller, command_context, connection, page_request, parse_id, state, wait_for, Consistency,
 };
-use crate::auth::Caller;
+use super::{execute, written, ReadBack, Written};
 use crate::error::ApiError;
-use crate::read::SecretView;
+use crate::read::{ReadError, ReadModels, SecretView};
 
 /// A secret's metadata. There is no value field, on purpose.
 #[derive(SimpleObject)]
@@ -132,7 +131,7 @@ impl SecretQuery {
     ) -> async_graphql::Result<Connection<String, Secret, EmptyFields, EmptyFields>> {
         let caller = caller(ctx, Role::Editor)?;
         let state = state(ctx)?;
-        consistent(state, consistency).await?;
+        wait_for(state, consistency).await?;
         let had_cursor = after.is_some();
         let page = page_request(first, after)?;
         let page = state
@@ -152,7 +151,7 @@ impl SecretQuery {
     ) -> async_graphql::Result<Option<Secret>> {
         let caller = caller(ctx, Role::Editor)?;
         let state = state(ctx)?;
-        consistent(state, consistency).await?;
+        wait_for(state, consistency).await?;
         let view = state
             .read
             .secret(&caller.tenant, &id)
@@ -176,32 +175,36 @@ fn secret_role() -> Role {
     SecretCommand::Delete.required_role()
 }
 
+impl ReadBack for Secret {
+    const AGGREGATE: &'static str = "secret";
+
+    async fn read_back(
+        read: &ReadModels,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<Self>, ReadError> {
+        Ok(read.secret(tenant, id).await?.map(Secret::from))
+    }
+}
+
+impl From<Written<Secret>> for SecretPayload {
+    fn from(w: Written<Secret>) -> Self {
+        Self {
+            id: w.id,
+            version: w.version,
+            position: w.position,
+            secret: w.entity,
+        }
+    }
+}
+
+/// Answers a secret mutation.
 async fn payload(
     ctx: &Context<'_>,
-    caller: &Caller,
     id: SecretId,
     result: Result<Committed, ApiError>,
 ) -> async_graphql::Result<SecretPayload> {
-    let state = state(ctx)?;
-    let committed = observe(state, "secret", result)?;
-    let position = payload_position(state, &committed).await?;
-    let id_text = id.to_string();
-    let secret = if state.settle(position).await {
-        state
-            .read
-            .secret(&caller.tenant, &id_text)
-            .await
-            .map_err(ApiError::from)?
-            .map(Secret::from)
-    } else {
-        None
-    };
-    Ok(SecretPayload {
-        id: ID(id_text),
-        version: committed.version,
-        position: position.to_string(),
-        secret,
-    })
+    Ok(written::<Secret>(ctx, id.to_string(), result).await?.into())
 }
 
 #[Object]
@@ -227,7 +230,7 @@ impl SecretMutation {
             .create(&context, id, name, description, value)
             .await
             .map_err(ApiError::from);
-        payload(ctx, caller, id, result).await
+        payload(ctx, id, result).await
     }
 
     /// Replaces a secret's value. The value is sealed and never returned.
@@ -251,7 +254,7 @@ impl SecretMutation {
             .rotate(&context, id, value, expected_version)
             .await
             .map_err(ApiError::from);
-        payload(ctx, caller, id, result).await
+        payload(ctx, id, result).await
     }
 
     /// Replaces a secret's description.
@@ -263,17 +266,10 @@ impl SecretMutation {
         let command = SecretCommand::Describe {
             description: input.description,
         };
-        let caller = caller(ctx, command.required_role())?;
-        let state = state(ctx)?;
         let id = secret_id(&input.id)?;
-        let context = command_context(ctx, caller);
-        let result = state
-            .secrets
-            .bus()
-            .execute_expecting(&id.to_string(), command, &context, input.expected_version)
-            .await
-            .map_err(ApiError::from);
-        payload(ctx, caller, id, result).await
+        let bus = state(ctx)?.secrets.bus();
+        let result = execute(ctx, bus, &id.to_string(), command, input.expected_version).await;
+        payload(ctx, id, result).await
     }
 
     /// Deletes a secret: its key is destroyed, so every recorded value of it
@@ -292,6 +288,6 @@ impl SecretMutation {
             .delete(&context, id, input.expected_version)
             .await
             .map_err(ApiError::from);
-        payload(ctx, caller, id, result).await
+        payload(ctx, id, result).await
     }
 }

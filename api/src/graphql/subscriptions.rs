@@ -23,7 +23,7 @@ use super::workflows::Workflow;
 use super::{caller, parse_position, state};
 use crate::error::ApiError;
 use crate::metrics::SubscriptionGuard;
-use crate::read::{AuditEntry as AuditEntryView, AuditFilter};
+use crate::read::{AuditEntryView, AuditFilter};
 use crate::state::AppState;
 
 /// How many entries one read of the log takes.
@@ -279,7 +279,7 @@ where
                     Ok(_) => {
                         let state = follower.state.clone();
                         // The entity's read model may trail the audit log.
-                        let _ = state.settle(follower.after).await;
+                        let _ = state.wait_for(follower.after).await;
                         match load(state, follower.tenant.clone(), id.clone()).await {
                             Ok(Some(entity)) => return Some((Ok(entity), (follower, false))),
                             Ok(None) => continue,

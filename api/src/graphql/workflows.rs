@@ -9,16 +9,14 @@ use async_graphql::dataloader::Loader;
 use async_graphql::{Context, InputObject, Object, SimpleObject, ID};
 use chrono::{DateTime, Utc};
 use toolhub_domain::workflow::WorkflowCommand;
-use toolhub_domain::{CommandTraits, Role, TenantId, WorkflowId};
-use toolhub_eventstore::Committed;
+use toolhub_domain::{Role, TenantId, WorkflowId};
 
 use super::scalars::Json;
-use super::{
-    caller, command_context, connection, consistent, loaders, observe, page_request, parse_id,
-    payload_position, state, Consistency,
-};
+use super::{caller, connection, loaders, page_request, parse_id, state, wait_for, Consistency};
+use super::{execute, written, ReadBack, Written};
 use crate::error::ApiError;
 use crate::read::{Cursor, Page, PageRequest, WorkflowFilter, WorkflowVersionView, WorkflowView};
+use crate::read::{ReadError, ReadModels};
 use crate::state::AppState;
 
 /// A workflow as it stands now.
@@ -287,7 +285,7 @@ impl WorkflowQuery {
     ) -> async_graphql::Result<Connection<String, Workflow, EmptyFields, EmptyFields>> {
         let caller = caller(ctx, Role::Viewer)?;
         let state = state(ctx)?;
-        consistent(state, consistency).await?;
+        wait_for(state, consistency).await?;
         let had_cursor = after.is_some();
         let page = page_request(first, after)?;
         let filter = filter.unwrap_or_default();
@@ -312,7 +310,7 @@ impl WorkflowQuery {
     ) -> async_graphql::Result<Option<Workflow>> {
         let caller = caller(ctx, Role::Viewer)?;
         let state = state(ctx)?;
-        consistent(state, consistency).await?;
+        wait_for(state, consistency).await?;
         let view = state
             .read
             .workflow(&caller.tenant, &id)
@@ -334,33 +332,33 @@ impl WorkflowMutation {
         command: WorkflowCommand,
         expected_version: Option<u64>,
     ) -> async_graphql::Result<WorkflowPayload> {
-        let caller = caller(ctx, command.required_role())?;
-        let state = state(ctx)?;
-        let context = command_context(ctx, caller);
-        let id_text = id.to_string();
-        let result: Result<Committed, ApiError> = state
-            .workflows
-            .execute_expecting(&id_text, command, &context, expected_version)
-            .await
-            .map_err(ApiError::from);
-        let committed = observe(state, "workflow", result)?;
-        let position = payload_position(state, &committed).await?;
-        let workflow = if state.settle(position).await {
-            state
-                .read
-                .workflow(&caller.tenant, &id_text)
-                .await
-                .map_err(ApiError::from)?
-                .map(Workflow)
-        } else {
-            None
-        };
-        Ok(WorkflowPayload {
-            id: ID(id_text),
-            version: committed.version,
-            position: position.to_string(),
-            workflow,
-        })
+        let id = id.to_string();
+        let bus = &state(ctx)?.workflows;
+        let result = execute(ctx, bus, &id, command, expected_version).await;
+        Ok(written::<Workflow>(ctx, id, result).await?.into())
+    }
+}
+
+impl ReadBack for Workflow {
+    const AGGREGATE: &'static str = "workflow";
+
+    async fn read_back(
+        read: &ReadModels,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<Self>, ReadError> {
+        Ok(read.workflow(tenant, id).await?.map(Workflow))
+    }
+}
+
+impl From<Written<Workflow>> for WorkflowPayload {
+    fn from(w: Written<Workflow>) -> Self {
+        Self {
+            id: w.id,
+            version: w.version,
+            position: w.position,
+            workflow: w.entity,
+        }
     }
 }
 

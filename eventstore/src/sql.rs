@@ -1,15 +1,24 @@
-//! A thin layer over the two backends, so that each read model is written
-//! once: statements are written in PostgreSQL's dialect with `$N`
-//! placeholders (SQLite accepts the same statements with `?N`), arguments
-//! are a small closed set of types, and rows are read through one accessor
-//! type.
+//! A thin layer over the two backends, so that every statement is written
+//! once — the event log's, the key store's, the projectors' and the read
+//! queries' alike: statements are written in PostgreSQL's dialect with `$N`
+//! placeholders and `::type` casts ([`sqlite_sql`] rewrites both for SQLite),
+//! arguments are a small closed set of types ([`Arg`]), rows are read
+//! through one accessor type ([`Row`]), and a transaction on either backend
+//! is a [`Tx`].
+//!
+//! What is genuinely different between the backends stays explicit where it
+//! is used: the commit-safe filter of the log reader, advisory locks, and
+//! `COPY` exist on PostgreSQL only.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value;
 use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{PgConnection, Row as _, SqliteConnection};
-use toolhub_eventstore::{Db, StoreError};
+
+use crate::error::StoreError;
+use crate::position::Position;
+use crate::store::Db;
 
 /// A statement argument.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +34,13 @@ pub enum Arg {
     /// A time, or NULL (`timestamptz` on PostgreSQL, fixed-width RFC 3339
     /// text on SQLite, so that text order is time order).
     Time(Option<DateTime<Utc>>),
+    /// Bytes, or NULL (`bytea` on PostgreSQL, a blob on SQLite).
+    Bytes(Option<Vec<u8>>),
+    /// JSON already serialised, or NULL: bound as text, so that the event
+    /// log's `json` columns keep the exact text (PostgreSQL's `jsonb` would
+    /// reorder keys and refuse `\u0000`). Statements cast it (`$N::json`)
+    /// where the column needs it.
+    JsonText(Option<String>),
 }
 
 impl From<&str> for Arg {
@@ -83,6 +99,12 @@ impl From<Option<DateTime<Utc>>> for Arg {
     }
 }
 
+impl From<Vec<u8>> for Arg {
+    fn from(v: Vec<u8>) -> Self {
+        Self::Bytes(Some(v))
+    }
+}
+
 /// The SQLite text form of a time: fixed width, so text order is time order.
 pub fn sqlite_time(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
@@ -94,43 +116,62 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, StoreError> {
         .map_err(|_| StoreError::Corrupt(format!("time {s:?}")))
 }
 
-/// Rewrites `$N` placeholders for SQLite. When they appear in order
-/// (`$1, $2, …`) they become anonymous `?`, which binds by position; SQLite
-/// resolves numbered ones by a linear search per parameter, which makes a
-/// multi-row insert with thousands of parameters quadratic. Out-of-order
-/// placeholders become `?N`.
+/// Rewrites a statement written for PostgreSQL for SQLite: `$N`
+/// placeholders and `::type` casts (outside string literals).
+///
+/// Placeholders that appear in order (`$1, $2, …`) become anonymous `?`,
+/// which binds by position; SQLite resolves numbered ones by a linear search
+/// per parameter, which makes a multi-row insert with thousands of
+/// parameters quadratic. Out-of-order placeholders become `?N`. Casts are
+/// dropped: SQLite's columns take the values as they are bound.
 pub fn sqlite_sql(sql: &str) -> String {
-    let bytes = sql.as_bytes();
-    let mut out = String::with_capacity(sql.len());
+    let mut anonymous = String::with_capacity(sql.len());
+    let mut numbered = String::with_capacity(sql.len());
     let mut in_order = true;
     let mut expected = 1u64;
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'$' {
-            let start = i + 1;
-            let mut end = start;
-            while end < bytes.len() && bytes[end].is_ascii_digit() {
-                end += 1;
-            }
-            if end > start {
-                if sql[start..end].parse::<u64>().ok() != Some(expected) {
-                    in_order = false;
-                    break;
-                }
+    let mut in_string = false;
+    let mut chars = sql.char_indices().peekable();
+    while let Some((i, ch)) = chars.next() {
+        if in_string {
+            in_string = ch != '\'';
+        } else if ch == '\'' {
+            in_string = true;
+        } else if ch == '$' {
+            let digits: String = sql[i + 1..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            if !digits.is_empty() {
+                in_order &= digits.parse::<u64>().ok() == Some(expected);
                 expected += 1;
-                out.push('?');
-                i = end;
+                anonymous.push('?');
+                numbered.push('?');
+                numbered.push_str(&digits);
+                for _ in 0..digits.len() {
+                    chars.next();
+                }
                 continue;
             }
+        } else if ch == ':' && sql[i + 1..].starts_with(':') {
+            // A cast: `::name`, `::name[]`.
+            let rest = &sql[i + 2..];
+            let name_len = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            let array = rest[name_len..].starts_with("[]");
+            let skip = 1 + name_len + if array { 2 } else { 0 };
+            for _ in 0..skip {
+                chars.next();
+            }
+            continue;
         }
-        let ch = sql[i..].chars().next().unwrap_or_default();
-        out.push(ch);
-        i += ch.len_utf8();
+        anonymous.push(ch);
+        numbered.push(ch);
     }
     if in_order {
-        out
+        anonymous
     } else {
-        sql.replace('$', "?")
+        numbered
     }
 }
 
@@ -145,6 +186,8 @@ fn bind_pg<'q>(mut q: PgQuery<'q>, args: &'q [Arg]) -> PgQuery<'q> {
             Arg::Bool(v) => q.bind(*v),
             Arg::Json(v) => q.bind(v.as_ref().map(sqlx::types::Json)),
             Arg::Time(v) => q.bind(*v),
+            Arg::Bytes(v) => q.bind(v.as_deref()),
+            Arg::JsonText(v) => q.bind(v.as_deref()),
         };
     }
     q
@@ -158,6 +201,8 @@ fn bind_lite<'q>(mut q: LiteQuery<'q>, args: &'q [Arg]) -> LiteQuery<'q> {
             Arg::Bool(v) => q.bind(*v),
             Arg::Json(v) => q.bind(v.as_ref().map(|v| v.to_string())),
             Arg::Time(v) => q.bind(v.as_ref().map(sqlite_time)),
+            Arg::Bytes(v) => q.bind(v.as_deref()),
+            Arg::JsonText(v) => q.bind(v.as_deref()),
         };
     }
     q
@@ -254,6 +299,98 @@ impl Row {
     pub fn time(&self, col: &str) -> Result<DateTime<Utc>, StoreError> {
         self.opt_time(col)?
             .ok_or_else(|| StoreError::Corrupt(format!("{col} is null")))
+    }
+
+    /// A non-null bytes column.
+    pub fn bytes(&self, col: &str) -> Result<Vec<u8>, StoreError> {
+        Ok(match self {
+            Self::Pg(r) => r.try_get(col)?,
+            Self::Lite(r) => r.try_get(col)?,
+        })
+    }
+
+    /// A log position from a transaction id selected as text (PostgreSQL's
+    /// `xid8` outgrows `bigint`; write `CAST(transaction_id AS TEXT) AS
+    /// tx`) and a global position.
+    pub fn position(&self, tx: &str, global: &str) -> Result<Position, StoreError> {
+        let text = self.text(tx)?;
+        let transaction = text
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("transaction id {text}")))?;
+        Ok(Position::new(transaction, self.int(global)?))
+    }
+
+    /// A checkpoint-style position stored as two `bigint` columns.
+    pub fn int_position(&self, tx: &str, global: &str) -> Result<Position, StoreError> {
+        Ok(Position::new(
+            self.int(tx)?.max(0) as u64,
+            self.int(global)?,
+        ))
+    }
+}
+
+/// A pooled connection on either backend, outside any transaction: each
+/// statement on it commits by itself (one round trip).
+pub enum Pooled {
+    /// PostgreSQL.
+    Pg(sqlx::pool::PoolConnection<sqlx::Postgres>),
+    /// SQLite.
+    Lite(sqlx::pool::PoolConnection<sqlx::Sqlite>),
+}
+
+impl Pooled {
+    /// Takes a connection from the pool.
+    pub async fn acquire(db: &Db) -> Result<Self, StoreError> {
+        Ok(match db {
+            Db::Postgres(pool) => Self::Pg(pool.acquire().await?),
+            Db::Sqlite(pool) => Self::Lite(pool.acquire().await?),
+        })
+    }
+
+    /// The connection.
+    pub fn conn(&mut self) -> Conn<'_> {
+        match self {
+            Self::Pg(c) => Conn::Pg(c),
+            Self::Lite(c) => Conn::Lite(c),
+        }
+    }
+}
+
+/// A transaction on either backend, owning its connection.
+pub enum Tx {
+    /// PostgreSQL.
+    Pg(sqlx::Transaction<'static, sqlx::Postgres>),
+    /// SQLite, begun `IMMEDIATE`.
+    Lite(sqlx::Transaction<'static, sqlx::Sqlite>),
+}
+
+impl Tx {
+    /// Begins a transaction on a pooled connection. On SQLite it is
+    /// `BEGIN IMMEDIATE`, which takes the write lock up front: a deferred
+    /// transaction that reads and then writes can deadlock with another
+    /// writer.
+    pub async fn begin(db: &Db) -> Result<Self, StoreError> {
+        Ok(match db {
+            Db::Postgres(pool) => Self::Pg(pool.begin().await?),
+            Db::Sqlite(pool) => Self::Lite(pool.begin_with("BEGIN IMMEDIATE").await?),
+        })
+    }
+
+    /// The transaction's connection.
+    pub fn conn(&mut self) -> Conn<'_> {
+        match self {
+            Self::Pg(tx) => Conn::Pg(tx),
+            Self::Lite(tx) => Conn::Lite(tx),
+        }
+    }
+
+    /// Commits.
+    pub async fn commit(self) -> Result<(), StoreError> {
+        match self {
+            Self::Pg(tx) => tx.commit().await?,
+            Self::Lite(tx) => tx.commit().await?,
+        }
+        Ok(())
     }
 }
 
@@ -352,27 +489,27 @@ pub fn placeholders(from: usize, n: usize) -> String {
         .join(", ")
 }
 
-/// Inserts (or upserts) `rows` into `table`. `conflict` is the statement's
-/// tail (`ON CONFLICT …`).
+/// Inserts (or upserts) `rows` into `table`. `tail` is the statement's
+/// tail (`ON CONFLICT …`, `RETURNING …`, or both); the rows any `RETURNING`
+/// produces are returned.
 ///
-/// On PostgreSQL the rows go in as one array per column, unnested by the
-/// statement (`INSERT … SELECT * FROM UNNEST($1::text[], …)`): a handful of
+/// On PostgreSQL several rows go in as one array per column, unnested by the
+/// statement (`INSERT … SELECT … FROM UNNEST($1::text[], …)`): a handful of
 /// parameters however many rows, so the server parses and plans a short
-/// statement instead of one with thousands of placeholders. On SQLite they
-/// go in as multi-row `VALUES` of at most 500 rows.
+/// statement instead of one with thousands of placeholders. A single row,
+/// and every batch on SQLite, goes in as (multi-row) `VALUES`, of at most
+/// 500 rows per statement.
 pub async fn insert_rows(
     conn: &mut Conn<'_>,
     table: &str,
     columns: &[&str],
     rows: Vec<Vec<Arg>>,
-    conflict: &str,
-) -> Result<(), StoreError> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    match conn {
-        Conn::Pg(c) => insert_rows_pg(c, table, columns, rows, conflict).await,
-        Conn::Lite(_) => insert_rows_values(conn, table, columns, rows, conflict).await,
+    tail: &str,
+) -> Result<Vec<Row>, StoreError> {
+    match (rows.len(), &mut *conn) {
+        (0, _) => Ok(Vec::new()),
+        (2.., Conn::Pg(c)) => insert_rows_pg(c, table, columns, rows, tail).await,
+        _ => insert_rows_values(conn, table, columns, rows, tail).await,
     }
 }
 
@@ -383,6 +520,9 @@ enum Column {
     Bool(Vec<Option<bool>>),
     Json(Vec<Option<sqlx::types::Json<Value>>>),
     Time(Vec<Option<DateTime<Utc>>>),
+    Bytes(Vec<Option<Vec<u8>>>),
+    /// Serialised JSON, unnested as text and cast to `json`.
+    JsonText(Vec<Option<String>>),
 }
 
 impl Column {
@@ -394,17 +534,28 @@ impl Column {
             Arg::Bool(_) => Self::Bool(Vec::with_capacity(capacity)),
             Arg::Json(_) => Self::Json(Vec::with_capacity(capacity)),
             Arg::Time(_) => Self::Time(Vec::with_capacity(capacity)),
+            Arg::Bytes(_) => Self::Bytes(Vec::with_capacity(capacity)),
+            Arg::JsonText(_) => Self::JsonText(Vec::with_capacity(capacity)),
         }
     }
 
     /// The array type to cast the parameter to.
     fn array_type(&self) -> &'static str {
         match self {
-            Self::Text(_) => "text[]",
+            Self::Text(_) | Self::JsonText(_) => "text[]",
             Self::Int(_) => "int8[]",
             Self::Bool(_) => "bool[]",
             Self::Json(_) => "jsonb[]",
             Self::Time(_) => "timestamptz[]",
+            Self::Bytes(_) => "bytea[]",
+        }
+    }
+
+    /// The cast of one unnested element, if its column needs one.
+    fn element_cast(&self) -> &'static str {
+        match self {
+            Self::JsonText(_) => "::json",
+            _ => "",
         }
     }
 
@@ -416,6 +567,8 @@ impl Column {
             (Self::Bool(c), Arg::Bool(v)) => c.push(v),
             (Self::Json(c), Arg::Json(v)) => c.push(v.map(sqlx::types::Json)),
             (Self::Time(c), Arg::Time(v)) => c.push(v),
+            (Self::Bytes(c), Arg::Bytes(v)) => c.push(v),
+            (Self::JsonText(c), Arg::JsonText(v)) => c.push(v),
             (_, arg) => return Err(arg),
         }
         Ok(())
@@ -423,11 +576,12 @@ impl Column {
 
     fn bind(self, q: PgQuery<'_>) -> PgQuery<'_> {
         match self {
-            Self::Text(c) => q.bind(c),
+            Self::Text(c) | Self::JsonText(c) => q.bind(c),
             Self::Int(c) => q.bind(c),
             Self::Bool(c) => q.bind(c),
             Self::Json(c) => q.bind(c),
             Self::Time(c) => q.bind(c),
+            Self::Bytes(c) => q.bind(c),
         }
     }
 }
@@ -437,10 +591,11 @@ async fn insert_rows_pg(
     table: &str,
     columns: &[&str],
     rows: Vec<Vec<Arg>>,
-    conflict: &str,
-) -> Result<(), StoreError> {
+    tail: &str,
+) -> Result<Vec<Row>, StoreError> {
     // Bounds the size of one message, not the number of parameters.
     const CHUNK: usize = 10_000;
+    let mut out = Vec::new();
     let mut rows = rows.into_iter().peekable();
     while rows.peek().is_some() {
         let batch: Vec<Vec<Arg>> = rows.by_ref().take(CHUNK).collect();
@@ -468,17 +623,23 @@ async fn insert_rows_pg(
             .map(|(i, a)| format!("${}::{}", i + 1, a.array_type()))
             .collect::<Vec<_>>()
             .join(", ");
+        let select = arrays
+            .iter()
+            .zip(columns)
+            .map(|(a, c)| format!("u.{c}{}", a.element_cast()))
+            .collect::<Vec<_>>()
+            .join(", ");
         let sql = format!(
-            "INSERT INTO {table} ({}) SELECT * FROM UNNEST({unnest}) {conflict}",
-            columns.join(", ")
+            "INSERT INTO {table} ({cols}) SELECT {select} FROM UNNEST({unnest}) AS u({cols}) {tail}",
+            cols = columns.join(", ")
         );
         let mut q = sqlx::query(&sql);
         for array in arrays {
             q = array.bind(q);
         }
-        q.execute(&mut *conn).await?;
+        out.extend(q.fetch_all(&mut *conn).await?.into_iter().map(Row::Pg));
     }
-    Ok(())
+    Ok(out)
 }
 
 /// Rows for a binary `COPY` into a PostgreSQL table: the fastest way in,
@@ -616,35 +777,54 @@ impl CopyRows {
     }
 }
 
-/// Multi-row `VALUES` of at most `chunk` rows (SQLite).
+/// Multi-row `VALUES` of at most 500 rows per statement. Serialised JSON
+/// is cast to `json` (a no-op on SQLite, where casts are dropped).
 async fn insert_rows_values(
     conn: &mut Conn<'_>,
     table: &str,
     columns: &[&str],
     rows: Vec<Vec<Arg>>,
-    conflict: &str,
-) -> Result<(), StoreError> {
+    tail: &str,
+) -> Result<Vec<Row>, StoreError> {
     // Under SQLite's and PostgreSQL's limits on bound parameters.
     let chunk = (30_000 / columns.len().max(1)).clamp(1, 500);
+    let mut out = Vec::new();
     let mut rows = rows.into_iter().peekable();
     while rows.peek().is_some() {
         let batch: Vec<Vec<Arg>> = rows.by_ref().take(chunk).collect();
         let mut sql = format!("INSERT INTO {table} ({}) VALUES ", columns.join(", "));
         let mut args = Vec::with_capacity(batch.len() * columns.len());
         for (i, row) in batch.into_iter().enumerate() {
+            if row.len() != columns.len() {
+                return Err(StoreError::Corrupt(format!(
+                    "{} values for the {} columns of {table}",
+                    row.len(),
+                    columns.len()
+                )));
+            }
             if i > 0 {
                 sql.push_str(", ");
             }
             sql.push('(');
-            sql.push_str(&placeholders(args.len() + 1, row.len()));
+            for (j, arg) in row.into_iter().enumerate() {
+                if j > 0 {
+                    sql.push_str(", ");
+                }
+                let cast = if matches!(arg, Arg::JsonText(_)) {
+                    "::json"
+                } else {
+                    ""
+                };
+                args.push(arg);
+                sql.push_str(&format!("${}{cast}", args.len()));
+            }
             sql.push(')');
-            args.extend(row);
         }
         sql.push(' ');
-        sql.push_str(conflict);
-        conn.exec(&sql, &args).await?;
+        sql.push_str(tail);
+        out.extend(conn.fetch(&sql, &args).await?);
     }
-    Ok(())
+    Ok(out)
 }
 
 /// `ON CONFLICT (keys) DO UPDATE SET c = excluded.c, …` for every non-key
@@ -671,6 +851,18 @@ mod tests {
         assert_eq!(
             sqlite_sql("a = $1 AND b IN ($2, $3) -- é"),
             "a = ? AND b IN (?, ?) -- é"
+        );
+    }
+
+    #[test]
+    fn casts_are_dropped_outside_string_literals() {
+        assert_eq!(
+            sqlite_sql("VALUES ($1, $2::json, $3::text::xid8, $4::int8[]) -- 'a::b'"),
+            "VALUES (?, ?, ?, ?) -- 'a::b'"
+        );
+        assert_eq!(
+            sqlite_sql("x LIKE $1 ESCAPE '\\' AND y::text = '$2'"),
+            "x LIKE ? ESCAPE '\\' AND y = '$2'"
         );
     }
 

@@ -18,10 +18,13 @@ use cqrs_es::{Aggregate, DomainEvent};
 use lru::LruCache;
 use parking_lot::Mutex;
 use postgres_es::PostgresEventRepository;
-use serde_json::Value;
 use sqlite_es::SqliteEventRepository;
-use sqlx::{QueryBuilder, Row};
 use toolhub_domain::{AggregateRoot, CommandTraits, NameChange, TenantId};
+
+mod append;
+mod snapshot;
+
+use append::{AppendError, NameUpdate, NewEvent};
 
 use crate::error::{is_unique_violation, CommandError, ConflictKind, StoreError};
 use crate::metadata::CommandContext;
@@ -205,7 +208,7 @@ where
             }
 
             let serialized = serialize::<A>(id, version, &events, ctx)?;
-            match self.append(id, &ctx.tenant, &events, &serialized).await {
+            match self.append(id, &ctx.tenant, &events, serialized).await {
                 Ok(position) => {
                     let new_version = version + events.len() as u64;
                     self.maybe_snapshot(id, &state, version, new_version);
@@ -343,7 +346,9 @@ where
         let db = self.store.db().clone();
         let id = id.to_string();
         tokio::spawn(async move {
-            if let Err(error) = write_snapshot::<A>(&db, &id, new_version, every, payload).await {
+            if let Err(error) =
+                snapshot::write(&db, A::TYPE, &id, new_version, every, payload).await
+            {
                 tracing::warn!(%error, aggregate = A::TYPE, "could not write a snapshot");
             }
         });
@@ -357,7 +362,7 @@ where
         id: &str,
         tenant: &TenantId,
         decided: &[A::Event],
-        events: &[NewEvent],
+        events: Vec<NewEvent>,
     ) -> Result<Position, AppendError> {
         let names: Vec<NameUpdate> = decided
             .iter()
@@ -371,22 +376,8 @@ where
                 },
             })
             .collect();
-        if names.is_empty() {
-            Ok(append_rows(self.store.db(), A::TYPE, events).await?)
-        } else {
-            append_rows_naming(self.store.db(), A::TYPE, events, &names).await
-        }
+        append::append(self.store.db(), A::TYPE, events, &names).await
     }
-}
-
-/// One event ready to insert.
-pub(crate) struct NewEvent {
-    pub(crate) aggregate_id: String,
-    pub(crate) sequence: i64,
-    pub(crate) event_type: String,
-    pub(crate) event_version: String,
-    pub(crate) payload: String,
-    pub(crate) metadata: String,
 }
 
 fn serialize<A: Aggregate>(
@@ -410,257 +401,4 @@ fn serialize<A: Aggregate>(
             })
         })
         .collect()
-}
-
-pub(crate) async fn append_rows(
-    db: &Db,
-    aggregate_type: &str,
-    events: &[NewEvent],
-) -> Result<Position, StoreError> {
-    match db {
-        Db::Postgres(pool) => insert_pg(pool, aggregate_type, events).await,
-        Db::Sqlite(pool) => insert_sqlite(pool, aggregate_type, events).await,
-    }
-}
-
-/// A change to the unique names, applied with the events that cause it.
-pub(crate) struct NameUpdate {
-    pub(crate) tenant: String,
-    pub(crate) aggregate_id: String,
-    /// The name claimed, or `None` to release the aggregate's name.
-    pub(crate) claim: Option<String>,
-}
-
-/// Why an append with name changes failed.
-pub(crate) enum AppendError {
-    /// Another aggregate of the kind and tenant holds the name.
-    NameTaken,
-    /// Anything else (a unique violation here is on the events).
-    Store(StoreError),
-}
-
-impl From<sqlx::Error> for AppendError {
-    fn from(error: sqlx::Error) -> Self {
-        Self::Store(error.into())
-    }
-}
-
-impl From<StoreError> for AppendError {
-    fn from(error: StoreError) -> Self {
-        Self::Store(error)
-    }
-}
-
-/// Appends events and applies their name changes in one transaction: the
-/// events first, so that a creation racing its own retry still surfaces as
-/// the events' unique violation; then the claims, whose unique violation
-/// means the name is taken.
-pub(crate) async fn append_rows_naming(
-    db: &Db,
-    aggregate_type: &str,
-    events: &[NewEvent],
-    names: &[NameUpdate],
-) -> Result<Position, AppendError> {
-    // The statements differ only in their executor and placeholders.
-    macro_rules! change_names {
-        ($tx:expr, $claim:literal, $release:literal) => {
-            for update in names {
-                let changed = match &update.claim {
-                    Some(name) => {
-                        sqlx::query($claim)
-                            .bind(&update.tenant)
-                            .bind(aggregate_type)
-                            .bind(name)
-                            .bind(&update.aggregate_id)
-                            .execute(&mut *$tx)
-                            .await
-                    }
-                    None => {
-                        sqlx::query($release)
-                            .bind(aggregate_type)
-                            .bind(&update.aggregate_id)
-                            .execute(&mut *$tx)
-                            .await
-                    }
-                };
-                match changed {
-                    Err(error) if is_unique_violation(&error) => {
-                        return Err(AppendError::NameTaken)
-                    }
-                    other => other?,
-                };
-            }
-        };
-    }
-    match db {
-        Db::Postgres(pool) => {
-            let mut tx = pool.begin().await?;
-            let position = insert_pg(&mut *tx, aggregate_type, events).await?;
-            change_names!(
-                tx,
-                "INSERT INTO name_claims (tenant, aggregate_type, name, aggregate_id) \
-                 VALUES ($1, $2, $3, $4)",
-                "DELETE FROM name_claims WHERE aggregate_type = $1 AND aggregate_id = $2"
-            );
-            tx.commit().await?;
-            Ok(position)
-        }
-        Db::Sqlite(pool) => {
-            let mut conn = pool.acquire().await?;
-            // IMMEDIATE: take the write lock up front (see the projectors).
-            let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
-            let position = insert_sqlite(&mut *tx, aggregate_type, events).await?;
-            change_names!(
-                tx,
-                "INSERT INTO name_claims (tenant, aggregate_type, name, aggregate_id) \
-                 VALUES (?1, ?2, ?3, ?4)",
-                "DELETE FROM name_claims WHERE aggregate_type = ?1 AND aggregate_id = ?2"
-            );
-            tx.commit().await?;
-            Ok(position)
-        }
-    }
-}
-
-async fn insert_pg<'c, E>(
-    executor: E,
-    aggregate_type: &str,
-    events: &[NewEvent],
-) -> Result<Position, StoreError>
-where
-    E: sqlx::PgExecutor<'c>,
-{
-    let row = if let [event] = events {
-        sqlx::query(
-            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, \
-             event_version, payload, metadata) \
-             VALUES ($1, $2, $3, $4, $5, $6::json, $7::json) \
-             RETURNING transaction_id::text AS tx, global_position",
-        )
-        .bind(aggregate_type)
-        .bind(&event.aggregate_id)
-        .bind(event.sequence)
-        .bind(&event.event_type)
-        .bind(&event.event_version)
-        .bind(&event.payload)
-        .bind(&event.metadata)
-        .fetch_one(executor)
-        .await?
-    } else {
-        let sequences: Vec<i64> = events.iter().map(|e| e.sequence).collect();
-        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-        let versions: Vec<&str> = events.iter().map(|e| e.event_version.as_str()).collect();
-        let payloads: Vec<&str> = events.iter().map(|e| e.payload.as_str()).collect();
-        let metadata: Vec<&str> = events.iter().map(|e| e.metadata.as_str()).collect();
-        let aggregate_id = events
-            .first()
-            .map(|e| e.aggregate_id.as_str())
-            .unwrap_or("");
-        sqlx::query(
-            "WITH inserted AS ( \
-               INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, \
-                                   event_version, payload, metadata) \
-               SELECT $1, $2, s, t, v, p::json, m::json \
-                 FROM UNNEST($3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[]) \
-                      AS u(s, t, v, p, m) \
-               RETURNING transaction_id, global_position) \
-             SELECT transaction_id::text AS tx, global_position FROM inserted \
-              ORDER BY global_position DESC LIMIT 1",
-        )
-        .bind(aggregate_type)
-        .bind(aggregate_id)
-        .bind(&sequences)
-        .bind(&types)
-        .bind(&versions)
-        .bind(&payloads)
-        .bind(&metadata)
-        .fetch_one(executor)
-        .await?
-    };
-    let tx: String = row.try_get("tx")?;
-    let tx = tx
-        .parse()
-        .map_err(|_| StoreError::Corrupt(format!("transaction id {tx}")))?;
-    Ok(Position::new(tx, row.try_get("global_position")?))
-}
-
-async fn insert_sqlite<'c, E>(
-    executor: E,
-    aggregate_type: &str,
-    events: &[NewEvent],
-) -> Result<Position, StoreError>
-where
-    E: sqlx::SqliteExecutor<'c>,
-{
-    let mut builder = QueryBuilder::new(
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, \
-         event_version, payload, metadata) ",
-    );
-    builder.push_values(events, |mut b, event| {
-        b.push_bind(aggregate_type)
-            .push_bind(&event.aggregate_id)
-            .push_bind(event.sequence)
-            .push_bind(&event.event_type)
-            .push_bind(&event.event_version)
-            .push_bind(&event.payload)
-            .push_bind(&event.metadata);
-    });
-    builder.push(" RETURNING global_position");
-    let rows = builder.build().fetch_all(executor).await?;
-    let mut last = 0i64;
-    for row in rows {
-        last = last.max(row.try_get::<i64, _>(0)?);
-    }
-    Ok(Position::new(0, last))
-}
-
-async fn write_snapshot<A: Aggregate>(
-    db: &Db,
-    id: &str,
-    version: u64,
-    every: u64,
-    payload: Value,
-) -> Result<(), StoreError> {
-    let version = version as i64;
-    let ordinal = version / every as i64;
-    let payload = serde_json::to_string(&payload)?;
-    match db {
-        Db::Postgres(pool) => {
-            sqlx::query(
-                "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload) \
-                 VALUES ($1, $2, $3, $4, $5::json) \
-                 ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE \
-                   SET last_sequence = excluded.last_sequence, \
-                       current_snapshot = excluded.current_snapshot, \
-                       payload = excluded.payload \
-                 WHERE snapshots.last_sequence < excluded.last_sequence",
-            )
-            .bind(A::TYPE)
-            .bind(id)
-            .bind(version)
-            .bind(ordinal)
-            .bind(payload)
-            .execute(pool)
-            .await?;
-        }
-        Db::Sqlite(pool) => {
-            sqlx::query(
-                "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload) \
-                 VALUES (?1, ?2, ?3, ?4, ?5) \
-                 ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE \
-                   SET last_sequence = excluded.last_sequence, \
-                       current_snapshot = excluded.current_snapshot, \
-                       payload = excluded.payload \
-                 WHERE snapshots.last_sequence < excluded.last_sequence",
-            )
-            .bind(A::TYPE)
-            .bind(id)
-            .bind(version)
-            .bind(ordinal)
-            .bind(payload)
-            .execute(pool)
-            .await?;
-        }
-    }
-    Ok(())
 }

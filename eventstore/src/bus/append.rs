@@ -1,0 +1,152 @@
+//! Appending a command's events: one `INSERT` (so they commit together, in
+//! one round trip), or one transaction with the unique-name claims the
+//! events make or release.
+
+use crate::error::{is_unique_violation, StoreError};
+use crate::position::Position;
+use crate::sql::{insert_rows, Arg, Conn, Pooled, Tx};
+use crate::store::Db;
+
+/// One event ready to insert: serialised once, so a retry after a lost race
+/// serialises again from the re-decided events rather than reusing these.
+pub(crate) struct NewEvent {
+    /// The aggregate the event belongs to.
+    pub(crate) aggregate_id: String,
+    /// Its sequence within the aggregate: the primary key that makes a stale
+    /// decision fail instead of overwriting a concurrent one.
+    pub(crate) sequence: i64,
+    /// The stable event type from the catalogue.
+    pub(crate) event_type: String,
+    /// The event version from the catalogue.
+    pub(crate) event_version: String,
+    /// The payload as JSON text, stored as it is.
+    pub(crate) payload: String,
+    /// The metadata (actor, tenant, correlation…) as JSON text.
+    pub(crate) metadata: String,
+}
+
+/// A change to the unique names, applied with the events that cause it.
+pub(crate) struct NameUpdate {
+    /// The tenant within which the name is unique.
+    pub(crate) tenant: String,
+    /// The aggregate claiming or releasing.
+    pub(crate) aggregate_id: String,
+    /// The name claimed, or `None` to release the aggregate's name.
+    pub(crate) claim: Option<String>,
+}
+
+/// Why an append failed.
+pub(crate) enum AppendError {
+    /// Another aggregate of the kind and tenant holds the name.
+    NameTaken,
+    /// Anything else (a unique violation here is on the events).
+    Store(StoreError),
+}
+
+impl From<StoreError> for AppendError {
+    fn from(error: StoreError) -> Self {
+        Self::Store(error)
+    }
+}
+
+/// The columns an append writes; the log adds its position, transaction and
+/// time itself.
+const COLUMNS: &[&str] = &[
+    "aggregate_type",
+    "aggregate_id",
+    "sequence",
+    "event_type",
+    "event_version",
+    "payload",
+    "metadata",
+];
+
+/// Appends `events` and applies their name changes, and returns the position
+/// of the last event. Without name changes it is one autocommitted
+/// statement. With them it is one transaction: the events first, so that a
+/// creation racing its own retry still surfaces as the events' unique
+/// violation; then the claims, whose unique violation means the name is
+/// taken.
+pub(crate) async fn append(
+    db: &Db,
+    aggregate_type: &str,
+    events: Vec<NewEvent>,
+    names: &[NameUpdate],
+) -> Result<Position, AppendError> {
+    if names.is_empty() {
+        let mut conn = Pooled::acquire(db).await?;
+        return Ok(insert_events(&mut conn.conn(), aggregate_type, events).await?);
+    }
+    let mut tx = Tx::begin(db).await?;
+    let position = insert_events(&mut tx.conn(), aggregate_type, events).await?;
+    for update in names {
+        let changed = match &update.claim {
+            Some(name) => {
+                tx.conn()
+                    .exec(
+                        "INSERT INTO name_claims (tenant, aggregate_type, name, aggregate_id) \
+                         VALUES ($1, $2, $3, $4)",
+                        &[
+                            update.tenant.as_str().into(),
+                            aggregate_type.into(),
+                            name.as_str().into(),
+                            update.aggregate_id.as_str().into(),
+                        ],
+                    )
+                    .await
+            }
+            None => {
+                tx.conn()
+                    .exec(
+                        "DELETE FROM name_claims WHERE aggregate_type = $1 AND aggregate_id = $2",
+                        &[aggregate_type.into(), update.aggregate_id.as_str().into()],
+                    )
+                    .await
+            }
+        };
+        match changed {
+            Err(StoreError::Database(error)) if is_unique_violation(&error) => {
+                return Err(AppendError::NameTaken)
+            }
+            other => other?,
+        };
+    }
+    tx.commit().await?;
+    Ok(position)
+}
+
+/// Inserts the events in one statement and returns the last one's position.
+async fn insert_events(
+    conn: &mut Conn<'_>,
+    aggregate_type: &str,
+    events: Vec<NewEvent>,
+) -> Result<Position, StoreError> {
+    let rows = events
+        .into_iter()
+        .map(|e| {
+            vec![
+                Arg::from(aggregate_type),
+                e.aggregate_id.into(),
+                e.sequence.into(),
+                e.event_type.into(),
+                e.event_version.into(),
+                Arg::JsonText(Some(e.payload)),
+                Arg::JsonText(Some(e.metadata)),
+            ]
+        })
+        .collect();
+    let returned = insert_rows(
+        conn,
+        "events",
+        COLUMNS,
+        rows,
+        "RETURNING CAST(transaction_id AS TEXT) AS tx, global_position",
+    )
+    .await?;
+    let mut last = None;
+    for row in &returned {
+        let position = row.position("tx", "global_position")?;
+        last = last.max(Some(position));
+    }
+    last.ok_or_else(|| StoreError::Corrupt("an append returned no position".into()))
+}

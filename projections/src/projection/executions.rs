@@ -1,0 +1,284 @@
+//! The `executions` read model: executions as they stand (`rm_executions`)
+//! and every attempt of every step (`rm_execution_steps`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use toolhub_domain::execution::{ExecutionEvent, ExecutionStatus};
+use toolhub_eventstore::sql::{insert_rows, upsert_tail, Conn};
+use toolhub_eventstore::{RecordedEvent, StoreError};
+
+use super::fold::{entity, fold, ids_of, load_rows, of_type, table_row};
+use super::{Projection, Tables};
+
+table_row! {
+    /// A row of `rm_executions`.
+    pub(crate) struct ExecutionRow {
+        /// The execution's id.
+        id: String = text,
+        /// The owning tenant.
+        tenant: String = text,
+        /// The sequence of the last event applied.
+        seq: i64 = int,
+        /// The workflow it runs.
+        workflow_id: String = text,
+        /// The pinned workflow version.
+        workflow_version: i64 = int,
+        /// Its status, as [`ExecutionStatus::as_str`] spells it.
+        status: String = text,
+        /// What started it.
+        trigger: String = text,
+        /// The input it was started with.
+        input: Value = json,
+        /// The output, once completed.
+        output: Option<Value> = opt_json,
+        /// The error, once failed or cancelled.
+        error: Option<String> = opt_text,
+        /// Who started it.
+        started_by: String = text,
+        /// When.
+        started_at: DateTime<Utc> = time,
+        /// When it ended.
+        finished_at: Option<DateTime<Utc>> = opt_time,
+        /// When it last changed.
+        updated_at: DateTime<Utc> = time,
+    }
+}
+entity!(ExecutionRow);
+
+table_row! {
+    /// A row of `rm_execution_steps`: one attempt of one node.
+    pub(crate) struct StepRow {
+        /// The execution.
+        execution_id: String = text,
+        /// The node.
+        node_id: String = text,
+        /// The attempt, from 1.
+        attempt: i64 = int,
+        /// The owning tenant.
+        tenant: String = text,
+        /// `scheduled`, `running`, `succeeded` or `failed`.
+        status: String = text,
+        /// The resolved input, secrets masked.
+        input: Value = json,
+        /// The output, once succeeded.
+        output: Option<Value> = opt_json,
+        /// The error, once failed.
+        error: Option<String> = opt_text,
+        /// When it was scheduled.
+        scheduled_at: DateTime<Utc> = time,
+        /// When it started.
+        started_at: Option<DateTime<Utc>> = opt_time,
+        /// When it finished.
+        finished_at: Option<DateTime<Utc>> = opt_time,
+    }
+}
+
+/// A step's key: execution, node, attempt.
+type StepKey = (String, String, i64);
+
+/// A step's key.
+fn step_key(step: &StepRow) -> StepKey {
+    (
+        step.execution_id.clone(),
+        step.node_id.clone(),
+        step.attempt,
+    )
+}
+
+/// A newly scheduled attempt.
+fn new_step(key: StepKey, input: Value, tenant: &str, at: DateTime<Utc>) -> StepRow {
+    StepRow {
+        execution_id: key.0,
+        node_id: key.1,
+        attempt: key.2,
+        tenant: tenant.to_string(),
+        status: "scheduled".into(),
+        input,
+        output: None,
+        error: None,
+        scheduled_at: at,
+        started_at: None,
+        finished_at: None,
+    }
+}
+
+/// Executions and their steps.
+pub struct ExecutionsProjection;
+
+#[async_trait]
+impl Projection for ExecutionsProjection {
+    fn name(&self) -> &'static str {
+        "executions"
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["rm_executions", "rm_execution_steps"]
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut Conn<'_>,
+        tables: &Tables,
+        events: &[RecordedEvent],
+    ) -> Result<(), StoreError> {
+        let events = of_type(events, "execution");
+        if events.is_empty() {
+            return Ok(());
+        }
+        let steps_table = tables.name("rm_execution_steps");
+        let mut steps: BTreeMap<StepKey, StepRow> = BTreeMap::new();
+        for r in load_rows(conn, &steps_table, "execution_id", &ids_of(&events)).await? {
+            let step = StepRow::from_row(&r)?;
+            steps.insert(step_key(&step), step);
+        }
+        let mut dirty_steps = BTreeSet::new();
+        fold(
+            conn,
+            &tables.name("rm_executions"),
+            &events,
+            |event, payload: ExecutionEvent, row: Option<&mut ExecutionRow>| {
+                let id = &event.aggregate_id;
+                let at = event.recorded_at;
+                let row = match (payload, row) {
+                    (
+                        ExecutionEvent::ExecutionStarted {
+                            tenant,
+                            workflow_id,
+                            workflow_version,
+                            input,
+                            trigger,
+                            ..
+                        },
+                        _,
+                    ) => {
+                        return Ok(Some(ExecutionRow {
+                            id: id.clone(),
+                            tenant: tenant.to_string(),
+                            seq: 0,
+                            workflow_id: workflow_id.to_string(),
+                            workflow_version: workflow_version as i64,
+                            status: ExecutionStatus::Running.as_str().into(),
+                            trigger,
+                            input,
+                            output: None,
+                            error: None,
+                            started_by: event.metadata.actor.clone(),
+                            started_at: at,
+                            finished_at: None,
+                            updated_at: at,
+                        }))
+                    }
+                    (_, None) => return Ok(None),
+                    (payload, Some(row)) => (payload, row),
+                };
+                let (payload, row) = row;
+                let key = |node: &str, attempt: u32| -> StepKey {
+                    (id.clone(), node.to_string(), i64::from(attempt))
+                };
+                let finish = |row: &mut ExecutionRow, status: ExecutionStatus| {
+                    row.status = status.as_str().into();
+                    row.finished_at = Some(at);
+                };
+                match payload {
+                    ExecutionEvent::ExecutionStarted { .. } => {}
+                    ExecutionEvent::StepScheduled {
+                        node_id,
+                        attempt,
+                        input,
+                    } => {
+                        let step = new_step(key(node_id.as_str(), attempt), input, &row.tenant, at);
+                        dirty_steps.insert(step_key(&step));
+                        steps.insert(step_key(&step), step);
+                    }
+                    ExecutionEvent::StepRetried { node_id, attempt } => {
+                        // A retry runs with the failed attempt's input.
+                        let input = steps
+                            .range(key(node_id.as_str(), 0)..key(node_id.as_str(), attempt))
+                            .next_back()
+                            .map(|(_, s)| s.input.clone())
+                            .unwrap_or(Value::Null);
+                        let step = new_step(key(node_id.as_str(), attempt), input, &row.tenant, at);
+                        dirty_steps.insert(step_key(&step));
+                        steps.insert(step_key(&step), step);
+                    }
+                    ExecutionEvent::StepStarted { node_id, attempt } => {
+                        let key = key(node_id.as_str(), attempt);
+                        if let Some(s) = steps.get_mut(&key) {
+                            s.status = "running".into();
+                            s.started_at = Some(at);
+                            dirty_steps.insert(key);
+                        }
+                    }
+                    ExecutionEvent::StepSucceeded {
+                        node_id,
+                        attempt,
+                        output,
+                    } => {
+                        let key = key(node_id.as_str(), attempt);
+                        if let Some(s) = steps.get_mut(&key) {
+                            s.status = "succeeded".into();
+                            s.output = Some(output);
+                            s.finished_at = Some(at);
+                            dirty_steps.insert(key);
+                        }
+                    }
+                    ExecutionEvent::StepFailed {
+                        node_id,
+                        attempt,
+                        error,
+                        ..
+                    } => {
+                        let key = key(node_id.as_str(), attempt);
+                        if let Some(s) = steps.get_mut(&key) {
+                            s.status = "failed".into();
+                            s.error = Some(error);
+                            s.finished_at = Some(at);
+                            dirty_steps.insert(key);
+                        }
+                    }
+                    ExecutionEvent::ExecutionPaused { .. } => {
+                        row.status = ExecutionStatus::Paused.as_str().into();
+                    }
+                    ExecutionEvent::ExecutionResumed => {
+                        row.status = ExecutionStatus::Running.as_str().into();
+                    }
+                    ExecutionEvent::ExecutionStopRequested => {
+                        row.status = ExecutionStatus::Stopping.as_str().into();
+                    }
+                    ExecutionEvent::ExecutionCancelled { reason } => {
+                        row.error = Some(reason);
+                        finish(row, ExecutionStatus::Cancelled);
+                    }
+                    ExecutionEvent::ExecutionCompleted { output } => {
+                        row.output = Some(output);
+                        finish(row, ExecutionStatus::Completed);
+                    }
+                    ExecutionEvent::ExecutionFailed { error } => {
+                        row.error = Some(error);
+                        finish(row, ExecutionStatus::Failed);
+                    }
+                }
+                row.updated_at = at;
+                Ok(None)
+            },
+        )
+        .await?;
+        let step_upserts = dirty_steps
+            .iter()
+            .filter_map(|key| steps.remove(key))
+            .map(StepRow::into_args)
+            .collect();
+        insert_rows(
+            conn,
+            &steps_table,
+            StepRow::COLUMNS,
+            step_upserts,
+            &upsert_tail(&["execution_id", "node_id", "attempt"], StepRow::COLUMNS),
+        )
+        .await?;
+        Ok(())
+    }
+}
