@@ -35,10 +35,36 @@ use toolhub_eventstore::testing::TestDb;
 
 const SECRET: &[u8] = b"a-benchmark-secret-that-is-longer-than-32-bytes";
 const CONCURRENCY: usize = 16;
-const RUN: Duration = Duration::from_secs(2);
-const WINDOWS: usize = 7;
-const SUBSCRIBERS: usize = 1_000;
-const ROUNDS: usize = 40;
+/// The sizes of a run: full by default, tiny with `BENCH_SMOKE=1` (which CI
+/// runs, so that the benchmark the docs cite keeps working).
+struct Sizes {
+    /// How long each measuring window runs.
+    run: Duration,
+    /// How many alternating windows per side.
+    windows: usize,
+    /// How many subscribers receive each change.
+    subscribers: usize,
+    /// How many mutations are delivered to them.
+    rounds: usize,
+}
+
+fn sizes() -> Sizes {
+    if std::env::var("BENCH_SMOKE").is_ok_and(|v| v == "1") {
+        Sizes {
+            run: Duration::from_millis(300),
+            windows: 1,
+            subscribers: 20,
+            rounds: 3,
+        }
+    } else {
+        Sizes {
+            run: Duration::from_secs(2),
+            windows: 7,
+            subscribers: 1_000,
+            rounds: 40,
+        }
+    }
+}
 
 const LIST: &str = "{ workflows(first: 20) { edges { cursor node { id name description definitionVersion version archived createdBy createdAt updatedAt } } pageInfo { hasNextPage endCursor } } }";
 
@@ -109,7 +135,7 @@ async fn rps(client: &reqwest::Client, make: impl Fn() -> reqwest::RequestBuilde
         make().send().await.unwrap().bytes().await.unwrap();
     }
     let _ = client;
-    let deadline = Instant::now() + RUN;
+    let deadline = Instant::now() + sizes().run;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..CONCURRENCY {
@@ -192,7 +218,7 @@ async fn main() {
     let mut graphql = Vec::new();
     let mut plain = Vec::new();
     let mut ratios = Vec::new();
-    for _ in 0..WINDOWS {
+    for _ in 0..sizes().windows {
         let g = rps(&client, || {
             client
                 .post(format!("{url}/graphql"))
@@ -215,7 +241,7 @@ async fn main() {
         v[v.len() / 2]
     };
     println!(
-        "workflows(first: 20), {CONCURRENCY} concurrent clients, {WINDOWS} alternating windows of {RUN:?} each, medians:"
+        "workflows(first: 20), {CONCURRENCY} concurrent clients, {} alternating windows of {:?} each, medians:", sizes().windows, sizes().run
     );
     println!("  GraphQL          {:8.0} req/s", median(graphql));
     println!("  plain axum JSON  {:8.0} req/s", median(plain));
@@ -266,7 +292,7 @@ async fn main() {
     // (subscriber, received at, latency from the commit)
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant, Duration)>();
     let mut ready = Vec::new();
-    for i in 0..SUBSCRIBERS {
+    for i in 0..sizes().subscribers {
         let mut request = ws_url.clone().into_client_request().unwrap();
         request.headers_mut().insert(
             "Sec-WebSocket-Protocol",
@@ -330,15 +356,15 @@ async fn main() {
     let mut round_trips = Vec::new();
     let mut firsts = Vec::new();
     let mut lasts = Vec::new();
-    for round in 0..ROUNDS {
+    for round in 0..sizes().rounds {
         // Rounds apart, so that each starts from quiet subscribers.
         tokio::time::sleep(Duration::from_millis(250)).await;
         let sent = Instant::now();
         create_workflows(&client, &url, &editor, 1).await;
         round_trips.push(sent.elapsed());
         let mut got = 0;
-        let mut this_round = Vec::with_capacity(SUBSCRIBERS);
-        while got < SUBSCRIBERS {
+        let mut this_round = Vec::with_capacity(sizes().subscribers);
+        while got < sizes().subscribers {
             let (_, at, since_commit) = tokio::time::timeout(Duration::from_secs(30), rx.recv())
                 .await
                 .unwrap_or_else(|_| panic!("round {round}: only {got} deliveries"))
@@ -361,7 +387,11 @@ async fn main() {
             pct(1.0).as_secs_f64() * 1e3
         )
     };
-    println!("subscription delivery to {SUBSCRIBERS} subscribers ({ROUNDS} mutations):");
+    println!(
+        "subscription delivery to {} subscribers ({} mutations):",
+        sizes().subscribers,
+        sizes().rounds
+    );
     println!("  from the commit            {}", summary(from_commit));
     println!("  from sending the mutation  {}", summary(from_send));
     println!("  the mutation's round trip  {}", summary(round_trips));
@@ -370,7 +400,8 @@ async fn main() {
     println!("resident memory of toolhub serve:");
     println!("  idle                      {:6} MiB", idle / 1024);
     println!(
-        "  with {SUBSCRIBERS} subscribers     {:6} MiB",
+        "  with {} subscribers     {:6} MiB",
+        sizes().subscribers,
         with_subscribers / 1024
     );
     let _ = std::process::Command::new("kill")

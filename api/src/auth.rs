@@ -71,7 +71,9 @@ impl Caller {
 /// Verifies tokens. Cheap to clone.
 #[derive(Clone)]
 pub struct Verifier {
+    /// The key every token's signature is checked against.
     key: DecodingKey,
+    /// The algorithm, `exp`, `iss` and `aud` rules every token must pass.
     validation: Validation,
 }
 
@@ -188,24 +190,29 @@ pub enum MintError {
 /// seconds.
 pub fn parse_ttl(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let (number, unit) = text
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((text, ""), |i| text.split_at(i));
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration such as 30m, 1h or 7d"))?;
-    let seconds = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => return Err(format!("{text:?} is not a duration such as 30m, 1h or 7d")),
+    let invalid = || format!("{text:?} is not a duration such as 90s, 30m, 1h or 7d");
+    // A bare number is seconds; anything else is humantime's syntax, which
+    // checks for overflow.
+    let ttl = match text.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => humantime::parse_duration(text).map_err(|_| invalid())?,
     };
-    if seconds == 0 {
+    if ttl.is_zero() {
         return Err("the duration must be positive".into());
     }
-    Ok(Duration::from_secs(seconds))
+    // A token lives at most this long; jsonwebtoken's `exp` is a number of
+    // seconds since 1970, and far-future values only hide mistakes.
+    if ttl > MAX_TTL {
+        return Err(format!(
+            "{text:?} is longer than the longest token lifetime, {}",
+            humantime::format_duration(MAX_TTL)
+        ));
+    }
+    Ok(ttl)
 }
+
+/// The longest lifetime a minted token may have.
+pub const MAX_TTL: Duration = Duration::from_secs(366 * 86_400);
 
 #[cfg(test)]
 mod tests {
@@ -248,7 +255,11 @@ mod tests {
         assert_eq!(parse_ttl("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_ttl("90"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_ttl("7d"), Ok(Duration::from_secs(7 * 86_400)));
-        assert!(parse_ttl("1y").is_err());
+        assert!(parse_ttl("1 fortnight").is_err());
         assert!(parse_ttl("0s").is_err());
+        assert!(parse_ttl("2y").is_err(), "longer than a token may live");
+        // Would overflow a hand-written multiplication.
+        assert!(parse_ttl("213503982334601d").is_err());
+        assert!(parse_ttl("18446744073709551615d").is_err());
     }
 }

@@ -169,21 +169,20 @@ impl Config {
     /// Reads the configuration from the process environment, generating
     /// development keys into the data directory when allowed.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+        Self::from_lookup(env_var)
     }
 
     /// Reads only the JWT settings from the environment (for `toolhub
     /// token`), generating the development secret when allowed.
     pub fn jwt_from_env() -> Result<JwtConfig, ConfigError> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        let environment = match var("TOOLHUB_ENV").as_deref().map(str::trim) {
-            Some("production") | Some("prod") => Environment::Production,
-            _ => Environment::Development,
-        };
-        let data_dir =
-            PathBuf::from(var("TOOLHUB_DATA_DIR").unwrap_or_else(|| "./toolhub-data".into()));
+        Self::jwt_from_lookup(&env_var)
+    }
+
+    /// The JWT settings, read through `var`.
+    fn jwt_from_lookup(var: &impl Fn(&str) -> Option<String>) -> Result<JwtConfig, ConfigError> {
+        let environment = Environment::from_lookup(var)?;
         Ok(JwtConfig {
-            key: jwt_key(&var, environment, &data_dir)?,
+            key: jwt_key(var, environment, &data_dir(var))?,
             issuer: var("TOOLHUB_JWT_ISSUER"),
             audience: var("TOOLHUB_JWT_AUDIENCE"),
         })
@@ -192,19 +191,9 @@ impl Config {
     /// Reads the configuration through `var` (the environment, or a map in
     /// tests).
     pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let environment = match var("TOOLHUB_ENV").as_deref().map(str::trim) {
-            None | Some("development") | Some("dev") => Environment::Development,
-            Some("production") | Some("prod") => Environment::Production,
-            Some(other) => {
-                return Err(ConfigError::Invalid {
-                    name: "TOOLHUB_ENV",
-                    reason: format!("{other:?} is neither `development` nor `production`"),
-                })
-            }
-        };
+        let environment = Environment::from_lookup(&var)?;
         let production = environment == Environment::Production;
-        let data_dir =
-            PathBuf::from(var("TOOLHUB_DATA_DIR").unwrap_or_else(|| "./toolhub-data".into()));
+        let data_dir = data_dir(&var);
         let listen = match var("TOOLHUB_LISTEN") {
             None => SocketAddr::from(([127, 0, 0, 1], 8080)),
             Some(v) => v.trim().parse().map_err(|_| ConfigError::Invalid {
@@ -214,11 +203,7 @@ impl Config {
         };
         let database_url =
             var("DATABASE_URL").unwrap_or_else(|| toolhub_eventstore::embedded_url(&data_dir));
-        let jwt = JwtConfig {
-            key: jwt_key(&var, environment, &data_dir)?,
-            issuer: var("TOOLHUB_JWT_ISSUER"),
-            audience: var("TOOLHUB_JWT_AUDIENCE"),
-        };
+        let jwt = Self::jwt_from_lookup(&var)?;
         let master_key = match var("TOOLHUB_MASTER_KEY") {
             Some(encoded) => MasterKey::from_base64(&encoded).map_err(|e| ConfigError::Invalid {
                 name: "TOOLHUB_MASTER_KEY",
@@ -256,6 +241,31 @@ impl Config {
             limits,
             run_projectors: true,
         })
+    }
+}
+
+/// A variable of the process environment; blank counts as unset.
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// `TOOLHUB_DATA_DIR`, or `./toolhub-data`.
+fn data_dir(var: &impl Fn(&str) -> Option<String>) -> PathBuf {
+    PathBuf::from(var("TOOLHUB_DATA_DIR").unwrap_or_else(|| "./toolhub-data".into()))
+}
+
+impl Environment {
+    /// Reads `TOOLHUB_ENV` (unset means development): the one place it is
+    /// parsed, so every subcommand agrees on the mode.
+    pub fn from_lookup(var: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        match var("TOOLHUB_ENV").as_deref().map(str::trim) {
+            None | Some("development") | Some("dev") => Ok(Self::Development),
+            Some("production") | Some("prod") => Ok(Self::Production),
+            Some(other) => Err(ConfigError::Invalid {
+                name: "TOOLHUB_ENV",
+                reason: format!("{other:?} is neither `development` nor `production`"),
+            }),
+        }
     }
 }
 

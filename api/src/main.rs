@@ -19,6 +19,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "toolhub", version, about)]
 struct Cli {
+    /// What to do.
     #[command(subcommand)]
     command: Command,
 }

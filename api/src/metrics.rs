@@ -12,6 +12,7 @@ use prometheus::{
 /// The service's metrics.
 #[derive(Clone)]
 pub struct Metrics {
+    /// Every metric below, for the `/metrics` scrape.
     registry: Registry,
     /// HTTP requests by route and status class.
     pub http_requests: IntCounterVec,

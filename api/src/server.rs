@@ -73,9 +73,13 @@ pub enum StartError {
 pub struct Running {
     /// The address it listens on (with the real port when 0 was asked for).
     pub addr: SocketAddr,
+    /// Set to true to stop: the server stops accepting and subscriptions end.
     shutdown: watch::Sender<bool>,
+    /// The HTTP server's task, awaited (boundedly) on stop.
     server: JoinHandle<()>,
+    /// The projectors, when this process runs them; stopped after the server.
     runner: Option<RunnerHandle>,
+    /// The task that follows the projectors' progress for subscriptions.
     follower: JoinHandle<()>,
 }
 
@@ -178,8 +182,11 @@ pub async fn spawn(config: Config) -> Result<Running, StartError> {
 
 #[derive(Clone)]
 struct App {
+    /// What every handler shares.
     state: Arc<AppState>,
+    /// The GraphQL schema, built once.
     schema: ToolhubSchema,
+    /// Parsed documents shared by every request.
     documents: Arc<DocumentCache>,
 }
 
@@ -188,6 +195,7 @@ struct App {
 /// query's cost. Validation still runs on every request (it depends on the
 /// variables).
 struct DocumentCache {
+    /// The most recently used documents, by their text.
     parsed: parking_lot::Mutex<lru::LruCache<String, ExecutableDocument>>,
 }
 

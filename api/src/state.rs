@@ -60,7 +60,9 @@ type SharedRead = Shared<BoxFuture<'static, Result<SharedEntries, ApiError>>>;
 /// while it is in flight, so nobody ever gets a stale answer.
 #[derive(Default)]
 pub struct Fanout {
+    /// The reads in flight, by what they ask for, with their generation.
     in_flight: Mutex<HashMap<String, (u64, SharedRead)>>,
+    /// Tells a read from a later one with the same key, so that a finished read removes only its own entry.
     generation: std::sync::atomic::AtomicU64,
 }
 

@@ -202,6 +202,40 @@ pub trait CommandTraits {
     fn required_role(&self) -> Role;
 }
 
+/// Implements cqrs-es's `Aggregate` for a type that decides with an
+/// inherent `fn decide(&self, Command) -> Result<Vec<Event>, Error>` and
+/// evolves with `fn evolve(&mut self, Event)`. Every aggregate handles a
+/// command the same way: it records what `decide` returns, applying each
+/// event as it goes, and none needs services.
+macro_rules! aggregate {
+    ($ty:ty, $name:literal, $command:ty, $event:ty, $error:ty) => {
+        impl cqrs_es::Aggregate for $ty {
+            const TYPE: &'static str = $name;
+            type Command = $command;
+            type Event = $event;
+            type Error = $error;
+            type Services = ();
+
+            async fn handle(
+                &mut self,
+                command: Self::Command,
+                _services: &Self::Services,
+                sink: &cqrs_es::event_sink::EventSink<Self>,
+            ) -> Result<(), Self::Error> {
+                for event in self.decide(command)? {
+                    sink.write(event, self).await;
+                }
+                Ok(())
+            }
+
+            fn apply(&mut self, event: Self::Event) {
+                self.evolve(event)
+            }
+        }
+    };
+}
+pub(crate) use aggregate;
+
 /// One `{{ expression }}` found in a string by [`template_expressions`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TemplateExpression<'a> {

@@ -20,8 +20,7 @@
 
 use crate::common::{AggregateRoot, CommandTraits, Role, TenantId, WorkflowId};
 use crate::definition::NodeId;
-use cqrs_es::event_sink::EventSink;
-use cqrs_es::{Aggregate, DomainEvent};
+use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -640,26 +639,17 @@ impl Execution {
     }
 }
 
-impl Aggregate for Execution {
-    const TYPE: &'static str = "execution";
-    type Command = ExecutionCommand;
-    type Event = ExecutionEvent;
-    type Error = ExecutionError;
-    type Services = ();
+crate::common::aggregate!(
+    Execution,
+    "execution",
+    ExecutionCommand,
+    ExecutionEvent,
+    ExecutionError
+);
 
-    async fn handle(
-        &mut self,
-        command: Self::Command,
-        _services: &Self::Services,
-        sink: &EventSink<Self>,
-    ) -> Result<(), Self::Error> {
-        for event in self.decide(command)? {
-            sink.write(event, self).await;
-        }
-        Ok(())
-    }
-
-    fn apply(&mut self, event: Self::Event) {
+impl Execution {
+    /// Applies one recorded event to the state (cqrs-es's `apply`).
+    fn evolve(&mut self, event: ExecutionEvent) {
         match event {
             ExecutionEvent::ExecutionStarted {
                 tenant,

@@ -14,8 +14,7 @@
 
 use crate::common::{AggregateRoot, CommandTraits, NameChange, Role, TenantId};
 use crate::secret::{is_valid_secret_name, secret_references_in};
-use cqrs_es::event_sink::EventSink;
-use cqrs_es::{Aggregate, DomainEvent};
+use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -504,26 +503,17 @@ fn check_transport(transport: &Transport) -> Result<(), McpServerError> {
         .map_err(|reason| McpServerError::InvalidTransport { reason })
 }
 
-impl Aggregate for McpServer {
-    const TYPE: &'static str = "mcp_server";
-    type Command = McpServerCommand;
-    type Event = McpServerEvent;
-    type Error = McpServerError;
-    type Services = ();
+crate::common::aggregate!(
+    McpServer,
+    "mcp_server",
+    McpServerCommand,
+    McpServerEvent,
+    McpServerError
+);
 
-    async fn handle(
-        &mut self,
-        command: Self::Command,
-        _services: &Self::Services,
-        sink: &EventSink<Self>,
-    ) -> Result<(), Self::Error> {
-        for event in self.decide(command)? {
-            sink.write(event, self).await;
-        }
-        Ok(())
-    }
-
-    fn apply(&mut self, event: Self::Event) {
+impl McpServer {
+    /// Applies one recorded event to the state (cqrs-es's `apply`).
+    fn evolve(&mut self, event: McpServerEvent) {
         match event {
             McpServerEvent::McpServerRegistered {
                 tenant,
@@ -577,6 +567,7 @@ impl AggregateRoot for McpServer {
 mod tests {
     use super::*;
     use cqrs_es::test::TestFramework;
+    use cqrs_es::Aggregate;
     use serde_json::json;
 
     type ServerTest = TestFramework<McpServer>;

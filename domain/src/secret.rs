@@ -13,8 +13,7 @@
 
 use crate::common::{template_expressions, TemplateReference};
 use crate::common::{AggregateRoot, CommandTraits, NameChange, Role, TenantId};
-use cqrs_es::event_sink::EventSink;
-use cqrs_es::{Aggregate, DomainEvent};
+use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -313,26 +312,11 @@ fn check_description(description: &str) -> Result<(), SecretError> {
     }
 }
 
-impl Aggregate for Secret {
-    const TYPE: &'static str = "secret";
-    type Command = SecretCommand;
-    type Event = SecretEvent;
-    type Error = SecretError;
-    type Services = ();
+crate::common::aggregate!(Secret, "secret", SecretCommand, SecretEvent, SecretError);
 
-    async fn handle(
-        &mut self,
-        command: Self::Command,
-        _services: &Self::Services,
-        sink: &EventSink<Self>,
-    ) -> Result<(), Self::Error> {
-        for event in self.decide(command)? {
-            sink.write(event, self).await;
-        }
-        Ok(())
-    }
-
-    fn apply(&mut self, event: Self::Event) {
+impl Secret {
+    /// Applies one recorded event to the state (cqrs-es's `apply`).
+    fn evolve(&mut self, event: SecretEvent) {
         match event {
             SecretEvent::SecretCreated {
                 tenant,
@@ -379,6 +363,7 @@ impl AggregateRoot for Secret {
 mod tests {
     use super::*;
     use cqrs_es::test::TestFramework;
+    use cqrs_es::Aggregate;
 
     type SecretTest = TestFramework<Secret>;
 

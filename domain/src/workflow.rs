@@ -14,8 +14,7 @@
 
 use crate::common::{AggregateRoot, CommandTraits, Role, TenantId};
 use crate::definition::{DefinitionError, WorkflowDefinition};
-use cqrs_es::event_sink::EventSink;
-use cqrs_es::{Aggregate, DomainEvent};
+use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -76,111 +75,62 @@ impl Trigger {
     }
 }
 
-/// One cron field: its name, bounds and optional three-letter names.
-struct CronField {
-    name: &'static str,
-    min: u32,
-    max: u32,
-    names: &'static [&'static str],
-}
-
-const CRON_FIELDS: [CronField; 5] = [
-    CronField {
-        name: "minute",
-        min: 0,
-        max: 59,
-        names: &[],
-    },
-    CronField {
-        name: "hour",
-        min: 0,
-        max: 23,
-        names: &[],
-    },
-    CronField {
-        name: "day of month",
-        min: 1,
-        max: 31,
-        names: &[],
-    },
-    CronField {
-        name: "month",
-        min: 1,
-        max: 12,
-        names: &[
-            "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
-        ],
-    },
-    CronField {
-        name: "day of week",
-        min: 0,
-        max: 7,
-        names: &["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"],
-    },
-];
-
-/// A basic syntax check of a five-field cron expression: each field is a
-/// comma-separated list of `*`, `N` or `N-M`, each optionally followed by
-/// `/STEP`, with values in the field's range (months and days of the week may
-/// be written as three-letter English names). The engine's scheduler does the
-/// full interpretation; this catches typos before they are recorded.
-fn check_cron(schedule: &str) -> Result<(), String> {
-    let fields: Vec<&str> = schedule.split_whitespace().collect();
-    if fields.len() != CRON_FIELDS.len() {
+/// Parses a five-field cron expression (minute, hour, day of month, month,
+/// day of week; months and days may be three-letter English names) with
+/// `croner`, the parser the scheduler fires with, so that what validation
+/// accepts and what fires can never disagree. Seconds, years and `@daily`
+/// style nicknames are refused: a schedule reads the same in every cron.
+pub fn parse_cron(schedule: &str) -> Result<croner::Cron, String> {
+    if schedule.split_whitespace().count() != 5 || schedule.trim_start().starts_with('@') {
         return Err(
             "a cron schedule has five fields: minute, hour, day of month, month, day of week"
                 .into(),
         );
     }
-    for (text, field) in fields.iter().zip(&CRON_FIELDS) {
-        let bad = |why: &str| format!("the {} field `{text}` {why}", field.name);
-        let value = |v: &str| -> Result<u32, String> {
-            let n = match v.parse::<u32>() {
-                Ok(n) => n,
-                Err(_) => field
-                    .names
-                    .iter()
-                    .position(|name| name.eq_ignore_ascii_case(v))
-                    .and_then(|i| u32::try_from(i).ok())
-                    .map(|i| i + field.min)
-                    .ok_or_else(|| bad("has a value that is not a number"))?,
-            };
-            if (field.min..=field.max).contains(&n) {
-                Ok(n)
-            } else {
-                Err(bad(&format!(
-                    "has a value outside {}-{}",
-                    field.min, field.max
-                )))
-            }
-        };
-        for item in text.split(',') {
-            let (range, step) = match item.split_once('/') {
-                Some((range, step)) => (range, Some(step)),
-                None => (item, None),
-            };
-            if let Some(step) = step {
-                match step.parse::<u32>() {
-                    Ok(step) if step >= 1 && step <= field.max => {}
-                    _ => return Err(bad("has an invalid step")),
-                }
-            }
-            if range == "*" {
-                continue;
-            }
-            match range.split_once('-') {
-                Some((low, high)) => {
-                    if value(low)? > value(high)? {
-                        return Err(bad("has a range that runs backwards"));
-                    }
-                }
-                None => {
-                    value(range)?;
-                }
-            }
-        }
+    // croner reads `1,,2` as `1,2`; an empty item is almost always a typo.
+    if schedule
+        .split_whitespace()
+        .any(|field| field.split(',').any(str::is_empty))
+    {
+        return Err(format!(
+            "`{schedule}` is not a valid cron schedule: a list has an empty item"
+        ));
     }
-    Ok(())
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Disallowed)
+        .year(croner::parser::Year::Disallowed)
+        .build()
+        .parse(&vixie_steps(schedule))
+        .map_err(|e| format!("`{schedule}` is not a valid cron schedule: {e}"))
+}
+
+/// Rewrites Vixie cron's `N/STEP` (from N to the field's end, every STEP),
+/// which croner refuses as ambiguous, into the explicit `N-END/STEP`, so
+/// that schedules written for classic cron keep their meaning.
+fn vixie_steps(schedule: &str) -> String {
+    const ENDS: [u32; 5] = [59, 23, 31, 12, 6];
+    schedule
+        .split_whitespace()
+        .zip(ENDS)
+        .map(|(field, end)| {
+            field
+                .split(',')
+                .map(|item| match item.split_once('/') {
+                    Some((start, step)) if start.parse::<u32>().is_ok() => {
+                        format!("{start}-{end}/{step}")
+                    }
+                    _ => item.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Checks a cron schedule; see [`parse_cron`].
+fn check_cron(schedule: &str) -> Result<(), String> {
+    parse_cron(schedule).map(|_| ())
 }
 
 /// The state of one workflow, folded from its events.
@@ -556,26 +506,17 @@ impl Workflow {
     }
 }
 
-impl Aggregate for Workflow {
-    const TYPE: &'static str = "workflow";
-    type Command = WorkflowCommand;
-    type Event = WorkflowEvent;
-    type Error = WorkflowError;
-    type Services = ();
+crate::common::aggregate!(
+    Workflow,
+    "workflow",
+    WorkflowCommand,
+    WorkflowEvent,
+    WorkflowError
+);
 
-    async fn handle(
-        &mut self,
-        command: Self::Command,
-        _services: &Self::Services,
-        sink: &EventSink<Self>,
-    ) -> Result<(), Self::Error> {
-        for event in self.decide(command)? {
-            sink.write(event, self).await;
-        }
-        Ok(())
-    }
-
-    fn apply(&mut self, event: Self::Event) {
+impl Workflow {
+    /// Applies one recorded event to the state (cqrs-es's `apply`).
+    fn evolve(&mut self, event: WorkflowEvent) {
         match event {
             WorkflowEvent::WorkflowCreated {
                 tenant,
@@ -612,6 +553,7 @@ impl AggregateRoot for Workflow {
 mod tests {
     use super::*;
     use cqrs_es::test::TestFramework;
+    use cqrs_es::Aggregate;
     use serde_json::json;
 
     type WorkflowTest = TestFramework<Workflow>;

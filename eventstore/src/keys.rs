@@ -26,6 +26,7 @@ use crate::store::Db;
 /// The key that wraps every data key. Wiped from memory when dropped.
 #[derive(Clone)]
 pub struct MasterKey {
+    /// The key bytes, wiped when dropped.
     key: Zeroizing<[u8; 32]>,
 }
 
@@ -108,7 +109,9 @@ impl From<sqlx::Error> for KeyError {
 /// Seals and unseals secret values. Cheap to clone.
 #[derive(Clone)]
 pub struct KeyStore {
+    /// Where the wrapped data keys live (`secret_keys`).
     db: Db,
+    /// Wraps and unwraps every data key.
     master: MasterKey,
 }
 

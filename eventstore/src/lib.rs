@@ -28,6 +28,7 @@ pub mod position;
 pub mod secrets;
 pub mod sql;
 pub mod store;
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod upcast;
 

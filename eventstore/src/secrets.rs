@@ -24,7 +24,9 @@ pub enum SecretCommandError {
 
 /// Secret commands with their key handling. Cheap to share behind an `Arc`.
 pub struct SecretVault {
+    /// The secret commands.
     bus: CommandBus<Secret>,
+    /// Seals values before a command exists, destroys keys after a deletion.
     keys: KeyStore,
 }
 

@@ -48,61 +48,52 @@ impl From<&str> for Arg {
         Self::Text(Some(v.to_string()))
     }
 }
-impl From<String> for Arg {
-    fn from(v: String) -> Self {
-        Self::Text(Some(v))
-    }
+
+/// `From<T>` and `From<Option<T>>` for the argument variant that holds `T`.
+macro_rules! arg_from {
+    ($($ty:ty => $variant:ident),* $(,)?) => {
+        $(
+            impl From<$ty> for Arg {
+                fn from(v: $ty) -> Self {
+                    Self::$variant(Some(v))
+                }
+            }
+            impl From<Option<$ty>> for Arg {
+                fn from(v: Option<$ty>) -> Self {
+                    Self::$variant(v)
+                }
+            }
+        )*
+    };
 }
-impl From<Option<String>> for Arg {
-    fn from(v: Option<String>) -> Self {
-        Self::Text(v)
-    }
-}
-impl From<i64> for Arg {
-    fn from(v: i64) -> Self {
-        Self::Int(Some(v))
-    }
-}
-impl From<Option<i64>> for Arg {
-    fn from(v: Option<i64>) -> Self {
-        Self::Int(v)
-    }
-}
-impl From<bool> for Arg {
-    fn from(v: bool) -> Self {
-        Self::Bool(Some(v))
-    }
-}
-impl From<Option<bool>> for Arg {
-    fn from(v: Option<bool>) -> Self {
-        Self::Bool(v)
-    }
-}
-impl From<Value> for Arg {
-    fn from(v: Value) -> Self {
-        Self::Json(Some(v))
-    }
-}
-impl From<Option<Value>> for Arg {
-    fn from(v: Option<Value>) -> Self {
-        Self::Json(v)
-    }
-}
-impl From<DateTime<Utc>> for Arg {
-    fn from(v: DateTime<Utc>) -> Self {
-        Self::Time(Some(v))
-    }
-}
-impl From<Option<DateTime<Utc>>> for Arg {
-    fn from(v: Option<DateTime<Utc>>) -> Self {
-        Self::Time(v)
+
+/// Unsigned numbers are stored as `bigint`; a value past `i64::MAX` (which
+/// no count or version reaches) saturates rather than wraps.
+impl From<u64> for Arg {
+    fn from(v: u64) -> Self {
+        Self::Int(Some(v.min(i64::MAX as u64) as i64))
     }
 }
 
-impl From<Vec<u8>> for Arg {
-    fn from(v: Vec<u8>) -> Self {
-        Self::Bytes(Some(v))
+impl From<Option<u64>> for Arg {
+    fn from(v: Option<u64>) -> Self {
+        Self::Int(v.map(|v| v.min(i64::MAX as u64) as i64))
     }
+}
+
+impl From<u32> for Arg {
+    fn from(v: u32) -> Self {
+        Self::Int(Some(i64::from(v)))
+    }
+}
+
+arg_from! {
+    String => Text,
+    i64 => Int,
+    bool => Bool,
+    Value => Json,
+    DateTime<Utc> => Time,
+    Vec<u8> => Bytes,
 }
 
 /// The SQLite text form of a time: fixed width, so text order is time order.
@@ -299,6 +290,23 @@ impl Row {
     pub fn time(&self, col: &str) -> Result<DateTime<Utc>, StoreError> {
         self.opt_time(col)?
             .ok_or_else(|| StoreError::Corrupt(format!("{col} is null")))
+    }
+
+    /// A non-null `bigint` column holding a count or version (never
+    /// negative; a negative value reads as 0).
+    pub fn uint(&self, col: &str) -> Result<u64, StoreError> {
+        Ok(self.int(col)?.max(0) as u64)
+    }
+
+    /// A nullable `bigint` column holding a count or version.
+    pub fn opt_uint(&self, col: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.opt_int(col)?.map(|v| v.max(0) as u64))
+    }
+
+    /// A non-null `bigint` column holding a small count (an attempt, a
+    /// rotation), saturating at `u32::MAX`.
+    pub fn small(&self, col: &str) -> Result<u32, StoreError> {
+        Ok(u32::try_from(self.uint(col)?).unwrap_or(u32::MAX))
     }
 
     /// A non-null bytes column.
@@ -515,11 +523,17 @@ pub async fn insert_rows(
 
 /// One column of rows to insert, as the array PostgreSQL unnests.
 enum Column {
+    /// `text[]`.
     Text(Vec<Option<String>>),
+    /// `int8[]`.
     Int(Vec<Option<i64>>),
+    /// `bool[]`.
     Bool(Vec<Option<bool>>),
+    /// `jsonb[]`.
     Json(Vec<Option<sqlx::types::Json<Value>>>),
+    /// `timestamptz[]`.
     Time(Vec<Option<DateTime<Utc>>>),
+    /// `bytea[]`.
     Bytes(Vec<Option<Vec<u8>>>),
     /// Serialised JSON, unnested as text and cast to `json`.
     JsonText(Vec<Option<String>>),
@@ -651,7 +665,9 @@ async fn insert_rows_pg(
 /// before the `COPY` starts, so a value that cannot be encoded fails before
 /// anything is sent.
 pub struct CopyRows {
+    /// The encoded rows, after the binary COPY header.
     data: Vec<u8>,
+    /// The number of values in each row.
     fields: i16,
 }
 

@@ -70,11 +70,14 @@ impl Default for StoreOptions {
 /// The event log and everything built directly on it. Cheap to clone.
 #[derive(Clone)]
 pub struct EventStore {
+    /// Shared by every clone, so announcements reach every holder.
     pub(crate) inner: Arc<Inner>,
 }
 
 pub(crate) struct Inner {
+    /// The database.
     pub(crate) db: Db,
+    /// Applied in order to every event loaded or read.
     pub(crate) upcasters: Vec<Arc<dyn EventUpcaster>>,
     /// The newest position this process knows was committed, by itself or
     /// (through `LISTEN`) by any other process. Subscribers wake on it.
@@ -88,12 +91,14 @@ pub(crate) struct Inner {
     projected: watch::Sender<u64>,
     /// Bumps made by this process's projectors, forwarded with `NOTIFY`.
     local_projected: watch::Sender<u64>,
+    /// Whether the `LISTEN` task runs already (started on first subscription).
     listener_started: Mutex<bool>,
     /// Names this store's notifications, so that its listener can ignore
     /// them: it announces its own commits and batches locally already.
     instance: String,
     /// Dropped with the store, which stops the background tasks.
     _alive: watch::Sender<()>,
+    /// Closes when the store is dropped: background tasks stop on it.
     alive: watch::Receiver<()>,
 }
 
@@ -194,27 +199,51 @@ pub async fn migrate(db: &Db) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Removes a password from a URL before it is shown anywhere.
+/// Query parameters whose values are credentials (libpq's `password` and
+/// `sslpassword`, and anything named like a secret or token).
+fn is_credential_parameter(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["pass", "secret", "token", "pwd"]
+        .iter()
+        .any(|part| name.contains(part))
+}
+
+/// Removes every credential from a database URL before it is shown
+/// anywhere: the password in the user information and the values of
+/// credential query parameters (`?password=`, `?sslpassword=`). Parsed with
+/// the `url` crate; text that does not parse as a URL is not shown at all,
+/// since it could hold a password in a shape nobody can recognise.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.chars().take(200).collect();
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return "<an unparsable URL>".to_string();
     };
-    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{user}:***@{host}")
-        }
-        None => authority.to_string(),
-    };
-    let sep = if path.is_empty() && !rest.contains('/') {
-        ""
-    } else {
-        "/"
-    };
-    format!("{scheme}://{authority}{sep}{path}")
+    if parsed.cannot_be_a_base() && parsed.scheme() != "sqlite" {
+        // `scheme:anything`: no structure that says where a credential is.
+        return format!("{}:***", parsed.scheme());
+    }
+    if parsed.password().is_some() {
+        // Only fails for URLs that cannot have credentials at all.
+        let _ = parsed.set_password(Some("***"));
+    }
+    let pairs: Vec<(String, String)> = parsed
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = if is_credential_parameter(&k) {
+                "***".to_string()
+            } else {
+                v.into_owned()
+            };
+            (k.into_owned(), v)
+        })
+        .collect();
+    if !pairs.is_empty() {
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed
+        .as_str()
+        .replace("%2A%2A%2A", "***")
         .chars()
-        .take(200)
+        .take(400)
         .collect()
 }
 
@@ -244,6 +273,7 @@ pub struct RecordedEvent {
 /// Wakes whoever waits for the log to grow. Obtained from
 /// [`EventStore::subscribe`].
 pub struct Notifications {
+    /// The newest announced position.
     rx: watch::Receiver<Position>,
 }
 
@@ -608,5 +638,27 @@ mod tests {
         let redacted = redact_url("postgres://app:hunter2@db.example:5432/toolhub");
         assert!(!redacted.contains("hunter2"), "{redacted}");
         assert_eq!(redacted, "postgres://app:***@db.example:5432/toolhub");
+    }
+
+    #[test]
+    fn a_password_in_the_query_never_survives_redaction() {
+        for url in [
+            "postgres://db.example/toolhub?user=app&password=hunter2",
+            "postgres://db.example/toolhub?sslmode=require&sslpassword=hunter2",
+            "postgresql://app@db.example/toolhub?PassWord=hunter2&application_name=x",
+            "postgres://app:hunter2@db.example/toolhub?password=hunter2",
+            "postgres://app:hunter%32@db.example/toolhub",
+        ] {
+            let redacted = redact_url(url);
+            assert!(!redacted.contains("hunter"), "{url} -> {redacted}");
+            assert!(redacted.contains("db.example"), "{url} -> {redacted}");
+        }
+        assert!(redact_url("postgres://db/x?sslmode=require").contains("sslmode=require"));
+    }
+
+    #[test]
+    fn text_that_is_not_a_url_is_not_shown() {
+        let redacted = redact_url("app:hunter2 at db.example");
+        assert!(!redacted.contains("hunter2"), "{redacted}");
     }
 }

@@ -13,9 +13,13 @@ pub type UpcastFn = dyn Fn(Value) -> Value + Send + Sync;
 /// sees is the one the catalogue names. Chains (1.0 → 1.1 → 2.0) are one
 /// `Upcast` per step, registered in order.
 pub struct Upcast {
+    /// The event type it applies to.
     event_type: String,
+    /// The exact version it reads.
     from: String,
+    /// The version it produces.
     to: String,
+    /// Turns a payload of `from` into one of `to`.
     translate: Box<UpcastFn>,
 }
 

@@ -1,13 +1,11 @@
 //! The event store's conformance suite, run on PostgreSQL and on an SQLite
 //! file. Every test takes a fresh database.
 
-mod common;
-
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{tenant, Counter, CounterCommand, CounterError};
+use toolhub_eventstore::testing::counter::{tenant, Counter, CounterCommand, CounterError};
 use toolhub_eventstore::testing::TestDb;
 use toolhub_eventstore::{
     open, BusOptions, CommandBus, CommandContext, CommandError, ConflictKind, Db, EventStore,

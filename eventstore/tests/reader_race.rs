@@ -1,10 +1,8 @@
 //! The commit-safe reader on PostgreSQL: an event whose transaction is still
 //! open holds back every event that committed after it.
 
-mod common;
-
-use common::{tenant, Counter, CounterCommand};
 use sqlx::Connection;
+use toolhub_eventstore::testing::counter::{tenant, Counter, CounterCommand};
 use toolhub_eventstore::testing::TestDb;
 use toolhub_eventstore::{open, CommandBus, CommandContext, Position};
 use uuid::Uuid;

@@ -10,9 +10,7 @@ use toolhub_eventstore::{Db, EventStore, Position, StoreError};
 
 use crate::cursor::{cursor, decode_cursor, limit};
 use crate::projection::fold::TableRow;
-use crate::projection::{
-    AuditRow, ExecutionRow, McpServerRow, SecretRow, StepRow, ToolRow, VersionRow, WorkflowRow,
-};
+use crate::projection::AuditRow;
 use crate::views::*;
 
 /// Why a read failed.
@@ -115,7 +113,7 @@ impl ReadModels {
             "",
             tenant,
             id,
-            view::<WorkflowRow, _>,
+            WorkflowView::from_row,
         )
         .await
     }
@@ -149,7 +147,7 @@ impl ReadModels {
             tenant,
             &conditions,
             page,
-            view::<WorkflowRow, _>,
+            WorkflowView::from_row,
         )
         .await
     }
@@ -209,7 +207,7 @@ impl ReadModels {
                 args.len()
             );
             for row in fetch(self.db(), &sql, &args).await? {
-                let view = view::<VersionRow, WorkflowVersionView>(&row)?;
+                let view = WorkflowVersionView::from_row(&row)?;
                 let page = out.entry(view.workflow_id.clone()).or_insert(Page {
                     items: Vec::new(),
                     has_next_page: false,
@@ -257,7 +255,7 @@ impl ReadModels {
             "",
             tenant,
             id,
-            view::<ExecutionRow, _>,
+            ExecutionView::from_row,
         )
         .await
     }
@@ -283,7 +281,7 @@ impl ReadModels {
             tenant,
             &conditions,
             page,
-            view::<ExecutionRow, _>,
+            ExecutionView::from_row,
         )
         .await
     }
@@ -300,7 +298,7 @@ impl ReadModels {
             "ORDER BY execution_id, scheduled_at, node_id, attempt",
             tenant,
             execution_ids,
-            view::<StepRow, _>,
+            ExecutionStepView::from_row,
         )
         .await
     }
@@ -317,7 +315,7 @@ impl ReadModels {
             "AND deleted = false",
             tenant,
             id,
-            view::<SecretRow, _>,
+            SecretView::from_row,
         )
         .await
     }
@@ -336,7 +334,7 @@ impl ReadModels {
             tenant,
             &conditions,
             page,
-            view::<SecretRow, _>,
+            SecretView::from_row,
         )
         .await
     }
@@ -353,7 +351,7 @@ impl ReadModels {
             "AND deregistered = false",
             tenant,
             id,
-            view::<McpServerRow, _>,
+            McpServerView::from_row,
         )
         .await
     }
@@ -372,7 +370,7 @@ impl ReadModels {
             tenant,
             &conditions,
             page,
-            view::<McpServerRow, _>,
+            McpServerView::from_row,
         )
         .await
     }
@@ -388,7 +386,7 @@ impl ReadModels {
             "ORDER BY server_id, name",
             tenant,
             server_ids,
-            view::<ToolRow, _>,
+            McpToolView::from_row,
         )
         .await
     }

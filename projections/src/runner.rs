@@ -47,8 +47,11 @@ pub struct ProjectorRunner;
 
 /// A running set of projectors.
 pub struct RunnerHandle {
+    /// Set to true to stop every projector after its batch.
     stop: watch::Sender<bool>,
+    /// The projectors' tasks.
     tasks: Vec<JoinHandle<()>>,
+    /// The projections this runner leads now.
     leaders: Arc<StdMutex<HashSet<&'static str>>>,
 }
 
@@ -147,7 +150,10 @@ pub(crate) enum Leader {
     /// connection ever carries a stray lock.
     Pg(PgConnection),
     /// Held for its `Drop`, which gives the lease back.
-    Lite(#[allow(dead_code)] Lease),
+    Lite {
+        /// The lease.
+        _lease: Lease,
+    },
 }
 
 /// An SQLite process's claim on a projection, given back when dropped.
@@ -206,7 +212,9 @@ pub(crate) async fn try_lead(
                 .lock()
                 .map_err(|_| StoreError::Corrupt("poisoned lease registry".into()))?;
             if leases.insert(lease.clone()) {
-                Ok(Some(Leader::Lite(Lease(lease))))
+                Ok(Some(Leader::Lite {
+                    _lease: Lease(lease),
+                }))
             } else {
                 Ok(None)
             }
@@ -505,7 +513,7 @@ pub(crate) async fn run_batch(
             Ok(applied)
         }
         // SQLite projections run together in `run_sqlite_group`.
-        Leader::Lite(_) => Err(StoreError::Corrupt(
+        Leader::Lite { .. } => Err(StoreError::Corrupt(
             "an SQLite lease outside the SQLite group runner".into(),
         )),
     }

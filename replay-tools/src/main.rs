@@ -45,7 +45,9 @@ struct Cli {
         env = "TOOLHUB_DATA_DIR",
         default_value = "./toolhub-data"
     )]
+    /// Where the embedded database lives.
     data_dir: PathBuf,
+    /// What to do.
     #[command(subcommand)]
     command: Command,
 }

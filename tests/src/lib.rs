@@ -246,6 +246,7 @@ pub fn first_error_code(body: &Value) -> String {
 
 /// A graphql-transport-ws client.
 pub struct WsClient {
+    /// The WebSocket, speaking graphql-transport-ws.
     socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
 }
 

@@ -12,9 +12,11 @@ use chrono::{DateTime, Utc};
 use toolhub_domain::{Role, TenantId};
 
 use super::scalars::Json;
-use super::{caller, connection, loaders, page_request, state, wait_for, Consistency};
+use super::{
+    caller, connection, loaders, one, page_request, state, wait_for, Consistency, ReadBack,
+};
 use crate::error::ApiError;
-use crate::read::{ExecutionFilter, ExecutionStepView, ExecutionView};
+use crate::read::{ExecutionFilter, ExecutionStepView, ExecutionView, ReadError, ReadModels};
 use crate::state::AppState;
 
 /// Where an execution stands.
@@ -172,7 +174,9 @@ impl From<ExecutionStepView> for ExecutionStep {
 
 /// Loads the steps of many executions in one query.
 pub struct StepLoader {
+    /// The read models the batch is read from.
     pub(crate) state: Arc<AppState>,
+    /// The caller's tenant: every batch is read within it.
     pub(crate) tenant: TenantId,
 }
 
@@ -211,6 +215,18 @@ pub struct ExecutionFilterInput {
 #[derive(Default)]
 pub struct ExecutionQuery;
 
+impl ReadBack for Execution {
+    const AGGREGATE: &'static str = "execution";
+
+    async fn read_back(
+        read: &ReadModels,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<Self>, ReadError> {
+        Ok(read.execution(tenant, id).await?.map(Execution))
+    }
+}
+
 #[Object]
 impl ExecutionQuery {
     /// The tenant's executions, newest first.
@@ -247,15 +263,6 @@ impl ExecutionQuery {
         id: ID,
         consistency: Option<Consistency>,
     ) -> async_graphql::Result<Option<Execution>> {
-        let caller = caller(ctx, Role::Viewer)?;
-        let state = state(ctx)?;
-        wait_for(state, consistency).await?;
-        let view = state
-            .read
-            .execution(&caller.tenant, &id)
-            .await
-            .map_err(ApiError::from)?
-            .ok_or(ApiError::NotFound)?;
-        Ok(Some(Execution(view)))
+        one::<Execution>(ctx, Role::Viewer, &id, consistency).await
     }
 }

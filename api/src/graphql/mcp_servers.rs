@@ -12,7 +12,9 @@ use toolhub_domain::mcp_server::{McpServerCommand, Transport};
 use toolhub_domain::{CommandTraits, McpServerId, Role, TenantId};
 
 use super::scalars::Json;
-use super::{caller, connection, loaders, page_request, parse_id, state, wait_for, Consistency};
+use super::{
+    caller, connection, loaders, one, page_request, parse_id, state, wait_for, Consistency,
+};
 use super::{execute, written, ReadBack, Written};
 use crate::error::ApiError;
 use crate::read::{McpServerView, McpToolView};
@@ -104,7 +106,9 @@ impl From<McpToolView> for McpTool {
 
 /// Loads the tools of many servers in one query.
 pub struct ToolLoader {
+    /// The read models the batch is read from.
     pub(crate) state: Arc<AppState>,
+    /// The caller's tenant: every batch is read within it.
     pub(crate) tenant: TenantId,
 }
 
@@ -209,16 +213,7 @@ impl McpServerQuery {
         id: ID,
         consistency: Option<Consistency>,
     ) -> async_graphql::Result<Option<McpServer>> {
-        let caller = caller(ctx, Role::Viewer)?;
-        let state = state(ctx)?;
-        wait_for(state, consistency).await?;
-        let view = state
-            .read
-            .mcp_server(&caller.tenant, &id)
-            .await
-            .map_err(ApiError::from)?
-            .ok_or(ApiError::NotFound)?;
-        Ok(Some(McpServer(view)))
+        one::<McpServer>(ctx, Role::Viewer, &id, consistency).await
     }
 }
 

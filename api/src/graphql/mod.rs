@@ -250,6 +250,24 @@ pub(crate) trait ReadBack: Sized {
     ) -> impl std::future::Future<Output = Result<Option<Self>, ReadError>> + Send;
 }
 
+/// One entity by id, for a caller with at least `role`, after waiting for
+/// `consistency`: another tenant's entity, or none, is `NOT_FOUND`.
+pub(crate) async fn one<V: ReadBack>(
+    ctx: &Context<'_>,
+    role: Role,
+    id: &str,
+    consistency: Option<Consistency>,
+) -> async_graphql::Result<Option<V>> {
+    let caller = caller(ctx, role)?;
+    let state = state(ctx)?;
+    wait_for(state, consistency).await?;
+    let entity = V::read_back(&state.read, &caller.tenant, id)
+        .await
+        .map_err(ApiError::from)?
+        .ok_or(ApiError::NotFound)?;
+    Ok(Some(entity))
+}
+
 /// What every mutation answers: the entity's id, its version after the
 /// command, the position of the command's last event, and the entity as the
 /// read models show it once they reach that position (`None` when they did

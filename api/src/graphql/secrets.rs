@@ -14,7 +14,7 @@ use toolhub_eventstore::Committed;
 use zeroize::Zeroizing;
 
 use super::{
-    caller, command_context, connection, page_request, parse_id, state, wait_for, Consistency,
+    caller, command_context, connection, one, page_request, parse_id, state, wait_for, Consistency,
 };
 use super::{execute, written, ReadBack, Written};
 use crate::error::ApiError;
@@ -149,16 +149,7 @@ impl SecretQuery {
         id: ID,
         consistency: Option<Consistency>,
     ) -> async_graphql::Result<Option<Secret>> {
-        let caller = caller(ctx, Role::Editor)?;
-        let state = state(ctx)?;
-        wait_for(state, consistency).await?;
-        let view = state
-            .read
-            .secret(&caller.tenant, &id)
-            .await
-            .map_err(ApiError::from)?
-            .ok_or(ApiError::NotFound)?;
-        Ok(Some(view.into()))
+        one::<Secret>(ctx, Role::Editor, &id, consistency).await
     }
 }
 

@@ -47,15 +47,22 @@ pub struct EventFilterInput {
 /// Follows the tenant's audit entries after a position, in order, in
 /// batches; ends when the server shuts down or the read fails.
 struct Follower {
+    /// The read models and the shared reads.
     state: Arc<AppState>,
+    /// The subscriber's tenant: nothing of another is read.
     tenant: TenantId,
+    /// Which entries the subscriber asked for.
     filter: AuditFilter,
+    /// The position of the last entry delivered: the next read starts after it.
     after: Position,
+    /// Moves when the read models move: the wake-up for the next read.
     projected: tokio::sync::watch::Receiver<Position>,
+    /// Ends the stream when the server stops.
     shutdown: tokio::sync::watch::Receiver<bool>,
     /// Whether the log may hold entries this follower has not read: true
     /// after a wake-up or a full batch, false once a read came back short.
     unread: bool,
+    /// Counts the subscription in the metrics while it lives.
     _guard: SubscriptionGuard,
 }
 

@@ -12,7 +12,9 @@ use toolhub_domain::workflow::WorkflowCommand;
 use toolhub_domain::{Role, TenantId, WorkflowId};
 
 use super::scalars::Json;
-use super::{caller, connection, loaders, page_request, parse_id, state, wait_for, Consistency};
+use super::{
+    caller, connection, loaders, one, page_request, parse_id, state, wait_for, Consistency,
+};
 use super::{execute, written, ReadBack, Written};
 use crate::error::ApiError;
 use crate::read::{Cursor, Page, PageRequest, WorkflowFilter, WorkflowVersionView, WorkflowView};
@@ -100,15 +102,20 @@ impl Workflow {
 /// Which page of which workflow's versions.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct VersionsKey {
+    /// The workflow whose versions are listed.
     workflow_id: String,
+    /// The page size asked for.
     first: u32,
+    /// The cursor to continue after, if any.
     after: Option<String>,
 }
 
 /// Loads pages of versions for many workflows at once: one query per
 /// distinct page request (usually one for the whole list).
 pub struct VersionLoader {
+    /// The read models the batch is read from.
     pub(crate) state: Arc<AppState>,
+    /// The caller's tenant: every batch is read within it.
     pub(crate) tenant: TenantId,
 }
 
@@ -308,16 +315,7 @@ impl WorkflowQuery {
         id: ID,
         consistency: Option<Consistency>,
     ) -> async_graphql::Result<Option<Workflow>> {
-        let caller = caller(ctx, Role::Viewer)?;
-        let state = state(ctx)?;
-        wait_for(state, consistency).await?;
-        let view = state
-            .read
-            .workflow(&caller.tenant, &id)
-            .await
-            .map_err(ApiError::from)?
-            .ok_or(ApiError::NotFound)?;
-        Ok(Some(Workflow(view)))
+        one::<Workflow>(ctx, Role::Viewer, &id, consistency).await
     }
 }
 

@@ -133,7 +133,9 @@ impl WorkflowDefinition {
 
 /// Adjacency lists over node indices, edges in the order given.
 pub(super) struct Graph {
+    /// For each node, the nodes its edges lead to.
     successors: Vec<Vec<usize>>,
+    /// For each node, the nodes whose edges lead to it.
     predecessors: Vec<Vec<usize>>,
 }
 

@@ -396,13 +396,18 @@ impl Serialize for Node {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         #[derive(Serialize)]
         struct Repr<'a> {
+            /// The node's id.
             id: &'a NodeId,
+            /// The node type's name.
             #[serde(rename = "type")]
             node_type: &'static str,
+            /// The display label, omitted when absent.
             #[serde(skip_serializing_if = "Option::is_none")]
             name: Option<&'a str>,
+            /// Where the editor draws it, omitted when absent.
             #[serde(skip_serializing_if = "Option::is_none")]
             position: Option<CanvasPosition>,
+            /// The parameters in the shape users send.
             params: Value,
         }
         Repr {

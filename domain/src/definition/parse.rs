@@ -36,8 +36,11 @@ fn malformed(reason: impl Into<String>) -> DefinitionError {
 
 /// An edge as written, before its label is checked against its source.
 struct RawEdge {
+    /// The source as written.
     from: String,
+    /// The target as written.
     to: String,
+    /// The branch label as written.
     label: Option<String>,
 }
 
@@ -178,7 +181,9 @@ pub(super) fn parse_with(value: &Value, mode: Mode) -> Result<WorkflowDefinition
 /// soon as the limit is passed, so a huge input costs no more than the limit.
 fn fits_in(value: &Value, limit: usize) -> bool {
     struct Counter {
+        /// Bytes counted so far.
         written: usize,
+        /// Where counting stops.
         limit: usize,
     }
     impl std::io::Write for Counter {
@@ -313,8 +318,11 @@ fn parse_node(position: usize, node: &Value, mode: Mode) -> Result<Node, Definit
 
 /// The parameters of one node, with the context needed to report faults.
 struct Params<'a> {
+    /// The node, named in every error.
     id: &'a str,
+    /// The node's `params` object.
     params: &'a Map<String, Value>,
+    /// Whether the rules apply or only the shape.
     mode: Mode,
 }
 

@@ -3,6 +3,7 @@
 
 use super::*;
 use cqrs_es::test::TestFramework;
+use cqrs_es::Aggregate;
 use serde_json::json;
 use uuid::Uuid;
 

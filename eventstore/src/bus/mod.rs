@@ -12,6 +12,7 @@ use std::marker::PhantomData;
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::PersistedEventRepository;
 use cqrs_es::{Aggregate, DomainEvent};
@@ -67,21 +68,30 @@ impl Default for BusOptions {
 }
 
 struct Cached<A> {
+    /// The aggregate's state after its last event.
     state: A,
+    /// The sequence of that event: where the next append goes.
     version: u64,
 }
 
 enum Repo {
+    /// postgres-es, for loading events and snapshots.
     Postgres(PostgresEventRepository),
+    /// sqlite-es, for loading events and snapshots.
     Sqlite(SqliteEventRepository),
 }
 
 /// Executes the commands of one aggregate type.
 pub struct CommandBus<A: AggregateRoot> {
+    /// The log the events go to; announces each commit.
     store: EventStore,
+    /// Loads aggregates (events and snapshots) from the backend.
     repo: Repo,
+    /// Recently used aggregates: a guess, checked by the append's primary key.
     cache: Mutex<LruCache<String, Cached<A>>>,
+    /// Cache size and snapshot interval.
     options: BusOptions,
+    /// The aggregate type this bus serves.
     _aggregate: PhantomData<fn() -> A>,
 }
 
@@ -147,7 +157,13 @@ where
         ctx: &CommandContext,
         expected_version: Option<u64>,
     ) -> Result<Committed, CommandError<A::Error>> {
-        let mut retries = 0;
+        // Spreads the retries of colliding writers apart.
+        let mut backoff = ExponentialBuilder::new()
+            .with_jitter()
+            .with_min_delay(Duration::from_millis(1))
+            .with_max_delay(Duration::from_millis(50))
+            .with_max_times(MAX_RETRIES as usize)
+            .build();
         let mut force_fresh = false;
         loop {
             let (mut state, version, source) = match self.take_cached(id) {
@@ -236,16 +252,13 @@ where
                         force_fresh = true;
                         continue;
                     }
-                    if expected_version.is_some()
-                        || !command.is_retry_safe()
-                        || retries >= MAX_RETRIES
-                    {
-                        return Err(CommandError::Conflict(ConflictKind::LostRace));
-                    }
-                    retries += 1;
-                    // Spread the retries of colliding writers apart.
-                    let jitter = rand::random::<u64>() % (2 * u64::from(retries) + 1);
-                    tokio::time::sleep(Duration::from_millis(jitter)).await;
+                    let delay = match backoff.next() {
+                        Some(delay) if expected_version.is_none() && command.is_retry_safe() => {
+                            delay
+                        }
+                        _ => return Err(CommandError::Conflict(ConflictKind::LostRace)),
+                    };
+                    tokio::time::sleep(delay).await;
                 }
                 Err(AppendError::Store(error)) => return Err(CommandError::Store(error)),
             }

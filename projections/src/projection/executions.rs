@@ -14,21 +14,21 @@ use super::fold::{entity, fold, ids_of, load_rows, of_type, table_row};
 use super::{Projection, Tables};
 
 table_row! {
-    /// A row of `rm_executions`.
-    pub(crate) struct ExecutionRow {
+    /// An execution as it stands now: a row of `rm_executions`.
+    pub struct ExecutionView {
         /// The execution's id.
         id: String = text,
         /// The owning tenant.
         tenant: String = text,
-        /// The sequence of the last event applied.
-        seq: i64 = int,
+        /// The aggregate's version.
+        aggregate_version: u64 = uint as "seq",
         /// The workflow it runs.
         workflow_id: String = text,
-        /// The pinned workflow version.
-        workflow_version: i64 = int,
-        /// Its status, as [`ExecutionStatus::as_str`] spells it.
+        /// The workflow version it is pinned to.
+        workflow_version: u64 = uint,
+        /// `running`, `paused`, `stopping`, `cancelled`, `completed` or `failed`.
         status: String = text,
-        /// What started it.
+        /// `manual`, `cron` or `webhook`.
         trigger: String = text,
         /// The input it was started with.
         input: Value = json,
@@ -38,32 +38,33 @@ table_row! {
         error: Option<String> = opt_text,
         /// Who started it.
         started_by: String = text,
-        /// When.
+        /// When it started.
         started_at: DateTime<Utc> = time,
-        /// When it ended.
+        /// When it reached a terminal status.
         finished_at: Option<DateTime<Utc>> = opt_time,
         /// When it last changed.
         updated_at: DateTime<Utc> = time,
     }
 }
-entity!(ExecutionRow);
+entity!(ExecutionView, aggregate_version);
 
 table_row! {
-    /// A row of `rm_execution_steps`: one attempt of one node.
-    pub(crate) struct StepRow {
-        /// The execution.
+    /// One attempt of one node of an execution: a row of
+    /// `rm_execution_steps`.
+    pub struct ExecutionStepView {
+        /// The execution's id.
         execution_id: String = text,
-        /// The node.
+        /// The node's id in the definition.
         node_id: String = text,
         /// The attempt, from 1.
-        attempt: i64 = int,
+        attempt: u32 = small,
         /// The owning tenant.
         tenant: String = text,
         /// `scheduled`, `running`, `succeeded` or `failed`.
         status: String = text,
-        /// The resolved input, secrets masked.
+        /// The node's input (secret values masked by the engine).
         input: Value = json,
-        /// The output, once succeeded.
+        /// The node's output, once succeeded.
         output: Option<Value> = opt_json,
         /// The error, once failed.
         error: Option<String> = opt_text,
@@ -77,10 +78,10 @@ table_row! {
 }
 
 /// A step's key: execution, node, attempt.
-type StepKey = (String, String, i64);
+type StepKey = (String, String, u32);
 
 /// A step's key.
-fn step_key(step: &StepRow) -> StepKey {
+fn step_key(step: &ExecutionStepView) -> StepKey {
     (
         step.execution_id.clone(),
         step.node_id.clone(),
@@ -89,8 +90,8 @@ fn step_key(step: &StepRow) -> StepKey {
 }
 
 /// A newly scheduled attempt.
-fn new_step(key: StepKey, input: Value, tenant: &str, at: DateTime<Utc>) -> StepRow {
-    StepRow {
+fn new_step(key: StepKey, input: Value, tenant: &str, at: DateTime<Utc>) -> ExecutionStepView {
+    ExecutionStepView {
         execution_id: key.0,
         node_id: key.1,
         attempt: key.2,
@@ -129,9 +130,9 @@ impl Projection for ExecutionsProjection {
             return Ok(());
         }
         let steps_table = tables.name("rm_execution_steps");
-        let mut steps: BTreeMap<StepKey, StepRow> = BTreeMap::new();
+        let mut steps: BTreeMap<StepKey, ExecutionStepView> = BTreeMap::new();
         for r in load_rows(conn, &steps_table, "execution_id", &ids_of(&events)).await? {
-            let step = StepRow::from_row(&r)?;
+            let step = ExecutionStepView::from_row(&r)?;
             steps.insert(step_key(&step), step);
         }
         let mut dirty_steps = BTreeSet::new();
@@ -139,7 +140,7 @@ impl Projection for ExecutionsProjection {
             conn,
             &tables.name("rm_executions"),
             &events,
-            |event, payload: ExecutionEvent, row: Option<&mut ExecutionRow>| {
+            |event, payload: ExecutionEvent, row: Option<&mut ExecutionView>| {
                 let id = &event.aggregate_id;
                 let at = event.recorded_at;
                 let row = match (payload, row) {
@@ -154,12 +155,12 @@ impl Projection for ExecutionsProjection {
                         },
                         _,
                     ) => {
-                        return Ok(Some(ExecutionRow {
+                        return Ok(Some(ExecutionView {
                             id: id.clone(),
                             tenant: tenant.to_string(),
-                            seq: 0,
+                            aggregate_version: 0,
                             workflow_id: workflow_id.to_string(),
-                            workflow_version: workflow_version as i64,
+                            workflow_version,
                             status: ExecutionStatus::Running.as_str().into(),
                             trigger,
                             input,
@@ -176,9 +177,9 @@ impl Projection for ExecutionsProjection {
                 };
                 let (payload, row) = row;
                 let key = |node: &str, attempt: u32| -> StepKey {
-                    (id.clone(), node.to_string(), i64::from(attempt))
+                    (id.clone(), node.to_string(), attempt)
                 };
-                let finish = |row: &mut ExecutionRow, status: ExecutionStatus| {
+                let finish = |row: &mut ExecutionView, status: ExecutionStatus| {
                     row.status = status.as_str().into();
                     row.finished_at = Some(at);
                 };
@@ -269,14 +270,17 @@ impl Projection for ExecutionsProjection {
         let step_upserts = dirty_steps
             .iter()
             .filter_map(|key| steps.remove(key))
-            .map(StepRow::into_args)
+            .map(ExecutionStepView::into_args)
             .collect();
         insert_rows(
             conn,
             &steps_table,
-            StepRow::COLUMNS,
+            ExecutionStepView::COLUMNS,
             step_upserts,
-            &upsert_tail(&["execution_id", "node_id", "attempt"], StepRow::COLUMNS),
+            &upsert_tail(
+                &["execution_id", "node_id", "attempt"],
+                ExecutionStepView::COLUMNS,
+            ),
         )
         .await?;
         Ok(())

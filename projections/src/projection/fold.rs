@@ -10,33 +10,37 @@ use serde::de::DeserializeOwned;
 use toolhub_eventstore::sql::{insert_rows, placeholders, upsert_tail, Arg, Conn, Row};
 use toolhub_eventstore::{RecordedEvent, StoreError};
 
-/// Declares the row type of a read-model table: the struct, its column
-/// list (the field names, in order), `from_row` (each field read with the
+/// Declares the row type of a read-model table — which is also the view
+/// the read queries return: the struct, its column list (each field's name,
+/// or the column named after `as`), `from_row` (each field read with the
 /// named [`Row`] accessor) and `into_args` (each field as an [`Arg`]).
-/// Columns are declared once, so a statement, a row and its arguments
-/// cannot disagree.
+/// Columns are declared once, so a statement, a row, its arguments and what
+/// the API shows cannot disagree.
 macro_rules! table_row {
     (
         $(#[$meta:meta])*
-        pub(crate) struct $name:ident {
-            $( $(#[$field_meta:meta])* $field:ident : $ty:ty = $get:ident, )*
+        $vis:vis struct $name:ident {
+            $( $(#[$field_meta:meta])* $field:ident : $ty:ty = $get:ident $(as $column:literal)?, )*
         }
     ) => {
         $(#[$meta])*
-        #[derive(Debug, Clone)]
-        pub(crate) struct $name {
-            $( $(#[$field_meta])* pub(crate) $field: $ty, )*
+        #[derive(Debug, Clone, PartialEq)]
+        $vis struct $name {
+            $( $(#[$field_meta])* pub $field: $ty, )*
         }
 
         impl $name {
             /// The table's columns, in the order of the fields.
-            pub(crate) const COLUMNS: &'static [&'static str] = &[$(stringify!($field)),*];
+            pub(crate) const COLUMNS: &'static [&'static str] =
+                &[$( $crate::projection::fold::column!($field $(, $column)?) ),*];
 
             /// Reads a row selected with every column.
             pub(crate) fn from_row(
                 r: &toolhub_eventstore::sql::Row,
             ) -> Result<Self, toolhub_eventstore::StoreError> {
-                Ok(Self { $( $field: r.$get(stringify!($field))?, )* })
+                Ok(Self {
+                    $( $field: r.$get($crate::projection::fold::column!($field $(, $column)?))?, )*
+                })
             }
 
             /// The row's values, in the order of [`Self::COLUMNS`].
@@ -54,6 +58,17 @@ macro_rules! table_row {
         }
     };
 }
+
+/// A field's column: its own name, or the one given.
+macro_rules! column {
+    ($field:ident) => {
+        stringify!($field)
+    };
+    ($field:ident, $column:literal) => {
+        $column
+    };
+}
+pub(crate) use column;
 pub(crate) use table_row;
 
 /// A row type declared with [`table_row!`], for code generic over tables
@@ -80,10 +95,10 @@ pub(crate) trait Entity: Sized {
     fn set_seq(&mut self, seq: i64);
 }
 
-/// Implements [`Entity`] for a [`table_row!`] type with `id` and `seq`
-/// fields.
+/// Implements [`Entity`] for a [`table_row!`] type with an `id` field and
+/// the named field for the `seq` column.
 macro_rules! entity {
-    ($name:ident) => {
+    ($name:ident, $seq:ident) => {
         impl $crate::projection::fold::Entity for $name {
             const COLUMNS: &'static [&'static str] = $name::COLUMNS;
             fn from_row(
@@ -98,10 +113,10 @@ macro_rules! entity {
                 &self.id
             }
             fn seq(&self) -> i64 {
-                self.seq
+                self.$seq.min(i64::MAX as u64) as i64
             }
             fn set_seq(&mut self, seq: i64) {
-                self.seq = seq;
+                self.$seq = seq.max(0) as u64;
             }
         }
     };

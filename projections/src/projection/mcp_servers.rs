@@ -16,27 +16,29 @@ use super::{Projection, Tables};
 use crate::redact::redact_transport;
 
 table_row! {
-    /// A row of `rm_mcp_servers`.
-    pub(crate) struct McpServerRow {
+    /// An MCP server's configuration and health: a row of `rm_mcp_servers`.
+    pub struct McpServerView {
         /// The server's id.
         id: String = text,
         /// The owning tenant.
         tenant: String = text,
-        /// The sequence of the last event applied.
-        seq: i64 = int,
-        /// The name `mcp_tool` nodes refer to.
+        /// The aggregate's version.
+        aggregate_version: u64 = uint as "seq",
+        /// The name workflows refer to it by.
         name: String = text,
-        /// How to reach it, literal credentials redacted.
+        /// The transport (`{"kind": "stdio", …}` or `{"kind":
+        /// "streamable_http", …}`), with literal environment and header
+        /// values redacted (values that reference secrets are kept).
         transport: Value = json,
-        /// Whether executions may use it.
+        /// Whether the engine may call it.
         enabled: bool = bool,
-        /// Whether it was deregistered.
+        /// Whether it was deregistered; queries skip these.
         deregistered: bool = bool,
-        /// The last health check's verdict.
+        /// The latest health check: healthy or not.
         healthy: Option<bool> = opt_bool,
-        /// The last health check's latency.
-        latency_ms: Option<i64> = opt_int,
-        /// The last health check's detail.
+        /// The latest health check's latency.
+        latency_ms: Option<u64> = opt_uint,
+        /// The latest health check's detail.
         health_detail: Option<String> = opt_text,
         /// When it was last checked.
         checked_at: Option<DateTime<Utc>> = opt_time,
@@ -46,20 +48,20 @@ table_row! {
         updated_at: DateTime<Utc> = time,
     }
 }
-entity!(McpServerRow);
+entity!(McpServerView, aggregate_version);
 
 table_row! {
-    /// A row of `rm_mcp_tools`: one tool of one server.
-    pub(crate) struct ToolRow {
-        /// The server.
+    /// A tool an MCP server advertises: a row of `rm_mcp_tools`.
+    pub struct McpToolView {
+        /// The server's id.
         server_id: String = text,
         /// The tool's name.
         name: String = text,
         /// The owning tenant.
         tenant: String = text,
-        /// What the tool does.
+        /// Its description.
         description: Option<String> = opt_text,
-        /// The JSON Schema of its arguments.
+        /// Its input JSON schema.
         input_schema: Value = json,
     }
 }
@@ -100,7 +102,7 @@ impl Projection for McpServersProjection {
             conn,
             &tables.name("rm_mcp_servers"),
             &events,
-            |event, payload: McpServerEvent, row: Option<&mut McpServerRow>| {
+            |event, payload: McpServerEvent, row: Option<&mut McpServerView>| {
                 let id = &event.aggregate_id;
                 let at = event.recorded_at;
                 let row = match (payload, row) {
@@ -112,10 +114,10 @@ impl Projection for McpServersProjection {
                         },
                         _,
                     ) => {
-                        return Ok(Some(McpServerRow {
+                        return Ok(Some(McpServerView {
                             id: id.clone(),
                             tenant: tenant.to_string(),
-                            seq: 0,
+                            aggregate_version: 0,
                             name,
                             transport: redacted_transport(&transport)?,
                             enabled: true,
@@ -139,7 +141,7 @@ impl Projection for McpServersProjection {
                                 let list = discovered
                                     .into_iter()
                                     .map(|t| {
-                                        ToolRow {
+                                        McpToolView {
                                             server_id: id.clone(),
                                             name: t.name,
                                             tenant: row.tenant.clone(),
@@ -157,7 +159,7 @@ impl Projection for McpServersProjection {
                                 detail,
                             } => {
                                 row.healthy = Some(healthy);
-                                row.latency_ms = Some(latency_ms.min(i64::MAX as u64) as i64);
+                                row.latency_ms = Some(latency_ms);
                                 row.health_detail = detail;
                                 row.checked_at = Some(at);
                             }
@@ -192,9 +194,9 @@ impl Projection for McpServersProjection {
         insert_rows(
             conn,
             &tools_table,
-            ToolRow::COLUMNS,
+            McpToolView::COLUMNS,
             tools.into_values().flatten().collect(),
-            &upsert_tail(&["server_id", "name"], ToolRow::COLUMNS),
+            &upsert_tail(&["server_id", "name"], McpToolView::COLUMNS),
         )
         .await?;
         Ok(())

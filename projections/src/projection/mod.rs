@@ -22,13 +22,13 @@ mod workflows;
 pub use audit::AuditProjection;
 pub(crate) use audit::AuditRow;
 pub use executions::ExecutionsProjection;
-pub(crate) use executions::{ExecutionRow, StepRow};
+pub use executions::{ExecutionStepView, ExecutionView};
 pub use mcp_servers::McpServersProjection;
-pub(crate) use mcp_servers::{McpServerRow, ToolRow};
-pub(crate) use secrets::SecretRow;
+pub use mcp_servers::{McpServerView, McpToolView};
+pub use secrets::SecretView;
 pub use secrets::SecretsProjection;
 pub use workflows::WorkflowsProjection;
-pub(crate) use workflows::{VersionRow, WorkflowRow};
+pub use workflows::{WorkflowVersionView, WorkflowView};
 
 /// The table names a projection writes to: the live tables, or the shadow
 /// tables of a rebuild.

@@ -11,31 +11,32 @@ use super::fold::{entity, fold, of_type, table_row};
 use super::{Projection, Tables};
 
 table_row! {
-    /// A row of `rm_secrets`.
-    pub(crate) struct SecretRow {
+    /// A secret's metadata: a row of `rm_secrets`. There is no value field,
+    /// on purpose.
+    pub struct SecretView {
         /// The secret's id.
         id: String = text,
         /// The owning tenant.
         tenant: String = text,
-        /// The sequence of the last event applied.
-        seq: i64 = int,
-        /// The name templates refer to.
+        /// The aggregate's version.
+        aggregate_version: u64 = uint as "seq",
+        /// The name used in `{{secrets.NAME}}`.
         name: String = text,
-        /// What it is for.
+        /// The description.
         description: String = text,
         /// How many times the value was rotated.
-        rotation_count: i64 = int,
-        /// Whether it was deleted (its key destroyed).
+        rotation_count: u32 = small,
+        /// Whether it was deleted (its key destroyed); queries skip these.
         deleted: bool = bool,
         /// Who created it.
         created_by: String = text,
-        /// When.
+        /// When it was created.
         created_at: DateTime<Utc> = time,
         /// When it last changed.
         updated_at: DateTime<Utc> = time,
     }
 }
-entity!(SecretRow);
+entity!(SecretView, aggregate_version);
 
 /// Secrets' metadata: never a value, sealed or not.
 pub struct SecretsProjection;
@@ -64,7 +65,7 @@ impl Projection for SecretsProjection {
             conn,
             &tables.name("rm_secrets"),
             &events,
-            |event, payload: SecretEvent, row: Option<&mut SecretRow>| {
+            |event, payload: SecretEvent, row: Option<&mut SecretView>| {
                 let at = event.recorded_at;
                 let row = match (payload, row) {
                     (
@@ -76,10 +77,10 @@ impl Projection for SecretsProjection {
                         },
                         _,
                     ) => {
-                        return Ok(Some(SecretRow {
+                        return Ok(Some(SecretView {
                             id: event.aggregate_id.clone(),
                             tenant: tenant.to_string(),
-                            seq: 0,
+                            aggregate_version: 0,
                             name,
                             description,
                             rotation_count: 0,
@@ -94,7 +95,7 @@ impl Projection for SecretsProjection {
                         match payload {
                             SecretEvent::SecretCreated { .. } => {}
                             SecretEvent::SecretRotated { rotation, .. } => {
-                                row.rotation_count = i64::from(rotation);
+                                row.rotation_count = rotation;
                             }
                             SecretEvent::SecretDescribed { description } => {
                                 row.description = description

@@ -12,54 +12,56 @@ use super::fold::{entity, fold, of_type, table_row};
 use super::{Projection, Tables};
 
 table_row! {
-    /// A row of `rm_workflows`.
-    pub(crate) struct WorkflowRow {
-        /// The workflow's id.
+    /// A workflow as it stands now: a row of `rm_workflows`.
+    pub struct WorkflowView {
+        /// The workflow's id (a UUID).
         id: String = text,
         /// The owning tenant.
         tenant: String = text,
-        /// The sequence of the last event applied.
-        seq: i64 = int,
+        /// The aggregate's version: the sequence of its latest event. This is
+        /// what `expectedVersion` is compared with.
+        aggregate_version: u64 = uint as "seq",
         /// The display name.
         name: String = text,
-        /// What the workflow is for.
+        /// The description.
         description: String = text,
-        /// The current definition.
+        /// The current definition (the JSON shape users send).
         definition: Value = json,
-        /// The current definition's version.
-        version: i64 = int,
-        /// Whether it is archived.
+        /// The current definition version, from 1.
+        version: u64 = uint,
+        /// Whether the workflow is archived.
         archived: bool = bool,
-        /// The triggers, as recorded.
+        /// The triggers (cron schedules, webhooks), as JSON.
         triggers: Value = json,
         /// Who created it.
         created_by: String = text,
-        /// When.
+        /// When it was created.
         created_at: DateTime<Utc> = time,
         /// Who changed it last.
         updated_by: String = text,
-        /// When.
+        /// When it was changed last.
         updated_at: DateTime<Utc> = time,
     }
 }
-entity!(WorkflowRow);
+entity!(WorkflowView, aggregate_version);
 
 table_row! {
-    /// A row of `rm_workflow_versions`: one per definition version.
-    pub(crate) struct VersionRow {
-        /// The workflow.
+    /// One version of a workflow's definition: a row of
+    /// `rm_workflow_versions`.
+    pub struct WorkflowVersionView {
+        /// The workflow's id.
         workflow_id: String = text,
-        /// The definition version.
-        version: i64 = int,
+        /// The definition version, from 1.
+        version: u64 = uint,
         /// The owning tenant.
         tenant: String = text,
-        /// The definition of this version.
+        /// The full definition of this version.
         definition: Value = json,
-        /// The comment given with the change.
+        /// The comment given with the change, if any.
         comment: Option<String> = opt_text,
         /// For a revert, the version it copied.
-        reverted_from: Option<i64> = opt_int,
-        /// Who made it.
+        reverted_from: Option<u64> = opt_uint,
+        /// Who made this version.
         actor: String = text,
         /// When.
         recorded_at: DateTime<Utc> = time,
@@ -94,18 +96,18 @@ impl Projection for WorkflowsProjection {
             conn,
             &tables.name("rm_workflows"),
             &events,
-            |event, payload: WorkflowEvent, row: Option<&mut WorkflowRow>| {
+            |event, payload: WorkflowEvent, row: Option<&mut WorkflowView>| {
                 let actor = &event.metadata.actor;
                 let at = event.recorded_at;
-                let mut version_of = |row: &WorkflowRow, comment, from: Option<u64>| {
+                let mut version_of = |row: &WorkflowView, comment, from: Option<u64>| {
                     versions.push(
-                        VersionRow {
+                        WorkflowVersionView {
                             workflow_id: row.id.clone(),
                             version: row.version,
                             tenant: row.tenant.clone(),
                             definition: row.definition.clone(),
                             comment,
-                            reverted_from: from.map(|v| v as i64),
+                            reverted_from: from,
                             actor: actor.clone(),
                             recorded_at: at,
                         }
@@ -122,10 +124,10 @@ impl Projection for WorkflowsProjection {
                         },
                         _,
                     ) => {
-                        let row = WorkflowRow {
+                        let row = WorkflowView {
                             id: event.aggregate_id.clone(),
                             tenant: tenant.to_string(),
-                            seq: 0,
+                            aggregate_version: 0,
                             name,
                             description,
                             definition: serde_json::to_value(&definition)?,
@@ -149,7 +151,7 @@ impl Projection for WorkflowsProjection {
                                 definition,
                                 comment,
                             } => {
-                                row.version = version as i64;
+                                row.version = version;
                                 row.definition = serde_json::to_value(&definition)?;
                                 version_of(row, comment, None);
                             }
@@ -159,7 +161,7 @@ impl Projection for WorkflowsProjection {
                                 definition,
                                 comment,
                             } => {
-                                row.version = version as i64;
+                                row.version = version;
                                 row.definition = serde_json::to_value(&definition)?;
                                 version_of(row, comment, Some(from_version));
                             }
@@ -182,7 +184,7 @@ impl Projection for WorkflowsProjection {
         insert_rows(
             conn,
             &tables.name("rm_workflow_versions"),
-            VersionRow::COLUMNS,
+            WorkflowVersionView::COLUMNS,
             versions,
             "ON CONFLICT (workflow_id, version) DO NOTHING",
         )

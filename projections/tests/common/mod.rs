@@ -1,8 +1,6 @@
 //! Shared fixtures for the read-side tests: a log with every kind of event,
 //! and a row-by-row dump of the read-model tables.
 
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;

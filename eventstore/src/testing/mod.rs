@@ -4,6 +4,8 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`. A missing server is a test
 //! failure with a message that says how to start one, never a skipped test.
 
+pub mod counter;
+
 use std::path::PathBuf;
 
 use sqlx::Connection;
@@ -19,13 +21,25 @@ pub fn admin_url() -> String {
 
 /// A database that exists for one test.
 pub struct TestDb {
+    /// The database's URL.
     url: String,
+    /// What to remove when the test ends.
     kind: Kind,
 }
 
 enum Kind {
-    Postgres { admin: String, name: String },
-    Sqlite { dir: PathBuf },
+    /// A database on the shared server, dropped through the admin URL.
+    Postgres {
+        /// The server's URL (its `postgres` database).
+        admin: String,
+        /// The test database's name.
+        name: String,
+    },
+    /// A file in a directory of its own, removed with it.
+    Sqlite {
+        /// The directory.
+        dir: PathBuf,
+    },
 }
 
 fn with_database(url: &str, name: &str) -> String {

@@ -1,8 +1,6 @@
 //! A small aggregate for exercising the event store without depending on the
 //! shape of the domain's aggregates.
 
-#![allow(dead_code)]
-
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
@@ -11,36 +9,49 @@ use toolhub_domain::{AggregateRoot, CommandTraits, Role, TenantId};
 /// A counter that belongs to a tenant.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Counter {
+    /// The owner, once created.
     pub tenant: Option<TenantId>,
+    /// The sum of every amount added.
     pub value: i64,
+    /// How many additions were applied.
     pub adds: u64,
 }
 
+/// What a counter can be asked.
 #[derive(Debug, Clone)]
 pub enum CounterCommand {
+    /// Creates the counter for a tenant.
     Create {
+        /// The owner.
         tenant: TenantId,
     },
     /// Adds `amount`; `retry_safe` says whether the bus may retry it.
     Add {
+        /// How much.
         amount: i64,
+        /// Whether the bus may decide again after losing a race.
         retry_safe: bool,
     },
     /// Appends one event per amount, atomically.
     AddMany {
+        /// One event each.
         amounts: Vec<i64>,
     },
     /// Changes nothing.
     Touch,
 }
 
+/// What happened to a counter.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum CounterEvent {
+    /// It was created.
     Created {
+        /// The owner.
         tenant: TenantId,
     },
     /// Version 2.0; version 1.0 called the field `n`.
     Added {
+        /// How much.
         amount: i64,
     },
 }
@@ -61,10 +72,13 @@ impl DomainEvent for CounterEvent {
     }
 }
 
+/// Why a counter refused a command.
 #[derive(Debug, PartialEq, thiserror::Error)]
 pub enum CounterError {
+    /// Create on an existing counter.
     #[error("counter already exists")]
     AlreadyExists,
+    /// Anything else before Create.
     #[error("counter not found")]
     NotFound,
 }
@@ -147,6 +161,7 @@ impl CommandTraits for CounterCommand {
     }
 }
 
+/// A tenant id from a name known to be valid.
 pub fn tenant(name: &str) -> TenantId {
     TenantId::parse(name).expect("a valid tenant")
 }
