@@ -4,7 +4,7 @@
 
 use crate::error::{is_unique_violation, StoreError};
 use crate::position::Position;
-use crate::sql::{insert_rows, Arg, Conn, Pooled, Tx};
+use crate::sql::{fetch, insert_rows, Arg, Conn, Pooled, Tx};
 use crate::store::Db;
 
 /// One event ready to insert: serialised once, so a retry after a lost race
@@ -77,6 +77,9 @@ pub(crate) async fn append(
         let mut conn = Pooled::acquire(db).await?;
         return Ok(insert_events(&mut conn.conn(), aggregate_type, events).await?);
     }
+    if let (Db::Postgres(_), [event], [update]) = (db, events.as_slice(), names) {
+        return append_naming_in_one_statement(db, aggregate_type, event, update).await;
+    }
     let mut tx = Tx::begin(db).await?;
     let position = insert_events(&mut tx.conn(), aggregate_type, events).await?;
     for update in names {
@@ -113,6 +116,65 @@ pub(crate) async fn append(
     }
     tx.commit().await?;
     Ok(position)
+}
+
+/// The name claims table's primary key: a violation of it means another
+/// aggregate holds the name.
+const CLAIM_KEY: &str = "name_claims_pkey";
+
+/// On PostgreSQL, the usual case — one event that claims or releases one
+/// name (a creation, a deletion) — is one autocommitted statement: the
+/// claim or release is a data-modifying `WITH` in front of the event's
+/// `INSERT`, so both commit or neither does, in one round trip instead of
+/// the four of a transaction. A unique violation names its constraint: the
+/// claim's primary key means the name is taken; anything else (the events'
+/// key, or the holder index when the aggregate already holds a name) means
+/// the aggregate moved.
+async fn append_naming_in_one_statement(
+    db: &Db,
+    aggregate_type: &str,
+    event: &NewEvent,
+    update: &NameUpdate,
+) -> Result<Position, AppendError> {
+    let (with, name_args): (&str, Vec<Arg>) = match &update.claim {
+        Some(name) => (
+            "WITH claim AS (INSERT INTO name_claims (tenant, aggregate_type, name, aggregate_id) \
+             VALUES ($8, $1, $9, $2))",
+            vec![update.tenant.as_str().into(), name.as_str().into()],
+        ),
+        None => (
+            "WITH released AS (DELETE FROM name_claims \
+             WHERE aggregate_type = $1 AND aggregate_id = $2)",
+            Vec::new(),
+        ),
+    };
+    let sql = format!(
+        "{with} INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, \
+         event_version, payload, metadata) VALUES ($1, $2, $3, $4, $5, $6::json, $7::json) \
+         RETURNING CAST(transaction_id AS TEXT) AS tx, global_position"
+    );
+    let mut args = vec![
+        Arg::from(aggregate_type),
+        update.aggregate_id.as_str().into(),
+        event.sequence.into(),
+        event.event_type.as_str().into(),
+        event.event_version.as_str().into(),
+        Arg::JsonText(Some(event.payload.clone())),
+        Arg::JsonText(Some(event.metadata.clone())),
+    ];
+    args.extend(name_args);
+    match fetch(db, &sql, &args).await {
+        Ok(rows) => match rows.first() {
+            Some(row) => Ok(row.position("tx", "global_position")?),
+            None => Err(StoreError::Corrupt("an append returned no position".into()).into()),
+        },
+        Err(StoreError::Database(sqlx::Error::Database(error)))
+            if error.is_unique_violation() && error.constraint() == Some(CLAIM_KEY) =>
+        {
+            Err(AppendError::NameTaken)
+        }
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// Inserts the events in one statement and returns the last one's position.
