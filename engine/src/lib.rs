@@ -8,3 +8,4 @@
 
 pub mod egress;
 pub mod failure;
+pub mod http;
