@@ -9,3 +9,4 @@
 pub mod egress;
 pub mod failure;
 pub mod http;
+pub mod template;
