@@ -9,4 +9,5 @@
 pub mod egress;
 pub mod failure;
 pub mod http;
+pub mod mask;
 pub mod template;
