@@ -12,7 +12,11 @@
 //! ```
 //!
 //! A node id that is not a CEL identifier (ids may contain `-` or start
-//! with a digit) is reached by index: `nodes["my-node"]`.
+//! with a digit) is reached by index: `nodes["my-node"]`. Only the outputs
+//! of nodes whose ids appear in the expression's text are handed in (and
+//! `input` only when the text mentions it), so a key computed at run time
+//! (`nodes[input.which]`) finds nothing, and `size(nodes)` counts the named
+//! nodes that have run.
 //!
 //! CEL is not Turing-complete and has no I/O: an expression can read its two
 //! variables and nothing else, and always terminates. It has no cost budget
@@ -719,6 +723,11 @@ mod tests {
         );
         assert_eq!(
             evaluate_condition("nodes.fetch.status == 200", &input(), &many),
+            Ok(true)
+        );
+        // Four nodes have run; the expression names one.
+        assert_eq!(
+            evaluate_condition("'fetch' in nodes && size(nodes) == 1", &input(), &many),
             Ok(true)
         );
     }
