@@ -5,4 +5,27 @@
 //!
 //! The engine is the only place a secret value is ever unsealed, and only at
 //! the moment of use. It never writes read models and never speaks GraphQL.
-//! Nothing is implemented here yet: the engine lands with its own issue.
+//!
+//! # Modules
+//!
+//! - [`failure`]: [`StepFailure`](failure::StepFailure), how every node
+//!   executor reports a failed step and whether retrying may help.
+//! - [`egress`]: the egress policy against server-side request forgery, and
+//!   the one `reqwest::Client` that enforces it for `http` nodes and
+//!   Streamable-HTTP MCP servers.
+//! - [`http`]: the `http` node executor.
+//! - [`template`]: resolving `{{…}}` templates in node parameters at run
+//!   time, and which secrets a step used.
+//! - [`mask`]: what is hidden from step inputs, outputs and error messages
+//!   before they are recorded (secret values, and personal data by path and
+//!   by detector).
+//! - [`expr`]: the `condition` node's expression language (CEL).
+//!
+//! See `docs/engine.md` for the rules these modules implement.
+
+pub mod egress;
+pub mod expr;
+pub mod failure;
+pub mod http;
+pub mod mask;
+pub mod template;
