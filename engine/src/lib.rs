@@ -6,3 +6,5 @@
 //! The engine is the only place a secret value is ever unsealed, and only at
 //! the moment of use. It never writes read models and never speaks GraphQL.
 //! Nothing is implemented here yet: the engine lands with its own issue.
+
+pub mod mcp;
