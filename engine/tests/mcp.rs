@@ -503,6 +503,37 @@ async fn two_calls_reuse_one_child_process() {
 }
 
 #[tokio::test]
+async fn callers_arriving_together_share_one_process() {
+    let pool = pool();
+    let target = target(everything_over_stdio(&[]));
+    let calls = (0..4).map(|i| {
+        let pool = pool.clone();
+        let target = target.clone();
+        tokio::spawn(async move { echo(&pool, &target, &format!("caller {i}")).await })
+    });
+    for (i, call) in calls.collect::<Vec<_>>().into_iter().enumerate() {
+        assert_eq!(call.await.unwrap().unwrap(), format!("Echo: caller {i}"));
+    }
+    assert_eq!(pool.stats().spawned, 1, "{:?}", pool.stats());
+    pool.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_tenants_never_share_a_connection_to_the_same_server() {
+    let pool = pool();
+    let ours = target(everything_over_stdio(&[]));
+    let theirs = McpTarget {
+        tenant: TenantId::parse("globex").unwrap(),
+        ..ours.clone()
+    };
+    echo(&pool, &ours, "ours").await.unwrap();
+    echo(&pool, &theirs, "theirs").await.unwrap();
+    let stats = pool.stats();
+    assert_eq!((stats.spawned, stats.open), (2, 2), "{stats:?}");
+    pool.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_killed_child_is_restarted_on_the_next_call() {
     let pool = pool();
     let target = target(everything_over_stdio(&[]));
