@@ -64,6 +64,8 @@ const RESERVED_HEADERS: [&str; 4] = [
     "last-event-id",
 ];
 
+/// An initialized rmcp client session; the handler is just the client's
+/// description, since the engine answers no server requests.
 type ClientService = RunningService<RoleClient, ClientConfig>;
 
 /// Why a request on an open connection failed.
@@ -80,6 +82,7 @@ pub(crate) enum RequestFailure {
 }
 
 impl RequestFailure {
+    /// The error the caller sees when the pool does not try again.
     pub(crate) fn into_error(self) -> McpCallError {
         match self {
             Self::NotSent(detail) | Self::Lost(detail) => McpCallError::ConnectionLost { detail },
@@ -126,6 +129,7 @@ impl Connection {
         }
     }
 
+    /// Spawns the command with a minimal environment and initializes.
     async fn open_stdio(
         command: &str,
         args: &[String],
@@ -180,6 +184,7 @@ impl Connection {
         Ok(Self::from_service(service, pid, redactor, ended, tail))
     }
 
+    /// Opens a Streamable HTTP session with the caller's client and headers.
     async fn open_http(
         url: &str,
         headers: &std::collections::BTreeMap<String, String>,
@@ -230,6 +235,7 @@ impl Connection {
         Ok(Self::from_service(service, None, redactor, ended, None))
     }
 
+    /// Wraps a session that has completed `initialize`.
     fn from_service(
         service: ClientService,
         pid: Option<u32>,
@@ -429,6 +435,7 @@ impl Connection {
         let _ = tokio::time::timeout(CANCEL_SEND_WAIT, send).await;
     }
 
+    /// Sorts an rmcp failure by what it says about delivery.
     fn classify(&self, error: ServiceError) -> RequestFailure {
         match error {
             ServiceError::McpError(data) => RequestFailure::Failed(McpCallError::Rejected {
@@ -455,6 +462,8 @@ impl Connection {
         }
     }
 
+    /// A protocol error naming the fields of an answer of the wrong kind (not
+    /// their values, which may hold anything).
     fn unexpected(&self, method: &str, answer: &ServerResult) -> RequestFailure {
         let kind = match serde_json::to_value(answer) {
             Ok(Value::Object(object)) => {
@@ -481,6 +490,7 @@ fn client_config() -> ClientConfig {
     .with_protocol_version(ProtocolVersion::LATEST_WITH_INITIALIZE)
 }
 
+/// A `tools/list` request for the page at `cursor`.
 fn list_tools_request(cursor: Option<String>) -> ClientRequest {
     ClientRequest::ListToolsRequest(ListToolsRequest {
         method: Default::default(),
@@ -489,6 +499,7 @@ fn list_tools_request(cursor: Option<String>) -> ClientRequest {
     })
 }
 
+/// A missing program is named as such; anything else keeps the OS's reason.
 fn spawn_error(command: &str, error: &std::io::Error) -> McpCallError {
     if error.kind() == std::io::ErrorKind::NotFound {
         McpCallError::CommandNotFound {
@@ -502,6 +513,7 @@ fn spawn_error(command: &str, error: &std::io::Error) -> McpCallError {
     }
 }
 
+/// Why a stdio server failed to initialize.
 fn stdio_initialize_error(
     error: ClientInitializeError,
     stderr: Option<String>,
@@ -522,6 +534,7 @@ fn stdio_initialize_error(
     }
 }
 
+/// Why a Streamable HTTP server failed to initialize.
 fn http_initialize_error(error: ClientInitializeError, redactor: &Redactor) -> McpCallError {
     match &error {
         ClientInitializeError::TransportError { error: inner, .. } => {
@@ -552,6 +565,7 @@ enum HttpFailure {
     Refused,
 }
 
+/// Sorts an HTTP failure into "may pass" and "will not".
 fn http_failure(error: &(dyn std::error::Error + 'static)) -> HttpFailure {
     if let Some(error) = reqwest_error_in(error) {
         if error.is_connect() || error.is_timeout() || error.is_request() || error.is_body() {
@@ -582,6 +596,7 @@ fn http_failure(error: &(dyn std::error::Error + 'static)) -> HttpFailure {
     HttpFailure::Refused
 }
 
+/// 429 and 5xx say "later"; other statuses are answers.
 fn status_failure(status: u16) -> HttpFailure {
     if status == 429 || status >= 500 {
         HttpFailure::Unreachable

@@ -22,6 +22,7 @@ pub(crate) struct EndWatch<T> {
 }
 
 impl<T> EndWatch<T> {
+    /// Watches `inner`; `ended` is cancelled when its session ends.
     pub(crate) fn new(inner: T, ended: CancellationToken) -> Self {
         Self { inner, ended }
     }

@@ -145,6 +145,7 @@ fn seconds(duration: Duration) -> String {
     }
 }
 
+/// `; its stderr ended with: …`, or nothing.
 fn detail_suffix(detail: &Option<String>) -> String {
     match detail {
         Some(detail) => format!("; its stderr ended with: {detail}"),

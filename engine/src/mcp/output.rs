@@ -96,6 +96,7 @@ impl McpTool {
         self.read_only || self.idempotent
     }
 
+    /// Converts rmcp's tool description, applying the hints' defaults.
     pub(crate) fn from_tool(tool: Tool) -> Self {
         let annotations = tool.annotations.as_ref();
         let hint = |pick: fn(&rmcp::model::ToolAnnotations) -> Option<bool>, default: bool| {

@@ -120,26 +120,43 @@ impl std::fmt::Debug for McpPool {
 /// fresh connection.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct PoolKey {
+    /// Keeps tenants apart even if two ever referred to the same server id.
     tenant: TenantId,
+    /// The server aggregate.
     server: McpServerId,
+    /// The resolved configuration, values included: a rotated secret or a new
+    /// argument must not reuse a session made with the old ones.
     config: ConfigDigest,
 }
 
+/// The pool's shared state.
 struct Inner {
+    /// Cap, idle timeout and initialize bound.
     config: McpPoolConfig,
     /// The egress-checked client every Streamable HTTP session uses.
     http: reqwest::Client,
+    /// One slot per key. A plain mutex: it is held only for map operations,
+    /// never across an await.
     slots: Mutex<HashMap<PoolKey, Arc<Slot>>>,
+    /// Starts the idle reaper once, on first use.
     reaper: std::sync::Once,
+    /// Counter behind [`McpPoolStats::spawned`].
     spawned: AtomicU64,
+    /// Counter behind [`McpPoolStats::connected`].
     connected: AtomicU64,
+    /// Counter behind [`McpPoolStats::restarted`].
     restarted: AtomicU64,
+    /// Counter behind [`McpPoolStats::closed_idle`].
     closed_idle: AtomicU64,
+    /// Counter behind [`McpPoolStats::evicted`].
     evicted: AtomicU64,
+    /// Counter behind [`McpPoolStats::replaced`].
     replaced: AtomicU64,
 }
 
+/// Everything the pool holds for one key.
 struct Slot {
+    /// The key, to find the slot again in the map.
     key: PoolKey,
     /// The current connection, if any; dead ones stay until replaced.
     connection: Mutex<Option<Arc<Connection>>>,
@@ -148,10 +165,13 @@ struct Slot {
     /// Callers holding the slot. Only raised under the pool's map lock, so
     /// that a slot seen idle there cannot be leased while it is being closed.
     leases: AtomicUsize,
+    /// When a caller last took or released the slot: the idle clock and the
+    /// order of eviction.
     last_used: Mutex<Instant>,
 }
 
 impl Slot {
+    /// The current connection, alive or not.
     fn current(&self) -> Option<Arc<Connection>> {
         self.connection.lock().clone()
     }
@@ -160,6 +180,7 @@ impl Slot {
 /// A caller's hold on a slot; released on drop, even when the caller's future
 /// is dropped midway.
 struct Lease {
+    /// The slot held; it stays valid even if the pool drops it meanwhile.
     slot: Arc<Slot>,
 }
 

@@ -66,6 +66,7 @@ impl Redactor {
         Self::from_values(values)
     }
 
+    /// Sorts the values into long and short, dropping empty ones and repeats.
     fn from_values(values: Vec<String>) -> Self {
         let mut long = Vec::new();
         let mut short = Vec::new();

@@ -46,6 +46,7 @@ impl StderrTail {
         tail
     }
 
+    /// Reads until the end of the stream, a line at a time.
     async fn read_all(&self, mut stderr: ChildStderr, label: &str, redactor: &Redactor) {
         let mut chunk = [0u8; 4_096];
         let mut line: Vec<u8> = Vec::with_capacity(256);
@@ -72,6 +73,7 @@ impl StderrTail {
         }
     }
 
+    /// Logs a complete line and keeps it in the tail.
     fn finish_line(&self, raw: &[u8], overflowed: bool, label: &str, redactor: &Redactor) {
         let text = String::from_utf8_lossy(raw);
         let text = text.trim_end_matches('\r');
