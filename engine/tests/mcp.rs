@@ -730,6 +730,32 @@ async fn cancelling_a_long_call_over_stdio_returns_at_once_and_cancels_it_on_the
 }
 
 #[tokio::test]
+async fn a_call_whose_caller_goes_away_is_cancelled_on_the_wire() {
+    let dir = tempfile::tempdir().unwrap();
+    let stdin_log = dir.path().join("stdin.log");
+    let pool = pool();
+    let target = target(everything_with_recorded_stdin(&stdin_log));
+    let read_log = || std::fs::read_to_string(&stdin_log).unwrap_or_default();
+    let call = start_long_operation(&pool, &target, 30, CALL_TIMEOUT, CancellationToken::new());
+    assert!(
+        eventually(Duration::from_secs(20), || read_log()
+            .contains("trigger-long-running-operation"))
+        .await,
+        "the call never reached the server"
+    );
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    assert!(
+        eventually(Duration::from_secs(2), || read_log()
+            .contains("notifications/cancelled"))
+        .await,
+        "no cancellation reached the server"
+    );
+    assert_cancelled_on_the_wire(&read_log(), "trigger-long-running-operation");
+    pool.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_call_that_outlives_its_timeout_is_cancelled_and_reported_as_retryable() {
     let pool = pool();
     let target = target(everything_over_stdio(&[]));

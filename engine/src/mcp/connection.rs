@@ -388,7 +388,10 @@ impl Connection {
             .send_cancellable_request(request, PeerRequestOptions::no_options())
             .await
             .map_err(|error| RequestFailure::NotSent(self.redactor.redact(&describe(&error))))?;
-        let id = handle.id.clone();
+        let mut abandoned = AbandonGuard {
+            peer: self.peer.clone(),
+            id: Some(handle.id.clone()),
+        };
         let response = handle.await_response();
         let cancelled = async {
             match cancel {
@@ -399,14 +402,24 @@ impl Connection {
         tokio::select! {
             // An answer that is already in wins over an end seen at the same time.
             biased;
-            answer = response => answer.map_err(|error| self.classify(error)),
-            () = self.ended.cancelled() => Err(RequestFailure::Lost(self.end_detail().await)),
+            answer = response => {
+                abandoned.disarm();
+                answer.map_err(|error| self.classify(error))
+            }
+            () = self.ended.cancelled() => {
+                abandoned.disarm();
+                Err(RequestFailure::Lost(self.end_detail().await))
+            }
             () = tokio::time::sleep(timeout) => {
-                self.cancel_on_wire(id, "timed out").await;
+                if let Some(id) = abandoned.disarm() {
+                    self.cancel_on_wire(id, "timed out").await;
+                }
                 Err(RequestFailure::Failed(McpCallError::Timeout { timeout }))
             }
             () = cancelled => {
-                self.cancel_on_wire(id, "cancelled by the caller").await;
+                if let Some(id) = abandoned.disarm() {
+                    self.cancel_on_wire(id, "cancelled by the caller").await;
+                }
                 Err(RequestFailure::Failed(McpCallError::Cancelled))
             }
         }
@@ -476,6 +489,42 @@ impl Connection {
         RequestFailure::Failed(McpCallError::Protocol {
             detail: format!("{method} was answered with {kind}"),
         })
+    }
+}
+
+/// Cancels a request on the wire when its caller goes away without an answer:
+/// a dropped call future (an aborted task, a caller's own `select!`) must stop
+/// the tool just as a cancellation does.
+struct AbandonGuard {
+    /// Where to send `notifications/cancelled`.
+    peer: Peer<RoleClient>,
+    /// The request still waiting for its answer; `None` once settled.
+    id: Option<RequestId>,
+}
+
+impl AbandonGuard {
+    /// Settles the request, handing back its id if it was still pending.
+    fn disarm(&mut self) -> Option<RequestId> {
+        self.id.take()
+    }
+}
+
+impl Drop for AbandonGuard {
+    fn drop(&mut self) {
+        let Some(id) = self.id.take() else {
+            return;
+        };
+        // Outside a runtime (a process shutting down) the session is going
+        // away with it, and there is nothing left to cancel.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let peer = self.peer.clone();
+        let params =
+            CancelledNotificationParam::new(Some(id), Some("abandoned by the caller".into()));
+        runtime.spawn(async move {
+            let _ = peer.notify_cancelled(params).await;
+        });
     }
 }
 
