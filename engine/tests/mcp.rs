@@ -786,6 +786,32 @@ async fn a_call_that_outlives_its_timeout_is_cancelled_and_reported_as_retryable
 }
 
 #[tokio::test]
+async fn a_server_that_floods_its_stderr_is_never_blocked_by_it() {
+    // Far more than a pipe holds (64 KiB on Linux), in lines and in one line
+    // without an end; an undrained stderr would stall the server before it
+    // ever answered.
+    let transport = Transport::Stdio {
+        command: "sh".into(),
+        args: vec![
+            "-c".into(),
+            r#"yes "noise on stderr" | head -n 50000 >&2; head -c 300000 /dev/zero | tr '\0' x >&2; exec node "$0" stdio"#
+                .into(),
+            server_everything().display().to_string(),
+        ],
+        env: BTreeMap::new(),
+    };
+    let pool = pool_with(McpPoolConfig {
+        initialize_timeout: Duration::from_secs(20),
+        ..McpPoolConfig::default()
+    });
+    assert_eq!(
+        echo(&pool, &target(transport), "heard").await.unwrap(),
+        "Echo: heard"
+    );
+    pool.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_command_that_does_not_exist_is_a_clear_error_that_is_not_retryable() {
     let pool = pool();
     let error = echo(
