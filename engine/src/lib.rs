@@ -20,6 +20,9 @@
 //!   before they are recorded (secret values, and personal data by path and
 //!   by detector).
 //! - [`expr`]: the `condition` node's expression language (CEL).
+//! - [`mcp`]: the MCP client: a pool of connections to MCP servers (stdio
+//!   child processes and Streamable HTTP), tool listing, calls with
+//!   cancellation on the wire, and health pings.
 //!
 //! See `docs/engine.md` for the rules these modules implement.
 
@@ -27,5 +30,6 @@ pub mod egress;
 pub mod expr;
 pub mod failure;
 pub mod http;
+pub mod mcp;
 pub mod mask;
 pub mod template;
