@@ -14,20 +14,36 @@
 //!
 //! Completed, Cancelled and Failed are terminal: no event follows them.
 //!
-//! Timings are deliberately absent: the event store records when each event
-//! was appended, and that is the step's clock. Inputs and outputs arrive with
-//! secret values already masked by the engine.
+//! The event store records when each event was appended, and that is the
+//! step's clock. The times that matter for what happens next — when a
+//! waiting step wakes, when a retry may start, when the whole run times out —
+//! are in the events themselves, decided by the engine, so that a restart
+//! resumes from the log alone. Inputs and outputs arrive with secret values
+//! already masked by the engine.
+//!
+//! The state keeps what the engine needs to decide the next move (every
+//! step's status, the outputs so far, the input, the breakpoints) — the same
+//! state a debugger shows at any point of the history. [`plan`] reads it
+//! against the workflow's definition.
 
 use crate::common::{AggregateRoot, CommandTraits, Role, TenantId, WorkflowId};
 use crate::definition::NodeId;
+use chrono::{DateTime, Utc};
 use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+pub mod plan;
+
+pub use plan::{branch_taken, final_output, is_idempotent, plan, NodeState, Plan};
+
 /// The triggers an execution may be started by.
-pub const EXECUTION_TRIGGERS: [&str; 3] = ["manual", "cron", "webhook"];
+pub const EXECUTION_TRIGGERS: [&str; 4] = ["manual", "cron", "webhook", "mcp"];
+
+/// The most commands one [`ExecutionCommand::Batch`] may hold.
+pub const MAX_BATCH: usize = 1_000;
 
 /// Where an execution is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -90,6 +106,33 @@ pub enum StepStatus {
     },
 }
 
+/// One attempt of one step, as the state keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepState {
+    /// Where the attempt is.
+    pub status: StepStatus,
+    /// For a retry: the attempt may not start before then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<DateTime<Utc>>,
+    /// For a waiting step (a delay): when it is due to finish.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_at: Option<DateTime<Utc>>,
+    /// Why it failed, once failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl StepState {
+    fn new(status: StepStatus) -> Self {
+        Self {
+            status,
+            not_before: None,
+            wake_at: None,
+            error: None,
+        }
+    }
+}
+
 /// The state of one execution, folded from its events.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Execution {
@@ -102,13 +145,36 @@ pub struct Execution {
     workflow_version: u64,
     /// `None` before start.
     status: Option<ExecutionStatus>,
-    /// The nodes to pause at.
+    /// What the run was started with: templates read it as `{{input…}}`.
+    #[serde(default)]
+    input: Value,
+    /// What started it.
+    #[serde(default)]
+    trigger: String,
+    /// When the whole run times out, if ever.
+    #[serde(default)]
+    deadline: Option<DateTime<Utc>>,
+    /// The nodes to pause before.
     breakpoints: BTreeSet<NodeId>,
+    /// Breakpoints already paused at and resumed past: resuming moves past a
+    /// breakpoint, it does not land on it again.
+    #[serde(default)]
+    passed: BTreeSet<NodeId>,
     /// The breakpoint the execution is paused at, while paused.
     paused_at: Option<NodeId>,
-    /// Every attempt of every step. Inputs and outputs are not kept here:
-    /// no rule needs them, and they live in the events.
-    steps: BTreeMap<NodeId, BTreeMap<u32, StepStatus>>,
+    /// While stepping (resumed with `step`): whether a step finished since,
+    /// after which the run pauses again before the next ready node.
+    #[serde(default)]
+    stepping: Option<bool>,
+    /// Every attempt of every step.
+    steps: BTreeMap<NodeId, BTreeMap<u32, StepState>>,
+    /// The output of each node's succeeded attempt, secrets masked: what
+    /// later templates read as `{{nodes.ID…}}`.
+    #[serde(default)]
+    outputs: BTreeMap<NodeId, Value>,
+    /// Nodes on a branch not taken, recorded as skipped.
+    #[serde(default)]
+    skipped: BTreeSet<NodeId>,
 }
 
 impl Execution {
@@ -127,9 +193,38 @@ impl Execution {
         self.workflow_version
     }
 
-    /// The nodes to pause at.
+    /// The input the run was started with.
+    pub fn input(&self) -> &Value {
+        &self.input
+    }
+
+    /// What started the run.
+    pub fn trigger(&self) -> &str {
+        &self.trigger
+    }
+
+    /// When the whole run times out, if ever.
+    pub fn deadline(&self) -> Option<DateTime<Utc>> {
+        self.deadline
+    }
+
+    /// The nodes to pause before.
     pub fn breakpoints(&self) -> &BTreeSet<NodeId> {
         &self.breakpoints
+    }
+
+    /// Whether the run pauses before `node` when it becomes ready: a
+    /// breakpoint not yet paused at, or any node once a step finished while
+    /// stepping.
+    pub fn pauses_before(&self, node: &str) -> bool {
+        (self.breakpoints.contains(node) && !self.passed.contains(node))
+            || self.stepping == Some(true)
+    }
+
+    /// Whether the run was resumed with `step` and no step finished since:
+    /// the ready nodes run, breakpoints or not.
+    pub fn is_stepping_into(&self) -> bool {
+        self.stepping == Some(false)
     }
 
     /// The breakpoint the execution is paused at, while paused.
@@ -139,13 +234,39 @@ impl Execution {
 
     /// The status of one attempt of one step.
     pub fn step(&self, node_id: &str, attempt: u32) -> Option<StepStatus> {
-        self.steps.get(node_id)?.get(&attempt).copied()
+        Some(self.steps.get(node_id)?.get(&attempt)?.status)
     }
 
     /// The latest attempt of a step and its status.
     pub fn latest_attempt(&self, node_id: &str) -> Option<(u32, StepStatus)> {
-        let (attempt, status) = self.steps.get(node_id)?.last_key_value()?;
-        Some((*attempt, *status))
+        let (attempt, step) = self.steps.get(node_id)?.last_key_value()?;
+        Some((*attempt, step.status))
+    }
+
+    /// The latest attempt of a step, with when it may start or wakes.
+    pub fn latest_step(&self, node_id: &str) -> Option<(u32, &StepState)> {
+        let (attempt, step) = self.steps.get(node_id)?.last_key_value()?;
+        Some((*attempt, step))
+    }
+
+    /// The output of a node's succeeded attempt.
+    pub fn output(&self, node_id: &str) -> Option<&Value> {
+        self.outputs.get(node_id)
+    }
+
+    /// Every succeeded node's output.
+    pub fn outputs(&self) -> &BTreeMap<NodeId, Value> {
+        &self.outputs
+    }
+
+    /// Whether the node was skipped (a branch not taken).
+    pub fn is_skipped(&self, node_id: &str) -> bool {
+        self.skipped.contains(node_id)
+    }
+
+    /// The nodes skipped so far.
+    pub fn skipped(&self) -> &BTreeSet<NodeId> {
+        &self.skipped
     }
 }
 
@@ -163,10 +284,12 @@ pub enum ExecutionCommand {
         workflow_version: u64,
         /// The input, available to templates as `{{input}}`.
         input: Value,
-        /// What started it: `manual`, `cron` or `webhook`.
+        /// What started it: `manual`, `cron`, `webhook` or `mcp`.
         trigger: String,
         /// The nodes to pause at, for debugging.
         breakpoints: Vec<NodeId>,
+        /// When the whole run times out, if ever.
+        deadline: Option<DateTime<Utc>>,
     },
     /// Schedules an attempt of a step with its (masked) input.
     ScheduleStep {
@@ -183,6 +306,8 @@ pub enum ExecutionCommand {
         node_id: NodeId,
         /// The attempt.
         attempt: u32,
+        /// For a step that waits (a delay): when it is due to finish.
+        wake_at: Option<DateTime<Utc>>,
     },
     /// Records a started attempt's (masked) output.
     SucceedStep {
@@ -210,14 +335,31 @@ pub enum ExecutionCommand {
         node_id: NodeId,
         /// The new attempt number, greater than every earlier one.
         attempt: u32,
+        /// The attempt may not start before then (the retry's backoff).
+        not_before: Option<DateTime<Utc>>,
+    },
+    /// Records that a node will not run: every way into it is a branch not
+    /// taken.
+    SkipStep {
+        /// The node.
+        node_id: NodeId,
+    },
+    /// Replaces the breakpoints.
+    SetBreakpoints {
+        /// The nodes to pause before.
+        breakpoints: Vec<NodeId>,
     },
     /// Halts at a breakpoint.
     PauseAtBreakpoint {
         /// The breakpoint node.
         node_id: NodeId,
     },
-    /// Continues after a breakpoint.
-    Resume,
+    /// Continues after a breakpoint; with `step`, runs the nodes that are
+    /// ready and pauses again before the next ones.
+    Resume {
+        /// Step over instead of continuing.
+        step: bool,
+    },
     /// Asks the engine to stop; idempotent.
     RequestStop,
     /// Ends the execution before its end.
@@ -235,6 +377,11 @@ pub enum ExecutionCommand {
         /// What went wrong, secrets masked.
         error: String,
     },
+    /// Several commands decided in order, each against the state the
+    /// previous ones leave, and appended together or not at all: how the
+    /// engine records a whole move (steps scheduled and started, results,
+    /// skips, the end) in one write.
+    Batch(Vec<ExecutionCommand>),
 }
 
 impl CommandTraits for ExecutionCommand {
@@ -246,7 +393,10 @@ impl CommandTraits for ExecutionCommand {
         // Stopping and cancelling mean the same thing whatever the engine
         // did meanwhile. Step commands must not be replayed blindly: a
         // conflict there means two workers drive one execution.
-        matches!(self, Self::RequestStop | Self::Cancel { .. })
+        matches!(
+            self,
+            Self::RequestStop | Self::Cancel { .. } | Self::SetBreakpoints { .. }
+        )
     }
 
     fn required_role(&self) -> Role {
@@ -268,10 +418,14 @@ pub enum ExecutionEvent {
         workflow_version: u64,
         /// The input.
         input: Value,
-        /// `manual`, `cron` or `webhook`.
+        /// `manual`, `cron`, `webhook` or `mcp`.
         trigger: String,
         /// The nodes to pause at.
         breakpoints: Vec<NodeId>,
+        /// When the whole run times out; absent in events recorded before
+        /// runs had one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deadline: Option<DateTime<Utc>>,
     },
     /// An attempt of a step was scheduled (emitted by
     /// [`ExecutionCommand::ScheduleStep`]).
@@ -289,6 +443,9 @@ pub enum ExecutionEvent {
         node_id: NodeId,
         /// The attempt.
         attempt: u32,
+        /// For a waiting step: when it is due to finish.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wake_at: Option<DateTime<Utc>>,
     },
     /// An attempt succeeded (emitted by [`ExecutionCommand::SucceedStep`]).
     StepSucceeded {
@@ -317,6 +474,21 @@ pub enum ExecutionEvent {
         node_id: NodeId,
         /// The new attempt.
         attempt: u32,
+        /// The attempt may not start before then.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        not_before: Option<DateTime<Utc>>,
+    },
+    /// A node will not run: every way into it is a branch not taken
+    /// (emitted by [`ExecutionCommand::SkipStep`]).
+    StepSkipped {
+        /// The node.
+        node_id: NodeId,
+    },
+    /// The breakpoints were replaced (emitted by
+    /// [`ExecutionCommand::SetBreakpoints`]).
+    BreakpointsSet {
+        /// The nodes to pause before.
+        breakpoints: Vec<NodeId>,
     },
     /// Halted at a breakpoint (emitted by
     /// [`ExecutionCommand::PauseAtBreakpoint`]).
@@ -325,7 +497,12 @@ pub enum ExecutionEvent {
         node_id: NodeId,
     },
     /// Continued after a breakpoint (emitted by [`ExecutionCommand::Resume`]).
-    ExecutionResumed,
+    ExecutionResumed {
+        /// Stepping over: pause again once the ready nodes ran. Absent in
+        /// events recorded before stepping existed.
+        #[serde(default)]
+        step: bool,
+    },
     /// A stop was requested (emitted by [`ExecutionCommand::RequestStop`]).
     ExecutionStopRequested,
     /// Ended early (emitted by [`ExecutionCommand::Cancel`]). Terminal.
@@ -355,8 +532,10 @@ impl DomainEvent for ExecutionEvent {
             Self::StepSucceeded { .. } => "StepSucceeded",
             Self::StepFailed { .. } => "StepFailed",
             Self::StepRetried { .. } => "StepRetried",
+            Self::StepSkipped { .. } => "StepSkipped",
+            Self::BreakpointsSet { .. } => "BreakpointsSet",
             Self::ExecutionPaused { .. } => "ExecutionPaused",
-            Self::ExecutionResumed => "ExecutionResumed",
+            Self::ExecutionResumed { .. } => "ExecutionResumed",
             Self::ExecutionStopRequested => "ExecutionStopRequested",
             Self::ExecutionCancelled { .. } => "ExecutionCancelled",
             Self::ExecutionCompleted { .. } => "ExecutionCompleted",
@@ -379,8 +558,8 @@ pub enum ExecutionError {
     /// Start on an execution that already started.
     #[error("the execution has already started")]
     AlreadyStarted,
-    /// The trigger is not `manual`, `cron` or `webhook`.
-    #[error("`{trigger}` is not a trigger (manual, cron or webhook)")]
+    /// The trigger is not `manual`, `cron`, `webhook` or `mcp`.
+    #[error("`{trigger}` is not a trigger (manual, cron, webhook or mcp)")]
     InvalidTrigger {
         /// The trigger as given.
         trigger: String,
@@ -468,6 +647,15 @@ pub enum ExecutionError {
         /// The latest attempt.
         attempt: u32,
     },
+    /// Skip a node that has run (or is running) or was skipped already.
+    #[error("`{node_id}` cannot be skipped: it has run or was skipped already")]
+    CannotSkip {
+        /// The node.
+        node_id: NodeId,
+    },
+    /// A batch that is empty, too long, or holds a start or another batch.
+    #[error("a batch holds 1 to {MAX_BATCH} commands, none of them a start or a batch")]
+    InvalidBatch,
 }
 
 impl Execution {
@@ -485,6 +673,7 @@ impl Execution {
             input,
             trigger,
             breakpoints,
+            deadline,
         } = command
         {
             if self.status.is_some() {
@@ -503,7 +692,11 @@ impl Execution {
                 input,
                 trigger,
                 breakpoints,
+                deadline,
             }]);
+        }
+        if let C::Batch(commands) = command {
+            return self.decide_batch(commands);
         }
         let status = self.status.ok_or(E::NotFound)?;
         if status.is_terminal() {
@@ -540,11 +733,19 @@ impl Execution {
                     input,
                 }
             }
-            C::StartStep { node_id, attempt } => {
+            C::StartStep {
+                node_id,
+                attempt,
+                wake_at,
+            } => {
                 must_be_active(false)?;
                 match self.step(node_id.as_str(), attempt) {
                     None => return Err(E::StepNotScheduled { node_id, attempt }),
-                    Some(StepStatus::Scheduled) => V::StepStarted { node_id, attempt },
+                    Some(StepStatus::Scheduled) => V::StepStarted {
+                        node_id,
+                        attempt,
+                        wake_at,
+                    },
                     Some(_) => return Err(E::StepAlreadyStarted { node_id, attempt }),
                 }
             }
@@ -574,7 +775,11 @@ impl Execution {
                     retryable,
                 }
             }
-            C::RetryStep { node_id, attempt } => {
+            C::RetryStep {
+                node_id,
+                attempt,
+                not_before,
+            } => {
                 must_be_active(true)?;
                 match self.latest_attempt(node_id.as_str()) {
                     None => return Err(E::StepNotScheduled { node_id, attempt }),
@@ -587,22 +792,34 @@ impl Execution {
                     Some((latest, _)) if attempt <= latest => {
                         return Err(E::InvalidAttempt { node_id, attempt })
                     }
-                    Some(_) => V::StepRetried { node_id, attempt },
+                    Some(_) => V::StepRetried {
+                        node_id,
+                        attempt,
+                        not_before,
+                    },
                 }
             }
+            C::SkipStep { node_id } => {
+                must_be_active(true)?;
+                if self.steps.contains_key(&node_id) || self.skipped.contains(&node_id) {
+                    return Err(E::CannotSkip { node_id });
+                }
+                V::StepSkipped { node_id }
+            }
+            C::SetBreakpoints { breakpoints } => V::BreakpointsSet { breakpoints },
             C::PauseAtBreakpoint { node_id } => {
                 match status {
                     S::Paused => return Err(E::AlreadyPaused),
                     S::Stopping => return Err(E::Stopping),
                     _ => {}
                 }
-                if !self.breakpoints.contains(&node_id) {
+                if !self.pauses_before(node_id.as_str()) {
                     return Err(E::NotABreakpoint { node_id });
                 }
                 V::ExecutionPaused { node_id }
             }
-            C::Resume if status == S::Paused => V::ExecutionResumed,
-            C::Resume => return Err(E::NotPaused),
+            C::Resume { step } if status == S::Paused => V::ExecutionResumed { step },
+            C::Resume { .. } => return Err(E::NotPaused),
             C::RequestStop if status == S::Stopping => return Ok(vec![]),
             C::RequestStop => V::ExecutionStopRequested,
             C::Cancel { reason } => V::ExecutionCancelled { reason },
@@ -613,8 +830,37 @@ impl Execution {
                 V::ExecutionCompleted { output }
             }
             C::Fail { error } => V::ExecutionFailed { error },
+            C::Batch(_) => return Err(E::InvalidBatch),
         };
         Ok(vec![event])
+    }
+
+    /// Decides a batch: each command against the state the previous ones
+    /// leave, all or nothing.
+    fn decide_batch(
+        &self,
+        commands: Vec<ExecutionCommand>,
+    ) -> Result<Vec<ExecutionEvent>, ExecutionError> {
+        if commands.is_empty()
+            || commands.len() > MAX_BATCH
+            || commands.iter().any(|c| {
+                matches!(
+                    c,
+                    ExecutionCommand::Start { .. } | ExecutionCommand::Batch(_)
+                )
+            })
+        {
+            return Err(ExecutionError::InvalidBatch);
+        }
+        let mut scratch = self.clone();
+        let mut events = Vec::new();
+        for command in commands {
+            for event in scratch.decide(command)? {
+                scratch.evolve(event.clone());
+                events.push(event);
+            }
+        }
+        Ok(events)
     }
 
     /// A step may succeed or fail only once it has started, and only once.
@@ -635,7 +881,16 @@ impl Execution {
         self.steps
             .entry(node_id)
             .or_default()
-            .insert(attempt, status);
+            .entry(attempt)
+            .and_modify(|step| step.status = status)
+            .or_insert_with(|| StepState::new(status));
+    }
+
+    /// A step finished: while stepping, the next ready node pauses.
+    fn step_finished(&mut self) {
+        if self.stepping.is_some() {
+            self.stepping = Some(true);
+        }
     }
 }
 
@@ -655,44 +910,86 @@ impl Execution {
                 tenant,
                 workflow_id,
                 workflow_version,
+                input,
+                trigger,
                 breakpoints,
-                ..
+                deadline,
             } => {
                 self.tenant = Some(tenant);
                 self.workflow_id = Some(workflow_id);
                 self.workflow_version = workflow_version;
+                self.input = input;
+                self.trigger = trigger;
+                self.deadline = deadline;
                 self.breakpoints = breakpoints.into_iter().collect();
                 self.status = Some(ExecutionStatus::Running);
             }
             ExecutionEvent::StepScheduled {
                 node_id, attempt, ..
+            } => self.set_step(node_id, attempt, StepStatus::Scheduled),
+            ExecutionEvent::StepRetried {
+                node_id,
+                attempt,
+                not_before,
+            } => {
+                self.set_step(node_id.clone(), attempt, StepStatus::Scheduled);
+                if let Some(step) = self.step_mut(&node_id, attempt) {
+                    step.not_before = not_before;
+                }
             }
-            | ExecutionEvent::StepRetried { node_id, attempt } => {
-                self.set_step(node_id, attempt, StepStatus::Scheduled)
-            }
-            ExecutionEvent::StepStarted { node_id, attempt } => {
-                self.set_step(node_id, attempt, StepStatus::Running)
+            ExecutionEvent::StepStarted {
+                node_id,
+                attempt,
+                wake_at,
+            } => {
+                self.set_step(node_id.clone(), attempt, StepStatus::Running);
+                if let Some(step) = self.step_mut(&node_id, attempt) {
+                    step.wake_at = wake_at;
+                }
             }
             ExecutionEvent::StepSucceeded {
-                node_id, attempt, ..
-            } => self.set_step(node_id, attempt, StepStatus::Succeeded),
+                node_id,
+                attempt,
+                output,
+            } => {
+                self.set_step(node_id.clone(), attempt, StepStatus::Succeeded);
+                self.outputs.insert(node_id, output);
+                self.step_finished();
+            }
             ExecutionEvent::StepFailed {
                 node_id,
                 attempt,
                 retryable,
-                ..
-            } => self.set_step(node_id, attempt, StepStatus::Failed { retryable }),
+                error,
+            } => {
+                self.set_step(node_id.clone(), attempt, StepStatus::Failed { retryable });
+                if let Some(step) = self.step_mut(&node_id, attempt) {
+                    step.error = Some(error);
+                }
+                self.step_finished();
+            }
+            ExecutionEvent::StepSkipped { node_id } => {
+                self.skipped.insert(node_id);
+            }
+            ExecutionEvent::BreakpointsSet { breakpoints } => {
+                self.breakpoints = breakpoints.into_iter().collect();
+            }
             ExecutionEvent::ExecutionPaused { node_id } => {
                 self.status = Some(ExecutionStatus::Paused);
                 self.paused_at = Some(node_id);
+                self.stepping = None;
             }
-            ExecutionEvent::ExecutionResumed => {
+            ExecutionEvent::ExecutionResumed { step } => {
                 self.status = Some(ExecutionStatus::Running);
-                self.paused_at = None;
+                if let Some(node) = self.paused_at.take() {
+                    self.passed.insert(node);
+                }
+                self.stepping = step.then_some(false);
             }
             ExecutionEvent::ExecutionStopRequested => {
                 self.status = Some(ExecutionStatus::Stopping);
                 self.paused_at = None;
+                self.stepping = None;
             }
             ExecutionEvent::ExecutionCancelled { .. } => {
                 self.status = Some(ExecutionStatus::Cancelled);
@@ -706,6 +1003,10 @@ impl Execution {
                 self.paused_at = None;
             }
         }
+    }
+
+    fn step_mut(&mut self, node_id: &NodeId, attempt: u32) -> Option<&mut StepState> {
+        self.steps.get_mut(node_id)?.get_mut(&attempt)
     }
 }
 

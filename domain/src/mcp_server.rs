@@ -195,6 +195,19 @@ pub struct ToolInfo {
     pub description: Option<String>,
     /// The JSON Schema of the tool's arguments, used by the UI to build forms.
     pub input_schema: Value,
+    /// The server's `readOnlyHint`: calling it changes nothing. A hint, not a
+    /// guarantee: it only decides whether an interrupted call is retried.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub read_only: bool,
+    /// The server's `idempotentHint`: calling it twice with the same
+    /// arguments does no more than once. A hint, like `read_only`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub idempotent: bool,
+}
+
+/// For `skip_serializing_if`: hints that are off are not written.
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The outcome of the latest health check.
@@ -474,6 +487,10 @@ impl McpServer {
                         });
                     }
                 }
+                if tools == self.tools {
+                    // The same list again: nothing happened.
+                    return Ok(vec![]);
+                }
                 McpServerEvent::McpServerToolsDiscovered { tools }
             }
             McpServerCommand::RecordHealth {
@@ -618,6 +635,8 @@ mod tests {
             name: name.into(),
             description: Some("Does things".into()),
             input_schema: json!({"type": "object"}),
+            read_only: false,
+            idempotent: false,
         }
     }
 

@@ -30,6 +30,6 @@ pub mod egress;
 pub mod expr;
 pub mod failure;
 pub mod http;
-pub mod mcp;
 pub mod mask;
+pub mod mcp;
 pub mod template;

@@ -23,6 +23,7 @@
 pub mod bus;
 pub mod error;
 pub mod keys;
+pub mod leader;
 pub mod metadata;
 pub mod position;
 pub mod secrets;
@@ -31,10 +32,12 @@ pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod upcast;
+pub mod work;
 
 pub use bus::{BusOptions, CommandBus, Committed};
 pub use error::{CommandError, ConflictKind, StoreError};
 pub use keys::{KeyError, KeyStore, MasterKey};
+pub use leader::Leadership;
 pub use metadata::{CommandContext, EventMetadata};
 pub use position::Position;
 pub use secrets::{SecretCommandError, SecretVault};
@@ -43,3 +46,4 @@ pub use store::{
     StoreOptions,
 };
 pub use upcast::Upcast;
+pub use work::{Claimed, KeyReservation, WorkQueue};

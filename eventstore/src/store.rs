@@ -27,6 +27,11 @@ pub const NOTIFY_CHANNEL: &str = "toolhub_events";
 /// model moved forward.
 pub const PROJECTED_CHANNEL: &str = "toolhub_projected";
 
+/// The PostgreSQL `NOTIFY` channel that tells the engine's workers an
+/// execution needs them now (a start, a stop, a resume). The payload is the
+/// execution's id.
+pub const WORK_CHANNEL: &str = "toolhub_work";
+
 /// The database behind the store.
 #[derive(Clone, Debug)]
 pub enum Db {
@@ -91,6 +96,9 @@ pub(crate) struct Inner {
     projected: watch::Sender<u64>,
     /// Bumps made by this process's projectors, forwarded with `NOTIFY`.
     local_projected: watch::Sender<u64>,
+    /// Executions that need a worker now, from this process or (through
+    /// `LISTEN`) any other.
+    work: tokio::sync::broadcast::Sender<String>,
     /// Whether the `LISTEN` task runs already (started on first subscription).
     listener_started: Mutex<bool>,
     /// Names this store's notifications, so that its listener can ignore
@@ -308,6 +316,7 @@ impl EventStore {
         let (projected, _) = watch::channel(0u64);
         let (local_projected, local_projected_rx) = watch::channel(0u64);
         let (alive_tx, alive) = watch::channel(());
+        let (work, _) = tokio::sync::broadcast::channel(1024);
         let inner = Arc::new(Inner {
             db,
             upcasters,
@@ -315,6 +324,7 @@ impl EventStore {
             local_commits,
             projected,
             local_projected,
+            work,
             listener_started: Mutex::new(false),
             instance: uuid::Uuid::new_v4().simple().to_string(),
             _alive: alive_tx,
@@ -394,6 +404,35 @@ impl EventStore {
         self.inner.projected.subscribe()
     }
 
+    /// Tells the engine's workers, in this process and on PostgreSQL in
+    /// every other, that `execution_id` needs them now.
+    pub fn announce_work(&self, execution_id: &str) {
+        let _ = self.inner.work.send(execution_id.to_string());
+        if let Db::Postgres(pool) = &self.inner.db {
+            let payload = format!("{} {execution_id}", self.inner.instance);
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let sent = sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(WORK_CHANNEL)
+                    .bind(payload)
+                    .execute(&pool)
+                    .await;
+                if let Err(error) = sent {
+                    // Workers poll as a fallback: a lost notification only
+                    // delays them.
+                    tracing::warn!(%error, "could not send a work notification");
+                }
+            });
+        }
+    }
+
+    /// Subscribes to "an execution needs a worker now" announcements. They
+    /// are hints: workers poll the queue as a fallback.
+    pub fn work(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.ensure_listener();
+        self.inner.work.subscribe()
+    }
+
     fn ensure_listener(&self) {
         if let Db::Postgres(pool) = &self.inner.db {
             let mut started = self.inner.listener_started.lock();
@@ -404,6 +443,7 @@ impl EventStore {
                     self.inner.instance.clone(),
                     self.inner.head.clone(),
                     self.inner.projected.clone(),
+                    self.inner.work.clone(),
                     self.inner.alive.clone(),
                 ));
             }
@@ -574,6 +614,7 @@ async fn listener(
     instance: String,
     head: watch::Sender<Position>,
     projected: watch::Sender<u64>,
+    work: tokio::sync::broadcast::Sender<String>,
     mut alive: watch::Receiver<()>,
 ) {
     loop {
@@ -588,7 +629,7 @@ async fn listener(
             }
         };
         if let Err(error) = listener
-            .listen_all([NOTIFY_CHANNEL, PROJECTED_CHANNEL])
+            .listen_all([NOTIFY_CHANNEL, PROJECTED_CHANNEL, WORK_CHANNEL])
             .await
         {
             tracing::warn!(%error, "could not listen for change notifications; retrying");
@@ -606,6 +647,10 @@ async fn listener(
                         };
                         if from == instance {
                             // Announced locally when it happened.
+                            continue;
+                        }
+                        if notification.channel() == WORK_CHANNEL {
+                            let _ = work.send(value.to_string());
                             continue;
                         }
                         if notification.channel() == PROJECTED_CHANNEL {

@@ -86,6 +86,7 @@ async fn populate(url: &str) {
                 input: json!({"page": 1}),
                 trigger: "manual".into(),
                 breakpoints: vec![],
+                deadline: None,
             },
             ExecutionCommand::ScheduleStep {
                 node_id: fetch.clone(),
@@ -95,6 +96,7 @@ async fn populate(url: &str) {
             ExecutionCommand::StartStep {
                 node_id: fetch.clone(),
                 attempt: 1,
+                wake_at: None,
             },
             ExecutionCommand::SucceedStep {
                 node_id: fetch.clone(),
@@ -139,6 +141,8 @@ async fn populate(url: &str) {
         name: name.into(),
         description: Some(format!("The {name} tool.")),
         input_schema: json!({"type": "object"}),
+        read_only: false,
+        idempotent: false,
     };
     let commands = [
         McpServerCommand::Register {

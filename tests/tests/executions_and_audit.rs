@@ -25,6 +25,7 @@ async fn record_execution(url: &str, workflow: &str, tenant: &str) -> (String, P
             input: json!({"language": "en"}),
             trigger: "manual".into(),
             breakpoints: vec![],
+            deadline: None,
         },
         ExecutionCommand::ScheduleStep {
             node_id: node.clone(),
@@ -34,6 +35,7 @@ async fn record_execution(url: &str, workflow: &str, tenant: &str) -> (String, P
         ExecutionCommand::StartStep {
             node_id: node.clone(),
             attempt: 1,
+            wake_at: None,
         },
         ExecutionCommand::SucceedStep {
             node_id: node,

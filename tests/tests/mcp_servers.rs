@@ -173,6 +173,8 @@ async fn mcp_servers_are_listed_with_their_discovered_tools() {
                         name: format!("tool-{i}"),
                         description: Some("does things".into()),
                         input_schema: json!({"type": "object"}),
+                        read_only: false,
+                        idempotent: false,
                     }],
                 },
                 &ctx,

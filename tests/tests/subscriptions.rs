@@ -204,6 +204,7 @@ async fn execution_updated_follows_an_execution() {
                 input: json!({}),
                 trigger: "manual".into(),
                 breakpoints: vec![],
+                deadline: None,
             },
             &ctx,
         )

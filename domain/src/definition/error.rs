@@ -122,4 +122,10 @@ pub enum DefinitionError {
         /// The NAME as written.
         reference: String,
     },
+    /// The `masking` rules are malformed.
+    #[error("invalid masking rules: {reason}")]
+    InvalidMasking {
+        /// What is wrong, naming the entry.
+        reason: String,
+    },
 }

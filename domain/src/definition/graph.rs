@@ -4,7 +4,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{DefinitionError, WorkflowDefinition};
+use super::condition::referenced_nodes;
+use super::{DefinitionError, NodeKind, WorkflowDefinition};
 use crate::common::{template_expressions, TemplateReference};
 use crate::secret::is_valid_secret_name;
 
@@ -62,6 +63,19 @@ impl WorkflowDefinition {
             .map(|(i, n)| (n.id.as_str(), i))
             .collect();
         for (i, node) in self.nodes.iter().enumerate() {
+            if let NodeKind::Condition { expression } = &node.kind {
+                for referenced in referenced_nodes(expression) {
+                    if !index
+                        .get(referenced.as_str())
+                        .is_some_and(|r| ancestors[i].contains(r))
+                    {
+                        return Err(DefinitionError::UnknownNodeReference {
+                            id: node.id.to_string(),
+                            referenced,
+                        });
+                    }
+                }
+            }
             node.kind.visit_strings(&mut |text| {
                 for template in template_expressions(text) {
                     match template.reference() {

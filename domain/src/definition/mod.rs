@@ -79,12 +79,27 @@ pub const MAX_DELAY_MILLISECONDS: u64 = 86_400_000;
 /// The longest display name of a node, in characters.
 pub const MAX_NODE_NAME_LEN: usize = 200;
 
+/// The most attempts a node's retry policy may allow (the first included).
+pub const MAX_ATTEMPTS: u32 = 10;
+
+/// The first pause before a retry when the policy names none.
+pub const DEFAULT_BACKOFF_MS: u64 = 1_000;
+
+/// The longest pause between two attempts (one hour).
+pub const MAX_BACKOFF_MS: u64 = 3_600_000;
+
+/// The longest per-node timeout (one day).
+pub const MAX_TIMEOUT_MS: u64 = 86_400_000;
+
+pub mod condition;
 mod error;
 mod graph;
+pub mod masking;
 mod parse;
 
 pub use error::DefinitionError;
 use graph::topological_indices;
+use masking::MaskingRules;
 use parse::{parse_with, Mode};
 
 use crate::common::{template_expressions, TemplateReference};
@@ -357,6 +372,47 @@ fn visit_value<E>(value: &Value, visit: &mut impl FnMut(&str) -> Result<(), E>) 
     }
 }
 
+/// How a node's failures are retried: up to `max_attempts` attempts in
+/// all, the pause before each retry doubling from `backoff_ms` up to
+/// `max_backoff_ms` (the engine adds jitter). Only failures the executor
+/// judges retryable are retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included: 1 to [`MAX_ATTEMPTS`].
+    pub max_attempts: u32,
+    /// The pause before the first retry.
+    pub backoff_ms: u64,
+    /// The longest pause.
+    pub max_backoff_ms: u64,
+}
+
+impl RetryPolicy {
+    /// The pause before attempt `next` (2 for the first retry), before
+    /// jitter: `backoff_ms · 2^(next − 2)`, capped.
+    pub fn backoff_before(&self, next: u32) -> u64 {
+        let doublings = next.saturating_sub(2).min(32);
+        self.backoff_ms
+            .saturating_mul(1u64 << doublings)
+            .min(self.max_backoff_ms)
+    }
+}
+
+/// What the engine needs to know about running a node beyond its
+/// parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NodePolicy {
+    /// Retries of retryable failures; none when absent.
+    pub retry: Option<RetryPolicy>,
+    /// The longest one attempt may run, in milliseconds; the executor's
+    /// default when absent.
+    pub timeout_ms: Option<u64>,
+    /// Whether running the node twice does no more harm than once. When
+    /// absent the engine decides from the node type (and an MCP tool's
+    /// annotations). Decides whether an attempt interrupted by a crash is
+    /// retried or failed.
+    pub idempotent: Option<bool>,
+}
+
 /// One node of a definition.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Node {
@@ -368,6 +424,8 @@ pub struct Node {
     position: Option<CanvasPosition>,
     /// What the node does.
     kind: NodeKind,
+    /// Retries, timeout and idempotence.
+    policy: NodePolicy,
 }
 
 impl Node {
@@ -390,6 +448,11 @@ impl Node {
     pub fn kind(&self) -> &NodeKind {
         &self.kind
     }
+
+    /// Retries, timeout and idempotence.
+    pub fn policy(&self) -> &NodePolicy {
+        &self.policy
+    }
 }
 
 impl Serialize for Node {
@@ -409,6 +472,15 @@ impl Serialize for Node {
             position: Option<CanvasPosition>,
             /// The parameters in the shape users send.
             params: Value,
+            /// The retry policy, omitted when absent.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            retry: Option<RetryPolicy>,
+            /// The timeout, omitted when absent.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            timeout_ms: Option<u64>,
+            /// The idempotence override, omitted when absent.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            idempotent: Option<bool>,
         }
         Repr {
             id: &self.id,
@@ -416,6 +488,9 @@ impl Serialize for Node {
             name: self.name.as_deref(),
             position: self.position,
             params: self.kind.params(),
+            retry: self.policy.retry,
+            timeout_ms: self.policy.timeout_ms,
+            idempotent: self.policy.idempotent,
         }
         .serialize(serializer)
     }
@@ -461,6 +536,20 @@ pub struct WorkflowDefinition {
     nodes: Vec<Node>,
     /// The edges, in the order the user gave them.
     edges: Vec<Edge>,
+    /// What executions must not record (personal data), omitted when none.
+    #[serde(
+        skip_serializing_if = "MaskingRules::is_empty",
+        serialize_with = "serialize_masking"
+    )]
+    masking: MaskingRules,
+}
+
+/// Writes masking rules in the shape users send them.
+fn serialize_masking<S: serde::Serializer>(
+    rules: &MaskingRules,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    rules.to_value().serialize(serializer)
 }
 
 impl<'de> Deserialize<'de> for WorkflowDefinition {
@@ -486,6 +575,11 @@ impl WorkflowDefinition {
             reason: e.to_string(),
         })?;
         Self::parse(&value).map(|_| ())
+    }
+
+    /// What executions must not record.
+    pub fn masking(&self) -> &MaskingRules {
+        &self.masking
     }
 
     /// The nodes, in the order given.

@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value};
 
+use super::condition::check_condition_syntax;
+use super::masking::MaskingRules;
 use super::*;
 use crate::mcp_server::is_valid_mcp_server_name;
 
@@ -52,7 +54,7 @@ pub(super) fn parse_with(value: &Value, mode: Mode) -> Result<WorkflowDefinition
     if mode.strict() {
         if let Some(key) = object
             .keys()
-            .find(|k| !matches!(k.as_str(), "nodes" | "edges"))
+            .find(|k| !matches!(k.as_str(), "nodes" | "edges" | "masking"))
         {
             return Err(malformed(format!("unknown field `{key}`")));
         }
@@ -169,7 +171,15 @@ pub(super) fn parse_with(value: &Value, mode: Mode) -> Result<WorkflowDefinition
         });
     }
 
-    let definition = WorkflowDefinition { nodes, edges };
+    // The masking rules are read whatever the mode: rules recorded once must
+    // never be dropped on reading, or what they hide would be recorded.
+    let masking = MaskingRules::parse(object.get("masking").unwrap_or(&Value::Null))
+        .map_err(|reason| DefinitionError::InvalidMasking { reason })?;
+    let definition = WorkflowDefinition {
+        nodes,
+        edges,
+        masking,
+    };
     // 7 to 9. Entry node, cycles, references.
     if mode.strict() {
         definition.validate_graph()?;
@@ -249,10 +259,18 @@ fn parse_node(position: usize, node: &Value, mode: Mode) -> Result<Node, Definit
         return Err(DefinitionError::InvalidNodeId { id: id.to_string() });
     }
     if mode.strict() {
-        if let Some(key) = object
-            .keys()
-            .find(|k| !matches!(k.as_str(), "id" | "type" | "name" | "position" | "params"))
-        {
+        if let Some(key) = object.keys().find(|k| {
+            !matches!(
+                k.as_str(),
+                "id" | "type"
+                    | "name"
+                    | "position"
+                    | "params"
+                    | "retry"
+                    | "timeout_ms"
+                    | "idempotent"
+            )
+        }) {
             return Err(malformed(format!(
                 "node `{id}` has an unknown field `{key}`"
             )));
@@ -308,11 +326,89 @@ fn parse_node(position: usize, node: &Value, mode: Mode) -> Result<Node, Definit
             }
         }
     };
+    let policy = parse_policy(id, object, mode)?;
     Ok(Node {
         id: NodeId(id.to_string()),
         name,
         position,
         kind,
+        policy,
+    })
+}
+
+/// Reads a node's `retry`, `timeout_ms` and `idempotent` (after its
+/// parameters, name and position, in that order).
+fn parse_policy(
+    id: &str,
+    object: &Map<String, Value>,
+    mode: Mode,
+) -> Result<NodePolicy, DefinitionError> {
+    let invalid = |parameter: &str, reason: String| DefinitionError::InvalidParameter {
+        id: id.to_string(),
+        parameter: parameter.to_string(),
+        reason,
+    };
+    // A whole number within bounds; outside them only new input is refused.
+    let number = |value: &Value, parameter: &str, min: u64, max: u64| match value.as_u64() {
+        Some(n) if (min..=max).contains(&n) || !mode.strict() => Ok(n.clamp(min, max)),
+        _ => Err(invalid(
+            parameter,
+            format!("must be a whole number from {min} to {max}"),
+        )),
+    };
+    let retry = match object.get("retry") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(retry)) => {
+            if mode.strict() {
+                if let Some(key) = retry.keys().find(|k| {
+                    !matches!(k.as_str(), "max_attempts" | "backoff_ms" | "max_backoff_ms")
+                }) {
+                    return Err(invalid(
+                        "retry",
+                        format!("has an unknown field `{key}` (max_attempts, backoff_ms, max_backoff_ms)"),
+                    ));
+                }
+            }
+            let max_attempts = match retry.get("max_attempts") {
+                None => return Err(invalid("retry.max_attempts", "is required".into())),
+                Some(v) => number(v, "retry.max_attempts", 1, u64::from(MAX_ATTEMPTS))? as u32,
+            };
+            let backoff_ms = match retry.get("backoff_ms") {
+                None | Some(Value::Null) => DEFAULT_BACKOFF_MS,
+                Some(v) => number(v, "retry.backoff_ms", 0, MAX_BACKOFF_MS)?,
+            };
+            let max_backoff_ms = match retry.get("max_backoff_ms") {
+                None | Some(Value::Null) => MAX_BACKOFF_MS
+                    .min(backoff_ms.saturating_mul(32))
+                    .max(backoff_ms),
+                Some(v) => number(v, "retry.max_backoff_ms", backoff_ms, MAX_BACKOFF_MS)?,
+            };
+            Some(RetryPolicy {
+                max_attempts,
+                backoff_ms,
+                max_backoff_ms,
+            })
+        }
+        Some(_) => {
+            return Err(invalid(
+                "retry",
+                "must be an object such as {\"max_attempts\": 3}".into(),
+            ))
+        }
+    };
+    let timeout_ms = match object.get("timeout_ms") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(number(v, "timeout_ms", 1, MAX_TIMEOUT_MS)?),
+    };
+    let idempotent = match object.get("idempotent") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(_) => return Err(invalid("idempotent", "must be true or false".into())),
+    };
+    Ok(NodePolicy {
+        retry,
+        timeout_ms,
+        idempotent,
     })
 }
 
@@ -419,12 +515,14 @@ impl Params<'_> {
                     &["method", "url", "headers", "body"],
                 )
             }
-            "condition" => (
-                NodeKind::Condition {
-                    expression: self.non_blank("expression")?,
-                },
-                &["expression"],
-            ),
+            "condition" => {
+                let expression = self.non_blank("expression")?;
+                if self.mode.strict() {
+                    check_condition_syntax(&expression)
+                        .map_err(|reason| self.invalid("expression", &reason))?;
+                }
+                (NodeKind::Condition { expression }, &["expression"])
+            }
             "transform" => {
                 // Null is a legitimate template (the output is null), so
                 // only a truly absent parameter is missing.

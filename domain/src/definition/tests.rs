@@ -694,3 +694,114 @@ proptest! {
         }
     }
 }
+
+// Node policies, masking rules and conditions.
+
+#[test]
+fn a_node_may_carry_a_retry_policy_a_timeout_and_an_idempotence_override() {
+    let mut node = delay("wait");
+    node["retry"] = json!({"max_attempts": 3, "backoff_ms": 200});
+    node["timeout_ms"] = json!(5000);
+    node["idempotent"] = json!(false);
+    let definition = parse(json!({"nodes": [node], "edges": []})).unwrap();
+    let policy = definition.nodes()[0].policy();
+    let retry = policy.retry.unwrap();
+    assert_eq!((retry.max_attempts, retry.backoff_ms), (3, 200));
+    assert_eq!(retry.backoff_before(2), 200);
+    assert_eq!(retry.backoff_before(3), 400);
+    assert!(retry.backoff_before(30) <= retry.max_backoff_ms);
+    assert_eq!(policy.timeout_ms, Some(5000));
+    assert_eq!(policy.idempotent, Some(false));
+    // The policy survives a round trip through the recorded form.
+    let recorded = serde_json::to_value(&definition).unwrap();
+    assert_eq!(recorded["nodes"][0]["retry"]["max_attempts"], 3);
+    let read: WorkflowDefinition = serde_json::from_value(recorded).unwrap();
+    assert_eq!(read, definition);
+}
+
+#[test]
+fn retry_policies_and_timeouts_out_of_bounds_are_refused() {
+    for (field, value, parameter) in [
+        ("retry", json!({"max_attempts": 0}), "retry.max_attempts"),
+        ("retry", json!({"max_attempts": 11}), "retry.max_attempts"),
+        ("retry", json!({}), "retry.max_attempts"),
+        (
+            "retry",
+            json!({"max_attempts": 2, "backoff_ms": -1}),
+            "retry.backoff_ms",
+        ),
+        (
+            "retry",
+            json!({"max_attempts": 2, "backoff_ms": 100, "max_backoff_ms": 50}),
+            "retry.max_backoff_ms",
+        ),
+        ("retry", json!({"max_attempts": 2, "jitter": true}), "retry"),
+        ("retry", json!(3), "retry"),
+        ("timeout_ms", json!(0), "timeout_ms"),
+        ("timeout_ms", json!(86_400_001u64), "timeout_ms"),
+        ("idempotent", json!("yes"), "idempotent"),
+    ] {
+        let mut node = delay("wait");
+        node[field] = value;
+        assert_invalid_parameter(parse(json!({"nodes": [node]})), "wait", parameter);
+    }
+}
+
+#[test]
+fn masking_rules_are_validated_and_kept() {
+    let definition = parse(json!({
+        "nodes": [delay("wait")],
+        "masking": {"paths": ["$.customer.email"], "detectors": ["email", "card"]}
+    }))
+    .unwrap();
+    assert_eq!(definition.masking().paths(), ["$.customer.email"]);
+    let recorded = serde_json::to_value(&definition).unwrap();
+    assert_eq!(recorded["masking"]["detectors"], json!(["email", "card"]));
+    for masking in [
+        json!({"paths": ["$["]}),
+        json!({"detectors": ["dna"]}),
+        json!({"paths": "x"}),
+        json!({"other": []}),
+    ] {
+        assert!(
+            matches!(
+                parse(json!({"nodes": [delay("wait")], "masking": masking})),
+                Err(DefinitionError::InvalidMasking { .. })
+            ),
+            "{masking} should be refused"
+        );
+    }
+    // Without rules, nothing is written.
+    let plain = serde_json::to_value(parse(json!({"nodes": [delay("w")]})).unwrap()).unwrap();
+    assert!(plain.get("masking").is_none());
+}
+
+#[test]
+fn a_condition_that_is_not_valid_cel_is_refused() {
+    let node = json!({"id": "check", "type": "condition", "params": {"expression": "input.a =="}});
+    assert_invalid_parameter(parse(json!({"nodes": [node]})), "check", "expression");
+}
+
+#[test]
+fn a_condition_reading_a_node_that_is_not_an_ancestor_is_refused() {
+    let check = json!({"id": "check", "type": "condition",
+                       "params": {"expression": "nodes.later.ok == true"}});
+    let result = parse(json!({
+        "nodes": [check, delay("later"), delay("yes")],
+        "edges": [branch("check", "later", "true"), branch("check", "yes", "false")]
+    }));
+    assert_eq!(
+        result,
+        Err(DefinitionError::UnknownNodeReference {
+            id: "check".into(),
+            referenced: "later".into()
+        })
+    );
+    let check = json!({"id": "check", "type": "condition",
+                       "params": {"expression": "nodes.first.ok == true"}});
+    parse(json!({
+        "nodes": [delay("first"), check, delay("yes")],
+        "edges": [edge("first", "check"), branch("check", "yes", "true")]
+    }))
+    .unwrap();
+}

@@ -29,6 +29,7 @@ fn start_command(trigger: &str, workflow_version: u64) -> ExecutionCommand {
         input: json!({"language": "en"}),
         trigger: trigger.into(),
         breakpoints: vec![node("check")],
+        deadline: None,
     }
 }
 
@@ -40,6 +41,7 @@ fn started() -> ExecutionEvent {
         input: json!({"language": "en"}),
         trigger: "manual".into(),
         breakpoints: vec![node("check")],
+        deadline: None,
     }
 }
 
@@ -55,6 +57,7 @@ fn step_started(id: &str, attempt: u32) -> ExecutionEvent {
     ExecutionEvent::StepStarted {
         node_id: node(id),
         attempt,
+        wake_at: None,
     }
 }
 
@@ -98,6 +101,7 @@ fn start_step(id: &str, attempt: u32) -> ExecutionCommand {
     ExecutionCommand::StartStep {
         node_id: node(id),
         attempt,
+        wake_at: None,
     }
 }
 
@@ -122,6 +126,7 @@ fn retry(id: &str, attempt: u32) -> ExecutionCommand {
     ExecutionCommand::RetryStep {
         node_id: node(id),
         attempt,
+        not_before: None,
     }
 }
 
@@ -138,7 +143,7 @@ fn every_later_command() -> Vec<ExecutionCommand> {
         fail_step("fetch", 1),
         retry("fetch", 2),
         pause("check"),
-        ExecutionCommand::Resume,
+        ExecutionCommand::Resume { step: false },
         ExecutionCommand::RequestStop,
         ExecutionCommand::Cancel {
             reason: "no".into(),
@@ -451,6 +456,7 @@ fn retrying_a_failed_step_schedules_a_new_attempt() {
         .then_expect_events(vec![ExecutionEvent::StepRetried {
             node_id: node("fetch"),
             attempt: 2,
+            not_before: None,
         }]);
 }
 
@@ -461,6 +467,7 @@ fn a_retried_attempt_can_be_started() {
     given.push(ExecutionEvent::StepRetried {
         node_id: node("fetch"),
         attempt: 2,
+        not_before: None,
     });
     ExecutionTest::with(())
         .given(given)
@@ -554,15 +561,15 @@ fn pausing_after_a_stop_request_is_rejected() {
 fn resuming_a_paused_execution_records_it() {
     ExecutionTest::with(())
         .given(vec![started(), paused()])
-        .when(ExecutionCommand::Resume)
-        .then_expect_events(vec![ExecutionEvent::ExecutionResumed]);
+        .when(ExecutionCommand::Resume { step: false })
+        .then_expect_events(vec![ExecutionEvent::ExecutionResumed { step: false }]);
 }
 
 #[test]
 fn resuming_a_running_execution_is_rejected() {
     ExecutionTest::with(())
         .given(vec![started()])
-        .when(ExecutionCommand::Resume)
+        .when(ExecutionCommand::Resume { step: false })
         .then_expect_error(ExecutionError::NotPaused);
 }
 
@@ -574,7 +581,7 @@ fn resuming_a_stopping_execution_is_rejected() {
             paused(),
             ExecutionEvent::ExecutionStopRequested,
         ])
-        .when(ExecutionCommand::Resume)
+        .when(ExecutionCommand::Resume { step: false })
         .then_expect_error(ExecutionError::NotPaused);
 }
 
@@ -687,6 +694,7 @@ fn the_state_follows_steps_and_status() {
     execution.apply(ExecutionEvent::StepRetried {
         node_id: node("fetch"),
         attempt: 2,
+        not_before: None,
     });
     assert_eq!(
         execution.latest_attempt("fetch"),
@@ -723,9 +731,10 @@ fn execution_events_serialize_with_a_type_tag_and_round_trip() {
         ExecutionEvent::StepRetried {
             node_id: node("fetch"),
             attempt: 2,
+            not_before: None,
         },
         paused(),
-        ExecutionEvent::ExecutionResumed,
+        ExecutionEvent::ExecutionResumed { step: false },
         ExecutionEvent::ExecutionStopRequested,
         ExecutionEvent::ExecutionCancelled { reason: "r".into() },
         ExecutionEvent::ExecutionCompleted { output: json!([1]) },
@@ -764,4 +773,215 @@ fn execution_commands_declare_roles_creation_and_retry_safety() {
             }
         ]
     );
+}
+
+// The engine's moves: batches, skips, timers, breakpoints and stepping.
+
+#[test]
+fn a_batch_records_every_command_in_order_against_the_state_the_previous_leave() {
+    ExecutionTest::with(())
+        .given(vec![started()])
+        .when(ExecutionCommand::Batch(vec![
+            schedule("fetch", 1),
+            start_step("fetch", 1),
+            succeed("fetch", 1),
+            ExecutionCommand::SkipStep {
+                node_id: node("alert"),
+            },
+            ExecutionCommand::Complete {
+                output: json!({"fetch": "ok"}),
+            },
+        ]))
+        .then_expect_events(vec![
+            scheduled("fetch", 1),
+            step_started("fetch", 1),
+            succeeded("fetch", 1),
+            ExecutionEvent::StepSkipped {
+                node_id: node("alert"),
+            },
+            ExecutionEvent::ExecutionCompleted {
+                output: json!({"fetch": "ok"}),
+            },
+        ]);
+}
+
+#[test]
+fn a_batch_with_one_refused_command_records_nothing() {
+    ExecutionTest::with(())
+        .given(vec![started()])
+        .when(ExecutionCommand::Batch(vec![
+            schedule("fetch", 1),
+            succeed("fetch", 1),
+        ]))
+        .then_expect_error(ExecutionError::StepNotStarted {
+            node_id: node("fetch"),
+            attempt: 1,
+        });
+}
+
+#[test]
+fn an_empty_or_nested_batch_is_refused() {
+    for batch in [
+        vec![],
+        vec![ExecutionCommand::Batch(vec![schedule("fetch", 1)])],
+        vec![start_command("manual", 1)],
+    ] {
+        ExecutionTest::with(())
+            .given(vec![started()])
+            .when(ExecutionCommand::Batch(batch))
+            .then_expect_error(ExecutionError::InvalidBatch);
+    }
+}
+
+#[test]
+fn a_node_that_ran_or_was_skipped_cannot_be_skipped() {
+    let skip = || ExecutionCommand::SkipStep {
+        node_id: node("fetch"),
+    };
+    ExecutionTest::with(())
+        .given(running_fetch())
+        .when(skip())
+        .then_expect_error(ExecutionError::CannotSkip {
+            node_id: node("fetch"),
+        });
+    ExecutionTest::with(())
+        .given(vec![
+            started(),
+            ExecutionEvent::StepSkipped {
+                node_id: node("fetch"),
+            },
+        ])
+        .when(skip())
+        .then_expect_error(ExecutionError::CannotSkip {
+            node_id: node("fetch"),
+        });
+}
+
+#[test]
+fn a_waiting_step_and_a_delayed_retry_keep_their_times_in_the_state() {
+    let at = chrono::DateTime::parse_from_rfc3339("2026-12-02T10:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let mut execution = Execution::default();
+    execution.apply(started());
+    execution.apply(scheduled("wait", 1));
+    execution.apply(ExecutionEvent::StepStarted {
+        node_id: node("wait"),
+        attempt: 1,
+        wake_at: Some(at),
+    });
+    assert_eq!(execution.latest_step("wait").unwrap().1.wake_at, Some(at));
+    execution.apply(scheduled("fetch", 1));
+    execution.apply(step_started("fetch", 1));
+    execution.apply(failed("fetch", 1));
+    assert_eq!(
+        execution.latest_step("fetch").unwrap().1.error.as_deref(),
+        Some("HTTP 503")
+    );
+    execution.apply(ExecutionEvent::StepRetried {
+        node_id: node("fetch"),
+        attempt: 2,
+        not_before: Some(at),
+    });
+    let (attempt, step) = execution.latest_step("fetch").unwrap();
+    assert_eq!((attempt, step.not_before), (2, Some(at)));
+    assert_eq!(step.status, StepStatus::Scheduled);
+}
+
+#[test]
+fn outputs_and_the_input_are_kept_for_templates() {
+    let mut execution = Execution::default();
+    execution.apply(started());
+    execution.apply(scheduled("fetch", 1));
+    execution.apply(step_started("fetch", 1));
+    execution.apply(succeeded("fetch", 1));
+    assert_eq!(execution.output("fetch"), Some(&json!("ok")));
+    assert_eq!(execution.input(), &json!({"language": "en"}));
+    assert_eq!(execution.trigger(), "manual");
+}
+
+#[test]
+fn resuming_moves_past_the_breakpoint_instead_of_landing_on_it_again() {
+    let mut execution = Execution::default();
+    execution.apply(started());
+    assert!(execution.pauses_before("check"));
+    execution.apply(paused());
+    execution.apply(ExecutionEvent::ExecutionResumed { step: false });
+    assert!(!execution.pauses_before("check"));
+    ExecutionTest::with(())
+        .given(vec![
+            started(),
+            paused(),
+            ExecutionEvent::ExecutionResumed { step: false },
+        ])
+        .when(pause("check"))
+        .then_expect_error(ExecutionError::NotABreakpoint {
+            node_id: node("check"),
+        });
+}
+
+#[test]
+fn stepping_runs_the_ready_nodes_then_pauses_before_the_next() {
+    let mut execution = Execution::default();
+    execution.apply(started());
+    execution.apply(paused());
+    execution.apply(ExecutionEvent::ExecutionResumed { step: true });
+    assert!(execution.is_stepping_into());
+    assert!(
+        !execution.pauses_before("report"),
+        "the ready nodes run first"
+    );
+    execution.apply(scheduled("fetch", 1));
+    execution.apply(step_started("fetch", 1));
+    execution.apply(succeeded("fetch", 1));
+    assert!(execution.pauses_before("report"), "then any node pauses");
+    ExecutionTest::with(())
+        .given(vec![
+            started(),
+            paused(),
+            ExecutionEvent::ExecutionResumed { step: true },
+            scheduled("fetch", 1),
+            step_started("fetch", 1),
+            succeeded("fetch", 1),
+        ])
+        .when(pause("report"))
+        .then_expect_events(vec![ExecutionEvent::ExecutionPaused {
+            node_id: node("report"),
+        }]);
+}
+
+#[test]
+fn breakpoints_can_be_replaced_while_the_run_is_not_over() {
+    ExecutionTest::with(())
+        .given(vec![started(), paused()])
+        .when(ExecutionCommand::SetBreakpoints {
+            breakpoints: vec![node("report")],
+        })
+        .then_expect_events(vec![ExecutionEvent::BreakpointsSet {
+            breakpoints: vec![node("report")],
+        }]);
+    let mut execution = Execution::default();
+    execution.apply(started());
+    execution.apply(ExecutionEvent::BreakpointsSet {
+        breakpoints: vec![node("report")],
+    });
+    assert!(execution.pauses_before("report"));
+    assert!(!execution.pauses_before("check"));
+}
+
+#[test]
+fn events_recorded_before_the_engine_still_read() {
+    let resumed: ExecutionEvent =
+        serde_json::from_value(json!({"type": "ExecutionResumed"})).unwrap();
+    assert_eq!(resumed, ExecutionEvent::ExecutionResumed { step: false });
+    let started: ExecutionEvent = serde_json::from_value(json!({
+        "type": "ExecutionStarted", "tenant": "acme",
+        "workflow_id": "00000000-0000-0000-0000-000000000007", "workflow_version": 3,
+        "input": {}, "trigger": "manual", "breakpoints": []
+    }))
+    .unwrap();
+    assert!(matches!(
+        started,
+        ExecutionEvent::ExecutionStarted { deadline: None, .. }
+    ));
 }

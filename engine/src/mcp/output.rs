@@ -115,6 +115,8 @@ impl McpTool {
                 name: tool.name.to_string(),
                 description: tool.description.as_ref().map(|d| d.to_string()),
                 input_schema: Value::Object((*tool.input_schema).clone()),
+                read_only,
+                idempotent,
             },
             title,
             read_only,

@@ -279,6 +279,33 @@ where
         cache.put(id.to_string(), Cached { state, version });
     }
 
+    /// The state of `id` as this bus last knew it — from the cache, or
+    /// loaded (and cached) when absent. It may be behind another replica's
+    /// writes; a command decided on it is checked by the append as usual,
+    /// and [`load`](Self::load) reads the database when that matters.
+    pub async fn current(&self, id: &str) -> Result<(A, u64), StoreError>
+    where
+        A: Clone,
+    {
+        if let Some(cached) = self.cache.lock().get(id) {
+            return Ok((cached.state.clone(), cached.version));
+        }
+        let (state, version) = self.load(id).await?;
+        self.put_cached(id, state.clone(), version);
+        Ok((state, version))
+    }
+
+    /// Loads `id` from the database and caches it: for a caller that found
+    /// the cached state stale.
+    pub async fn refresh(&self, id: &str) -> Result<(A, u64), StoreError>
+    where
+        A: Clone,
+    {
+        let (state, version) = self.load(id).await?;
+        self.put_cached(id, state.clone(), version);
+        Ok((state, version))
+    }
+
     /// Drops every cached aggregate (for tests and benchmarks).
     pub fn clear_cache(&self) {
         self.cache.lock().clear();

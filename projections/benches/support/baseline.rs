@@ -187,7 +187,9 @@ impl View<Execution> for ExecutionView {
                 output: None,
                 error: None,
             }),
-            ExecutionEvent::StepRetried { node_id, attempt } => {
+            ExecutionEvent::StepRetried {
+                node_id, attempt, ..
+            } => {
                 let input = self
                     .steps
                     .iter()
@@ -204,7 +206,9 @@ impl View<Execution> for ExecutionView {
                     error: None,
                 });
             }
-            ExecutionEvent::StepStarted { node_id, attempt } => {
+            ExecutionEvent::StepStarted {
+                node_id, attempt, ..
+            } => {
                 if let Some(s) = self.step(node_id.as_str(), *attempt) {
                     s.status = "running".into();
                 }
@@ -230,8 +234,9 @@ impl View<Execution> for ExecutionView {
                     s.error = Some(error.clone());
                 }
             }
+            ExecutionEvent::StepSkipped { .. } | ExecutionEvent::BreakpointsSet { .. } => {}
             ExecutionEvent::ExecutionPaused { .. } => self.status = "paused".into(),
-            ExecutionEvent::ExecutionResumed => self.status = "running".into(),
+            ExecutionEvent::ExecutionResumed { .. } => self.status = "running".into(),
             ExecutionEvent::ExecutionStopRequested => self.status = "stopping".into(),
             ExecutionEvent::ExecutionCancelled { reason } => {
                 self.status = "cancelled".into();

@@ -164,6 +164,7 @@ impl Generator {
                 input: json!({"page": run % 100, "language": "en"}),
                 trigger: if e == 0 { "cron" } else { "manual" }.into(),
                 breakpoints: vec![],
+                deadline: None,
             })];
             for (n, node) in self.nodes.iter().enumerate() {
                 execution.push(event(ExecutionEvent::StepScheduled {
@@ -174,6 +175,7 @@ impl Generator {
                 execution.push(event(ExecutionEvent::StepStarted {
                     node_id: node.clone(),
                     attempt: 1,
+                    wake_at: None,
                 }));
                 let mut attempt = 1;
                 if n == 1 && run.is_multiple_of(10) {
@@ -187,10 +189,12 @@ impl Generator {
                     execution.push(event(ExecutionEvent::StepRetried {
                         node_id: node.clone(),
                         attempt,
+                        not_before: None,
                     }));
                     execution.push(event(ExecutionEvent::StepStarted {
                         node_id: node.clone(),
                         attempt,
+                        wake_at: None,
                     }));
                 }
                 execution.push(event(ExecutionEvent::StepSucceeded {
@@ -250,6 +254,8 @@ impl Generator {
                         name: (*name).into(),
                         description: Some(format!("The {name} tool.")),
                         input_schema: json!({"type": "object", "properties": {"text": {"type": "string"}}}),
+                        read_only: false,
+                        idempotent: false,
                     })
                     .collect(),
             },

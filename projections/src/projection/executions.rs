@@ -44,6 +44,12 @@ table_row! {
         finished_at: Option<DateTime<Utc>> = opt_time,
         /// When it last changed.
         updated_at: DateTime<Utc> = time,
+        /// The node it is paused before, while paused.
+        paused_at: Option<String> = opt_text,
+        /// The nodes it pauses before (a JSON array of node ids).
+        breakpoints: Value = json,
+        /// When the whole run times out, if ever.
+        deadline: Option<DateTime<Utc>> = opt_time,
     }
 }
 entity!(ExecutionView, aggregate_version);
@@ -60,7 +66,8 @@ table_row! {
         attempt: u32 = small,
         /// The owning tenant.
         tenant: String = text,
-        /// `scheduled`, `running`, `succeeded` or `failed`.
+        /// `scheduled`, `running`, `succeeded`, `failed`, or `skipped` (a
+        /// node on a branch not taken, shown as attempt 0).
         status: String = text,
         /// The node's input (secret values masked by the engine).
         input: Value = json,
@@ -151,7 +158,8 @@ impl Projection for ExecutionsProjection {
                             workflow_version,
                             input,
                             trigger,
-                            ..
+                            breakpoints,
+                            deadline,
                         },
                         _,
                     ) => {
@@ -170,6 +178,9 @@ impl Projection for ExecutionsProjection {
                             started_at: at,
                             finished_at: None,
                             updated_at: at,
+                            paused_at: None,
+                            breakpoints: serde_json::to_value(&breakpoints)?,
+                            deadline,
                         }))
                     }
                     (_, None) => return Ok(None),
@@ -194,7 +205,9 @@ impl Projection for ExecutionsProjection {
                         dirty_steps.insert(step_key(&step));
                         steps.insert(step_key(&step), step);
                     }
-                    ExecutionEvent::StepRetried { node_id, attempt } => {
+                    ExecutionEvent::StepRetried {
+                        node_id, attempt, ..
+                    } => {
                         // A retry runs with the failed attempt's input.
                         let input = steps
                             .range(key(node_id.as_str(), 0)..key(node_id.as_str(), attempt))
@@ -205,7 +218,9 @@ impl Projection for ExecutionsProjection {
                         dirty_steps.insert(step_key(&step));
                         steps.insert(step_key(&step), step);
                     }
-                    ExecutionEvent::StepStarted { node_id, attempt } => {
+                    ExecutionEvent::StepStarted {
+                        node_id, attempt, ..
+                    } => {
                         let key = key(node_id.as_str(), attempt);
                         if let Some(s) = steps.get_mut(&key) {
                             s.status = "running".into();
@@ -240,16 +255,32 @@ impl Projection for ExecutionsProjection {
                             dirty_steps.insert(key);
                         }
                     }
-                    ExecutionEvent::ExecutionPaused { .. } => {
-                        row.status = ExecutionStatus::Paused.as_str().into();
+                    ExecutionEvent::StepSkipped { node_id } => {
+                        // A skipped node has no attempt: it shows as attempt 0.
+                        let mut step =
+                            new_step(key(node_id.as_str(), 0), Value::Null, &row.tenant, at);
+                        step.status = "skipped".into();
+                        step.finished_at = Some(at);
+                        dirty_steps.insert(step_key(&step));
+                        steps.insert(step_key(&step), step);
                     }
-                    ExecutionEvent::ExecutionResumed => {
+                    ExecutionEvent::BreakpointsSet { breakpoints } => {
+                        row.breakpoints = serde_json::to_value(&breakpoints)?;
+                    }
+                    ExecutionEvent::ExecutionPaused { node_id } => {
+                        row.status = ExecutionStatus::Paused.as_str().into();
+                        row.paused_at = Some(node_id.to_string());
+                    }
+                    ExecutionEvent::ExecutionResumed { .. } => {
                         row.status = ExecutionStatus::Running.as_str().into();
+                        row.paused_at = None;
                     }
                     ExecutionEvent::ExecutionStopRequested => {
                         row.status = ExecutionStatus::Stopping.as_str().into();
+                        row.paused_at = None;
                     }
                     ExecutionEvent::ExecutionCancelled { reason } => {
+                        row.paused_at = None;
                         row.error = Some(reason);
                         finish(row, ExecutionStatus::Cancelled);
                     }
@@ -258,6 +289,7 @@ impl Projection for ExecutionsProjection {
                         finish(row, ExecutionStatus::Completed);
                     }
                     ExecutionEvent::ExecutionFailed { error } => {
+                        row.paused_at = None;
                         row.error = Some(error);
                         finish(row, ExecutionStatus::Failed);
                     }

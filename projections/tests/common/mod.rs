@@ -146,6 +146,7 @@ pub async fn populate(w: &Writers, tenant_name: &str, n: usize) -> Populated {
                 input: json!({"n": i}),
                 trigger: "manual".into(),
                 breakpoints: vec![],
+                deadline: None,
             },
             ExecutionCommand::ScheduleStep {
                 node_id: fetch.clone(),
@@ -155,6 +156,7 @@ pub async fn populate(w: &Writers, tenant_name: &str, n: usize) -> Populated {
             ExecutionCommand::StartStep {
                 node_id: fetch.clone(),
                 attempt: 1,
+                wake_at: None,
             },
             ExecutionCommand::FailStep {
                 node_id: fetch.clone(),
@@ -165,10 +167,12 @@ pub async fn populate(w: &Writers, tenant_name: &str, n: usize) -> Populated {
             ExecutionCommand::RetryStep {
                 node_id: fetch.clone(),
                 attempt: 2,
+                not_before: None,
             },
             ExecutionCommand::StartStep {
                 node_id: fetch.clone(),
                 attempt: 2,
+                wake_at: None,
             },
             ExecutionCommand::SucceedStep {
                 node_id: fetch,
@@ -183,6 +187,7 @@ pub async fn populate(w: &Writers, tenant_name: &str, n: usize) -> Populated {
             ExecutionCommand::StartStep {
                 node_id: wait.clone(),
                 attempt: 1,
+                wake_at: None,
             },
             ExecutionCommand::SucceedStep {
                 node_id: wait,
@@ -265,11 +270,15 @@ pub async fn populate(w: &Writers, tenant_name: &str, n: usize) -> Populated {
                         name: "echo".into(),
                         description: Some("Echoes".into()),
                         input_schema: json!({"type": "object"}),
+                        read_only: false,
+                        idempotent: false,
                     },
                     ToolInfo {
                         name: "add".into(),
                         description: None,
                         input_schema: json!({"type": "object"}),
+                        read_only: false,
+                        idempotent: false,
                     },
                 ],
             },
@@ -283,6 +292,8 @@ pub async fn populate(w: &Writers, tenant_name: &str, n: usize) -> Populated {
                     name: "echo".into(),
                     description: None,
                     input_schema: json!({}),
+                    read_only: false,
+                    idempotent: false,
                 }],
             },
             McpServerCommand::Disable,
