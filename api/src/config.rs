@@ -11,6 +11,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use toolhub_engine::egress::EgressPolicy;
+use toolhub_engine::EngineConfig;
 use toolhub_eventstore::MasterKey;
 use zeroize::Zeroizing;
 
@@ -144,6 +146,11 @@ pub struct Config {
     pub limits: Limits,
     /// Whether to run the projectors in this process.
     pub run_projectors: bool,
+    /// Whether to run the engine's workers in this process (`toolhub
+    /// serve` does by default; `toolhub worker` runs only them).
+    pub run_engine: bool,
+    /// The engine's settings.
+    pub engine: EngineConfig,
 }
 
 impl Config {
@@ -163,6 +170,14 @@ impl Config {
             cors_origins: Vec::new(),
             limits: Limits::default(),
             run_projectors: true,
+            run_engine: true,
+            engine: EngineConfig {
+                // Tests see a dead worker's executions taken over quickly,
+                // and reach servers they run on loopback.
+                lease: Duration::from_secs(3),
+                health_interval: Duration::from_secs(3600),
+                ..EngineConfig::default()
+            },
         }
     }
 
@@ -231,6 +246,7 @@ impl Config {
                 reason: "expected a whole number of events".into(),
             })?;
         }
+        let engine = engine_config(&var)?;
         Ok(Self {
             environment,
             listen,
@@ -240,8 +256,61 @@ impl Config {
             cors_origins,
             limits,
             run_projectors: true,
+            run_engine: true,
+            engine,
         })
     }
+}
+
+/// A duration variable (`30s`, `5m`, `1h`, or a number of seconds).
+fn duration_var(
+    var: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let Some(text) = var(name) else {
+        return Ok(default);
+    };
+    let text = text.trim();
+    let parsed = match text.parse::<u64>() {
+        Ok(seconds) => Ok(Duration::from_secs(seconds)),
+        Err(_) => humantime::parse_duration(text),
+    };
+    match parsed {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(ConfigError::Invalid {
+            name,
+            reason: format!("{text:?} is not a positive duration such as 30s, 5m or 1h"),
+        }),
+    }
+}
+
+/// The engine's settings from the environment.
+fn engine_config(var: &impl Fn(&str) -> Option<String>) -> Result<EngineConfig, ConfigError> {
+    let defaults = EngineConfig::default();
+    let egress = match var(toolhub_engine::egress::ALLOW_LIST_ENV) {
+        None => EgressPolicy::default(),
+        Some(list) => EgressPolicy::parse(&list).map_err(|e| ConfigError::Invalid {
+            name: toolhub_engine::egress::ALLOW_LIST_ENV,
+            reason: e.to_string(),
+        })?,
+    };
+    Ok(EngineConfig {
+        execution_timeout: duration_var(
+            var,
+            "TOOLHUB_EXECUTION_TIMEOUT",
+            defaults.execution_timeout,
+        )?,
+        mcp_call_timeout: duration_var(var, "TOOLHUB_MCP_CALL_TIMEOUT", defaults.mcp_call_timeout)?,
+        health_interval: duration_var(
+            var,
+            "TOOLHUB_MCP_HEALTH_INTERVAL",
+            defaults.health_interval,
+        )?,
+        lease: duration_var(var, "TOOLHUB_ENGINE_LEASE", defaults.lease)?,
+        egress,
+        ..defaults
+    })
 }
 
 /// A variable of the process environment; blank counts as unset.

@@ -200,6 +200,25 @@ impl From<SecretCommandError> for ApiError {
     }
 }
 
+impl From<toolhub_engine::EngineError> for ApiError {
+    fn from(value: toolhub_engine::EngineError) -> Self {
+        use toolhub_engine::EngineError as E;
+        match value {
+            E::NotFound => Self::NotFound,
+            E::Archived => Self::conflict(
+                "ARCHIVED",
+                "the workflow is archived: restore it before running it",
+            ),
+            E::Validation { field, reason } => Self::validation(field, reason),
+            E::Execution(e) => e.into(),
+            E::McpServer(e) => e.into(),
+            // The server's own failure, already stripped of secrets.
+            E::Mcp(e) => Self::conflict("MCP_UNAVAILABLE", e.to_string()),
+            E::Store(e) => Self::internal(e),
+        }
+    }
+}
+
 impl DomainErrorCode for WorkflowError {
     fn to_api(&self) -> ApiError {
         let reason = self.to_string();

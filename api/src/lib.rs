@@ -29,4 +29,4 @@ pub mod server;
 pub mod state;
 
 pub use config::Config;
-pub use server::{spawn, Running, StartError};
+pub use server::{spawn, spawn_worker, Running, StartError, Worker};

@@ -1,7 +1,8 @@
 //! The `toolhub` binary.
 //!
 //! `toolhub serve` runs the service (see `toolhub_api::config` for its
-//! environment). `toolhub token` mints a development token that the server
+//! environment), executions included; `toolhub worker` runs only the
+//! engine's workers. `toolhub token` mints a development token that the server
 //! accepts. `toolhub migrate` applies the database migrations to `DATABASE_URL`, or to
 //! the embedded SQLite database in `TOOLHUB_DATA_DIR` (default
 //! `./toolhub-data`) when `DATABASE_URL` is unset.
@@ -26,8 +27,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serves the GraphQL API, health and metrics until SIGINT or SIGTERM.
+    /// Serves the GraphQL API, health and metrics, and runs executions,
+    /// until SIGINT or SIGTERM.
     Serve,
+    /// Runs only the engine's workers (no HTTP), for deployments that scale
+    /// workers apart from the API, until SIGINT or SIGTERM.
+    Worker,
     /// Prints the GraphQL schema (SDL), as checked into docs/schema.graphql.
     Schema,
     /// Prints a signed token for the configured HS256 secret (the generated
@@ -80,6 +85,14 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => serve().await,
+        Command::Worker => {
+            let config = toolhub_api::Config::from_env()?;
+            let worker = toolhub_api::spawn_worker(config).await?;
+            shutdown_signal().await;
+            tracing::info!("shutting down: giving executions back to the queue");
+            worker.stop().await;
+            Ok(())
+        }
         Command::Schema => {
             print!("{}", toolhub_api::graphql::sdl());
             Ok(())

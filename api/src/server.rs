@@ -40,6 +40,7 @@ use crate::graphql::{build_schema, Loaders, RequestData, ToolhubSchema};
 use crate::metrics::Metrics;
 use crate::read::{ProjectorRunner, ReadModels, RunnerHandle, RunnerOptions};
 use crate::state::{follow_projections, AppState};
+use toolhub_engine::{Engine, EngineHandle};
 use toolhub_eventstore::{CommandBus, KeyStore, Position, SecretVault, StoreError};
 
 /// The request id header.
@@ -59,6 +60,9 @@ pub enum StartError {
     /// The JWT key could not be used.
     #[error("cannot use the JWT key: {0}")]
     Jwt(String),
+    /// The engine could not be set up (its HTTP client).
+    #[error("cannot start the engine: {0}")]
+    Engine(String),
     /// The address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -81,6 +85,8 @@ pub struct Running {
     runner: Option<RunnerHandle>,
     /// The task that follows the projectors' progress for subscriptions.
     follower: JoinHandle<()>,
+    /// The engine's workers, when this process runs them.
+    engine: Option<EngineHandle>,
 }
 
 impl Running {
@@ -102,9 +108,25 @@ impl Running {
             tracing::warn!("in-flight requests did not finish within 15s; closing them");
             server.abort();
         }
+        if let Some(engine) = self.engine.take() {
+            engine.stop().await;
+        }
         if let Some(runner) = self.runner.take() {
             runner.stop().await;
         }
+        self.follower.abort();
+    }
+
+    /// Stops at once, as a crash would: no lease or lock is given back
+    /// (they run out), in-flight requests are dropped.
+    pub fn abort(mut self) {
+        if let Some(engine) = self.engine.take() {
+            engine.abort();
+        }
+        if let Some(runner) = self.runner.take() {
+            runner.abort();
+        }
+        self.server.abort();
         self.follower.abort();
     }
 }
@@ -133,10 +155,26 @@ pub async fn spawn(config: Config) -> Result<Running, StartError> {
         shutdown_rx.clone(),
     ));
     let keys = KeyStore::new(store.db().clone(), config.master_key.clone());
+    let workflows = Arc::new(CommandBus::new(store.clone()));
+    let mcp_servers = Arc::new(CommandBus::new(store.clone()));
+    let executions = Arc::new(CommandBus::new(store.clone()));
+    let secrets = Arc::new(SecretVault::new(CommandBus::new(store.clone()), keys));
+    let engine = Engine::new(
+        store.clone(),
+        executions.clone(),
+        workflows.clone(),
+        mcp_servers.clone(),
+        secrets.clone(),
+        config.engine.clone(),
+    )
+    .map_err(|e| StartError::Engine(e.to_string()))?;
+    let engine_handle = config.run_engine.then(|| engine.spawn());
     let state = Arc::new(AppState {
-        workflows: CommandBus::new(store.clone()),
-        mcp_servers: CommandBus::new(store.clone()),
-        secrets: SecretVault::new(CommandBus::new(store.clone()), keys),
+        workflows,
+        mcp_servers,
+        executions,
+        secrets,
+        engine,
         store,
         read,
         verifier,
@@ -177,6 +215,46 @@ pub async fn spawn(config: Config) -> Result<Running, StartError> {
         server,
         runner,
         follower,
+        engine: engine_handle,
+    })
+}
+
+/// A running engine without the HTTP server (`toolhub worker`).
+pub struct Worker {
+    /// The engine's workers.
+    engine: EngineHandle,
+}
+
+impl Worker {
+    /// Stops the workers: executions go back to the queue for others.
+    pub async fn stop(self) {
+        self.engine.stop().await;
+    }
+}
+
+/// Opens the database (applying migrations) and starts only the engine's
+/// workers: for deployments that scale workers apart from the API.
+pub async fn spawn_worker(config: Config) -> Result<Worker, StartError> {
+    let shown = toolhub_eventstore::store::redact_url(&config.database_url);
+    let store = toolhub_eventstore::open(&config.database_url)
+        .await
+        .map_err(|source| StartError::Store {
+            url: shown.clone(),
+            source,
+        })?;
+    let keys = KeyStore::new(store.db().clone(), config.master_key.clone());
+    let engine = Engine::new(
+        store.clone(),
+        Arc::new(CommandBus::new(store.clone())),
+        Arc::new(CommandBus::new(store.clone())),
+        Arc::new(CommandBus::new(store.clone())),
+        Arc::new(SecretVault::new(CommandBus::new(store.clone()), keys)),
+        config.engine.clone(),
+    )
+    .map_err(|e| StartError::Engine(e.to_string()))?;
+    tracing::info!(database = %shown, worker = %config.engine.worker_id, "engine workers started");
+    Ok(Worker {
+        engine: engine.spawn(),
     })
 }
 

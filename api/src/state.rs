@@ -8,9 +8,11 @@ use std::time::Duration;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use parking_lot::Mutex;
 use tokio::sync::watch;
+use toolhub_domain::execution::Execution;
 use toolhub_domain::mcp_server::McpServer;
 use toolhub_domain::workflow::Workflow;
 use toolhub_domain::TenantId;
+use toolhub_engine::Engine;
 use toolhub_eventstore::{CommandBus, EventStore, Position, SecretVault};
 
 use crate::auth::Verifier;
@@ -25,12 +27,16 @@ pub struct AppState {
     pub store: EventStore,
     /// The read models.
     pub read: ReadModels,
-    /// Workflow commands.
-    pub workflows: CommandBus<Workflow>,
-    /// MCP server commands.
-    pub mcp_servers: CommandBus<McpServer>,
+    /// Workflow commands (shared with the engine: one cache).
+    pub workflows: Arc<CommandBus<Workflow>>,
+    /// MCP server commands (shared with the engine).
+    pub mcp_servers: Arc<CommandBus<McpServer>>,
+    /// Execution commands (shared with the engine).
+    pub executions: Arc<CommandBus<Execution>>,
     /// Secret commands, with their key handling.
-    pub secrets: SecretVault,
+    pub secrets: Arc<SecretVault>,
+    /// Runs executions: starts, stops, resumes; MCP discovery and health.
+    pub engine: Engine,
     /// Token verification.
     pub verifier: Verifier,
     /// Prometheus metrics.

@@ -249,6 +249,11 @@ impl Execution {
         Some((*attempt, step))
     }
 
+    /// The nodes that have at least one attempt, in id order.
+    pub fn step_ids(&self) -> impl Iterator<Item = &NodeId> {
+        self.steps.keys()
+    }
+
     /// The output of a node's succeeded attempt.
     pub fn output(&self, node_id: &str) -> Option<&Value> {
         self.outputs.get(node_id)
@@ -660,7 +665,7 @@ pub enum ExecutionError {
 
 impl Execution {
     /// Decides which events a command produces, without changing anything.
-    fn decide(&self, command: ExecutionCommand) -> Result<Vec<ExecutionEvent>, ExecutionError> {
+    pub fn decide(&self, command: ExecutionCommand) -> Result<Vec<ExecutionEvent>, ExecutionError> {
         use ExecutionCommand as C;
         use ExecutionError as E;
         use ExecutionEvent as V;

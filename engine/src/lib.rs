@@ -26,10 +26,15 @@
 //!
 //! See `docs/engine.md` for the rules these modules implement.
 
+pub mod config;
 pub mod egress;
 pub mod expr;
 pub mod failure;
 pub mod http;
 pub mod mask;
 pub mod mcp;
+pub mod run;
 pub mod template;
+
+pub use config::EngineConfig;
+pub use run::{Engine, EngineError, EngineHandle, EngineStats, StartRequest, Started};

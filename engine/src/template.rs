@@ -110,6 +110,19 @@ impl fmt::Debug for Secrets {
     }
 }
 
+/// The outputs of finished nodes, by node id: a map keyed by `String` or by
+/// the domain's `NodeId`.
+pub trait Outputs: fmt::Debug + Sync {
+    /// The output of `node`, if it finished.
+    fn output(&self, node: &str) -> Option<&Value>;
+}
+
+impl<K: std::borrow::Borrow<str> + Ord + fmt::Debug + Sync> Outputs for BTreeMap<K, Value> {
+    fn output(&self, node: &str) -> Option<&Value> {
+        self.get(node)
+    }
+}
+
 /// What templates can refer to while a step runs.
 #[derive(Debug, Clone, Copy)]
 pub struct Scope<'a> {
@@ -117,7 +130,7 @@ pub struct Scope<'a> {
     pub input: &'a Value,
     /// The outputs of the nodes that have finished, by node id, for
     /// `{{nodes.ID…}}`.
-    pub nodes: &'a BTreeMap<String, Value>,
+    pub nodes: &'a dyn Outputs,
     /// The secrets unsealed for this step, for `{{secrets.NAME}}`.
     pub secrets: &'a Secrets,
 }
@@ -305,7 +318,7 @@ impl<'s, 'a> Resolver<'s, 'a> {
                 Found::Secret(secret)
             }
             TemplateReference::Input { path } => lookup(self.scope.input, path),
-            TemplateReference::Node { node, path } => match self.scope.nodes.get(node) {
+            TemplateReference::Node { node, path } => match self.scope.nodes.output(node) {
                 Some(output) => lookup(output, path),
                 None => Found::Missing,
             },

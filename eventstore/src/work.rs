@@ -296,3 +296,19 @@ pub async fn name_holder(
     .await?;
     rows.first().map(|r| r.text("aggregate_id")).transpose()
 }
+
+/// Every live holder of a unique name of `aggregate_type`, with its tenant:
+/// `(tenant, aggregate_id)`. (Every registered MCP server, for the health
+/// checker.)
+pub async fn named(db: &Db, aggregate_type: &str) -> Result<Vec<(String, String)>, StoreError> {
+    let rows = fetch(
+        db,
+        "SELECT tenant, aggregate_id FROM name_claims WHERE aggregate_type = $1 \
+         ORDER BY tenant, aggregate_id",
+        &[aggregate_type.into()],
+    )
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.text("tenant")?, r.text("aggregate_id")?)))
+        .collect()
+}

@@ -32,6 +32,17 @@ pub struct ReadModels {
     pub(crate) store: EventStore,
 }
 
+/// A `LIKE … ESCAPE '\\'` pattern that matches text containing `part`,
+/// whatever its case (compared with `lower(…)`), its wildcards escaped.
+fn contains_pattern(part: &str) -> String {
+    let escaped = part
+        .to_lowercase()
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
+}
+
 /// Reads a row of a read-model table as the view the API shows.
 fn view<R: TableRow + Into<V>, V>(row: &Row) -> Result<V, StoreError> {
     R::from_row(row).map(Into::into)
@@ -127,14 +138,9 @@ impl ReadModels {
     ) -> Result<Page<WorkflowView>, ReadError> {
         let mut conditions = Vec::new();
         if let Some(part) = &filter.name_contains {
-            let escaped = part
-                .to_lowercase()
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_");
             conditions.push((
                 "lower(name) LIKE $? ESCAPE '\\'",
-                Arg::from(format!("%{escaped}%")),
+                Arg::from(contains_pattern(part)),
             ));
         }
         if let Some(archived) = filter.archived {
@@ -389,6 +395,72 @@ impl ReadModels {
             McpToolView::from_row,
         )
         .await
+    }
+
+    /// Tool discovery across the tenant: every tool of every enabled MCP
+    /// server, whose name or description contains `search` (any case),
+    /// ordered by name, with the server it belongs to.
+    pub async fn mcp_tool_search(
+        &self,
+        tenant: &TenantId,
+        search: Option<&str>,
+        page: &PageRequest,
+    ) -> Result<Page<(McpToolView, McpServerView)>, ReadError> {
+        let mut args = vec![Arg::from(tenant.as_str())];
+        let mut sql = "SELECT t.server_id AS t_server_id, t.name AS t_name, t.tenant AS t_tenant, \
+                t.description AS t_description, t.input_schema AS t_input_schema, s.* \
+             FROM rm_mcp_tools t JOIN rm_mcp_servers s ON s.id = t.server_id \
+             WHERE t.tenant = $1 AND s.tenant = $1 AND s.enabled = $2 AND s.deregistered = $3"
+            .to_string();
+        args.push(Arg::from(true));
+        args.push(Arg::from(false));
+        if let Some(search) = search.filter(|s| !s.is_empty()) {
+            args.push(Arg::from(contains_pattern(search)));
+            let n = args.len();
+            sql.push_str(&format!(
+                " AND (lower(t.name) LIKE ${n} ESCAPE '\\' \
+                   OR lower(coalesce(t.description, '')) LIKE ${n} ESCAPE '\\')"
+            ));
+        }
+        if let Some(after) = &page.after {
+            let key = decode_cursor("tool", after)?;
+            let (name, server) = key.split_once('\u{1f}').ok_or(ReadError::InvalidCursor)?;
+            args.push(Arg::from(name));
+            args.push(Arg::from(server));
+            sql.push_str(&format!(
+                " AND (t.name, t.server_id) > (${}, ${})",
+                args.len() - 1,
+                args.len()
+            ));
+        }
+        let n = limit(page);
+        args.push(Arg::from(n + 1));
+        sql.push_str(&format!(
+            " ORDER BY t.name, t.server_id LIMIT ${}",
+            args.len()
+        ));
+        let rows = fetch(self.db(), &sql, &args).await?;
+        let has_next_page = rows.len() as i64 > n;
+        let items = rows
+            .iter()
+            .take(n as usize)
+            .map(|r| {
+                let tool = McpToolView {
+                    server_id: r.text("t_server_id")?,
+                    name: r.text("t_name")?,
+                    tenant: r.text("t_tenant")?,
+                    description: r.opt_text("t_description")?,
+                    input_schema: r.json("t_input_schema")?,
+                };
+                let server = McpServerView::from_row(r)?;
+                let key = format!("{}\u{1f}{}", tool.name, tool.server_id);
+                Ok((cursor("tool", &key), (tool, server)))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Page {
+            items,
+            has_next_page,
+        })
     }
 
     fn audit_conditions(filter: &AuditFilter, args: &mut Vec<Arg>) -> String {

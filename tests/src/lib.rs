@@ -363,3 +363,96 @@ impl WsClient {
         let _ = self.socket.close(None).await;
     }
 }
+
+/// The fields of an execution the engine tests read.
+pub const EXECUTION_FIELDS: &str = "id status error output pausedAt trigger \
+    nodes { id state attempt breakpoint } \
+    steps { nodeId attempt status input output error }";
+
+impl TestServer {
+    /// Creates a workflow with `definition`; returns its id.
+    pub async fn create_workflow(&self, token: &str, name: &str, definition: Value) -> String {
+        let data = self
+            .ok(
+                token,
+                "mutation ($input: CreateWorkflowInput!) { createWorkflow(input: $input) { id } }",
+                json!({"input": {"name": name, "definition": definition}}),
+            )
+            .await;
+        data["createWorkflow"]["id"]
+            .as_str()
+            .expect("an id")
+            .to_string()
+    }
+
+    /// Starts an execution of a workflow; returns its id.
+    pub async fn start_execution(&self, token: &str, workflow_id: &str, input: Value) -> String {
+        self.start_execution_with(token, json!({"workflowId": workflow_id, "input": input}))
+            .await
+    }
+
+    /// Starts an execution with a whole `StartExecutionInput`; returns its
+    /// id.
+    pub async fn start_execution_with(&self, token: &str, input: Value) -> String {
+        let data = self
+            .ok(
+                token,
+                "mutation ($input: StartExecutionInput!) { startExecution(input: $input) { id } }",
+                json!({ "input": input }),
+            )
+            .await;
+        data["startExecution"]["id"]
+            .as_str()
+            .expect("an id")
+            .to_string()
+    }
+
+    /// The execution as the API shows it (with [`EXECUTION_FIELDS`]).
+    pub async fn execution(&self, token: &str, id: &str) -> Value {
+        let query = format!("query ($id: ID!) {{ execution(id: $id) {{ {EXECUTION_FIELDS} }} }}");
+        self.ok(token, &query, json!({ "id": id })).await["execution"].clone()
+    }
+
+    /// Polls the execution until `done` accepts it, failing the test after
+    /// `within`.
+    pub async fn wait_execution(
+        &self,
+        token: &str,
+        id: &str,
+        within: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let execution = self.execution(token, id).await;
+            if done(&execution) {
+                return execution;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("the execution did not get there within {within:?}: {execution:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the execution has ended (completed, failed or
+    /// cancelled).
+    pub async fn wait_finished(&self, token: &str, id: &str, within: Duration) -> Value {
+        self.wait_execution(token, id, within, |e| {
+            matches!(
+                e["status"].as_str(),
+                Some("COMPLETED" | "FAILED" | "CANCELLED")
+            )
+        })
+        .await
+    }
+}
+
+/// The step of `node` (its latest attempt) in an execution as
+/// [`TestServer::execution`] returns it.
+pub fn step<'a>(execution: &'a Value, node: &str) -> &'a Value {
+    execution["steps"]
+        .as_array()
+        .and_then(|steps| steps.iter().rev().find(|s| s["nodeId"] == node))
+        .unwrap_or_else(|| panic!("no step of `{node}` in {execution:#}"))
+}

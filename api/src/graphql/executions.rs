@@ -1,6 +1,6 @@
-//! Executions: `executions` and `execution { steps }` (steps batched by a
-//! DataLoader). Executions are started and driven by the engine, so this
-//! module has no mutations yet.
+//! Executions: `executions`, `execution { steps nodes }` (steps batched by
+//! a DataLoader; `nodes` planned from the execution's own state), and the
+//! engine's mutations: start, stop, resume (or step), breakpoints.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,11 +9,14 @@ use async_graphql::connection::{Connection, EmptyFields};
 use async_graphql::dataloader::Loader;
 use async_graphql::{Context, Enum, InputObject, Object, SimpleObject, ID};
 use chrono::{DateTime, Utc};
-use toolhub_domain::{Role, TenantId};
+use toolhub_domain::execution::{plan, NodeState};
+use toolhub_domain::{AggregateRoot, ExecutionId, Role, TenantId, WorkflowId};
+use toolhub_engine::StartRequest;
 
 use super::scalars::Json;
 use super::{
-    caller, connection, loaders, one, page_request, state, wait_for, Consistency, ReadBack,
+    caller, command_context, connection, loaders, one, page_request, parse_id, state, wait_for,
+    written, Consistency, ReadBack, Written,
 };
 use crate::error::ApiError;
 use crate::read::{ExecutionFilter, ExecutionStepView, ExecutionView, ReadError, ReadModels};
@@ -37,7 +40,8 @@ pub enum ExecutionStatus {
 }
 
 impl ExecutionStatus {
-    fn as_str(self) -> &'static str {
+    /// The status as the read model spells it.
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Running => "running",
             Self::Paused => "paused",
@@ -122,6 +126,65 @@ impl Execution {
     async fn updated_at(&self) -> DateTime<Utc> {
         self.0.updated_at
     }
+    /// The node it is paused before, while paused.
+    async fn paused_at(&self) -> Option<&str> {
+        self.0.paused_at.as_deref()
+    }
+    /// The nodes it pauses before.
+    async fn breakpoints(&self) -> Vec<String> {
+        self.0
+            .breakpoints
+            .as_array()
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|id| id.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+    /// When the whole run times out, if ever.
+    async fn deadline(&self) -> Option<DateTime<Utc>> {
+        self.0.deadline
+    }
+    /// Every node of the pinned workflow version and where it stands — what
+    /// a debugger shows at a glance: ready, running, done, skipped, failed
+    /// or pending. Planned from the execution's own history, by the same
+    /// code the engine decides with.
+    async fn nodes(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ExecutionNode>> {
+        let caller = caller(ctx, Role::Viewer)?;
+        let state = state(ctx)?;
+        let (execution, _) = state
+            .executions
+            .current(&self.0.id)
+            .await
+            .map_err(ApiError::from)?;
+        if execution.tenant() != Some(&caller.tenant) {
+            return Err(ApiError::NotFound.into());
+        }
+        let workflow_id = execution.workflow_id().ok_or(ApiError::NotFound)?;
+        let (workflow, _) = state
+            .workflows
+            .current(&workflow_id.to_string())
+            .await
+            .map_err(ApiError::from)?;
+        let definition = workflow
+            .definition(execution.workflow_version())
+            .ok_or(ApiError::NotFound)?;
+        let planned = plan(definition, &execution);
+        Ok(planned
+            .nodes
+            .into_iter()
+            .map(|(id, node_state)| {
+                let attempt = execution.latest_attempt(id.as_str()).map(|(a, _)| a);
+                ExecutionNode {
+                    id: id.to_string(),
+                    state: NodeStateValue::from(node_state),
+                    attempt,
+                    breakpoint: execution.breakpoints().contains(id.as_str()),
+                }
+            })
+            .collect())
+    }
     /// Every attempt of every node, in order.
     async fn steps(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ExecutionStep>> {
         caller(ctx, Role::Viewer)?;
@@ -133,6 +196,53 @@ impl Execution {
     }
 }
 
+/// Where a node of an execution stands.
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+#[graphql(name = "NodeState")]
+pub enum NodeStateValue {
+    /// Waiting for nodes before it.
+    Pending,
+    /// Its turn has come.
+    Ready,
+    /// Scheduled (a retry may be waiting for its time).
+    Scheduled,
+    /// Running.
+    Running,
+    /// Succeeded.
+    Done,
+    /// Its latest attempt failed.
+    Failed,
+    /// On a branch not taken.
+    Skipped,
+}
+
+impl From<NodeState> for NodeStateValue {
+    fn from(state: NodeState) -> Self {
+        match state {
+            NodeState::Pending => Self::Pending,
+            NodeState::Ready => Self::Ready,
+            NodeState::Scheduled => Self::Scheduled,
+            NodeState::Running => Self::Running,
+            NodeState::Done => Self::Done,
+            NodeState::Failed => Self::Failed,
+            NodeState::Skipped => Self::Skipped,
+        }
+    }
+}
+
+/// One node of an execution, for a debugger.
+#[derive(SimpleObject)]
+pub struct ExecutionNode {
+    /// The node's id.
+    id: String,
+    /// Where it stands.
+    state: NodeStateValue,
+    /// Its latest attempt, if any.
+    attempt: Option<u32>,
+    /// Whether the execution pauses before it.
+    breakpoint: bool,
+}
+
 /// One attempt of one node.
 #[derive(SimpleObject, Clone)]
 pub struct ExecutionStep {
@@ -140,7 +250,8 @@ pub struct ExecutionStep {
     node_id: String,
     /// The attempt, from 1.
     attempt: u32,
-    /// `scheduled`, `running`, `succeeded` or `failed`.
+    /// `scheduled`, `running`, `succeeded`, `failed`, or `skipped` (a node
+    /// on a branch not taken, shown as attempt 0).
     status: String,
     /// The node's input, secrets masked.
     input: Json,
@@ -264,5 +375,177 @@ impl ExecutionQuery {
         consistency: Option<Consistency>,
     ) -> async_graphql::Result<Option<Execution>> {
         one::<Execution>(ctx, Role::Viewer, &id, consistency).await
+    }
+}
+
+/// What an execution mutation did.
+#[derive(SimpleObject)]
+pub struct ExecutionPayload {
+    /// The execution's id.
+    id: ID,
+    /// The execution's version after the mutation.
+    version: u64,
+    /// The position of the mutation's last event; pass it as
+    /// `consistency: {atLeast: …}` to read your write.
+    position: String,
+    /// The execution as the read model shows it after the mutation; null
+    /// only when the read model did not catch up within the bound.
+    execution: Option<Execution>,
+}
+
+impl From<Written<Execution>> for ExecutionPayload {
+    fn from(w: Written<Execution>) -> Self {
+        Self {
+            id: w.id,
+            version: w.version,
+            position: w.position,
+            execution: w.entity,
+        }
+    }
+}
+
+/// `startExecution` input.
+#[derive(InputObject)]
+pub struct StartExecutionInput {
+    /// The workflow to run, at its current version.
+    workflow_id: ID,
+    /// The input, read by templates as `{{input…}}`.
+    input: Option<Json>,
+    /// Nodes to pause before, for debugging.
+    breakpoints: Option<Vec<String>>,
+    /// The same key within 24 hours returns the first execution instead of
+    /// starting another.
+    idempotency_key: Option<String>,
+}
+
+/// `stopExecution` input.
+#[derive(InputObject)]
+pub struct ExecutionIdInput {
+    /// The execution.
+    id: ID,
+}
+
+/// `resumeExecution` input.
+#[derive(InputObject)]
+pub struct ResumeExecutionInput {
+    /// The execution.
+    id: ID,
+    /// Run the nodes that are ready and pause again before the next ones
+    /// (step over) instead of continuing.
+    step: Option<bool>,
+}
+
+/// `setExecutionBreakpoints` input.
+#[derive(InputObject)]
+pub struct SetExecutionBreakpointsInput {
+    /// The execution.
+    id: ID,
+    /// The nodes to pause before, replacing the current ones.
+    breakpoints: Vec<String>,
+}
+
+/// Execution mutations (editors and admins).
+#[derive(Default)]
+pub struct ExecutionMutation;
+
+fn execution_id(id: &ID) -> Result<ExecutionId, ApiError> {
+    parse_id(id, "input.id").map(ExecutionId::from_uuid)
+}
+
+/// Answers an execution mutation.
+async fn payload(
+    ctx: &Context<'_>,
+    id: ExecutionId,
+    result: Result<toolhub_eventstore::Committed, ApiError>,
+) -> async_graphql::Result<ExecutionPayload> {
+    Ok(written::<Execution>(ctx, id.to_string(), result)
+        .await?
+        .into())
+}
+
+#[Object]
+impl ExecutionMutation {
+    /// Starts an execution of a workflow's current version, and returns at
+    /// once; watch it with `executionUpdated`.
+    async fn start_execution(
+        &self,
+        ctx: &Context<'_>,
+        input: StartExecutionInput,
+    ) -> async_graphql::Result<ExecutionPayload> {
+        let caller = caller(ctx, Role::Editor)?;
+        let state = state(ctx)?;
+        let workflow_id =
+            parse_id(&input.workflow_id, "input.workflowId").map(WorkflowId::from_uuid)?;
+        let request = StartRequest {
+            workflow_id,
+            input: input
+                .input
+                .map(|j| j.0)
+                .unwrap_or(serde_json::Value::Object(Default::default())),
+            breakpoints: input.breakpoints.unwrap_or_default(),
+            idempotency_key: input.idempotency_key,
+            trigger: "manual".into(),
+        };
+        let context = command_context(ctx, caller);
+        let started = state
+            .engine
+            .start(&context, request)
+            .await
+            .map_err(ApiError::from)?;
+        payload(ctx, started.execution_id, Ok(started.committed)).await
+    }
+
+    /// Stops an execution: nothing new starts, steps in flight are
+    /// cancelled, and it ends `cancelled`.
+    async fn stop_execution(
+        &self,
+        ctx: &Context<'_>,
+        input: ExecutionIdInput,
+    ) -> async_graphql::Result<ExecutionPayload> {
+        let caller = caller(ctx, Role::Editor)?;
+        let id = execution_id(&input.id)?;
+        let context = command_context(ctx, caller);
+        let result = state(ctx)?
+            .engine
+            .stop(&context, id)
+            .await
+            .map_err(ApiError::from);
+        payload(ctx, id, result).await
+    }
+
+    /// Resumes a paused execution; with `step: true`, runs the ready nodes
+    /// and pauses again before the next ones.
+    async fn resume_execution(
+        &self,
+        ctx: &Context<'_>,
+        input: ResumeExecutionInput,
+    ) -> async_graphql::Result<ExecutionPayload> {
+        let caller = caller(ctx, Role::Editor)?;
+        let id = execution_id(&input.id)?;
+        let context = command_context(ctx, caller);
+        let result = state(ctx)?
+            .engine
+            .resume(&context, id, input.step.unwrap_or(false))
+            .await
+            .map_err(ApiError::from);
+        payload(ctx, id, result).await
+    }
+
+    /// Replaces an execution's breakpoints (for example while it is
+    /// paused).
+    async fn set_execution_breakpoints(
+        &self,
+        ctx: &Context<'_>,
+        input: SetExecutionBreakpointsInput,
+    ) -> async_graphql::Result<ExecutionPayload> {
+        let caller = caller(ctx, Role::Editor)?;
+        let id = execution_id(&input.id)?;
+        let context = command_context(ctx, caller);
+        let result = state(ctx)?
+            .engine
+            .set_breakpoints(&context, id, input.breakpoints)
+            .await
+            .map_err(ApiError::from);
+        payload(ctx, id, result).await
     }
 }

@@ -1,5 +1,7 @@
 //! MCP servers: `mcpServers`, `mcpServer { tools }` (batched by a
-//! DataLoader) and the five MCP server mutations.
+//! DataLoader), tool discovery across servers (`mcpTools`), the five MCP
+//! server mutations, and the two that talk to the server over MCP
+//! (`refreshMcpServerTools`, `checkMcpServerHealth`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -104,6 +106,23 @@ impl From<McpToolView> for McpTool {
     }
 }
 
+/// A tool found by `mcpTools`, with the server it belongs to.
+#[derive(SimpleObject)]
+pub struct DiscoveredTool {
+    /// The tool's name: an `mcp_tool` node's `tool`.
+    name: String,
+    /// Its description.
+    description: Option<String>,
+    /// The JSON schema of its arguments.
+    input_schema: Json,
+    /// The server's id.
+    server_id: ID,
+    /// The server's name: an `mcp_tool` node's `server`.
+    server_name: String,
+    /// The server's latest health check, if any.
+    server_healthy: Option<bool>,
+}
+
 /// Loads the tools of many servers in one query.
 pub struct ToolLoader {
     /// The read models the batch is read from.
@@ -204,6 +223,37 @@ impl McpServerQuery {
             .await
             .map_err(ApiError::from)?;
         Ok(connection(page, had_cursor, McpServer))
+    }
+
+    /// Tool discovery across the tenant: every tool of every enabled
+    /// server whose name or description contains `search` (any case), by
+    /// name.
+    async fn mcp_tools(
+        &self,
+        ctx: &Context<'_>,
+        search: Option<String>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, DiscoveredTool, EmptyFields, EmptyFields>> {
+        let caller = caller(ctx, Role::Viewer)?;
+        let state = state(ctx)?;
+        let had_cursor = after.is_some();
+        let page = page_request(first, after)?;
+        let page = state
+            .read
+            .mcp_tool_search(&caller.tenant, search.as_deref(), &page)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(connection(page, had_cursor, |(tool, server)| {
+            DiscoveredTool {
+                name: tool.name,
+                description: tool.description,
+                input_schema: async_graphql::Json(tool.input_schema),
+                server_id: ID(server.id),
+                server_name: server.name,
+                server_healthy: server.healthy,
+            }
+        }))
     }
 
     /// One MCP server. Another tenant's server is `NOT_FOUND`.
@@ -320,6 +370,45 @@ impl McpServerMutation {
     ) -> async_graphql::Result<McpServerPayload> {
         let id = server_id(&input.id)?;
         Self::run(ctx, id, McpServerCommand::Disable, input.expected_version).await
+    }
+
+    /// Connects to the server, lists its tools over MCP, and records them
+    /// when the list changed (nothing when it did not).
+    async fn refresh_mcp_server_tools(
+        &self,
+        ctx: &Context<'_>,
+        input: McpServerIdInput,
+    ) -> async_graphql::Result<McpServerPayload> {
+        let caller = caller(ctx, McpServerCommand::Enable.required_role())?;
+        let id = server_id(&input.id)?;
+        let context = super::command_context(ctx, caller);
+        let result = state(ctx)?
+            .engine
+            .refresh_tools(&context, id)
+            .await
+            .map_err(ApiError::from);
+        Ok(written::<McpServer>(ctx, id.to_string(), result)
+            .await?
+            .into())
+    }
+
+    /// Pings the server over MCP (with a timeout) and records its health.
+    async fn check_mcp_server_health(
+        &self,
+        ctx: &Context<'_>,
+        input: McpServerIdInput,
+    ) -> async_graphql::Result<McpServerPayload> {
+        let caller = caller(ctx, McpServerCommand::Enable.required_role())?;
+        let id = server_id(&input.id)?;
+        let context = super::command_context(ctx, caller);
+        let result = state(ctx)?
+            .engine
+            .check_health(&context, id)
+            .await
+            .map_err(ApiError::from);
+        Ok(written::<McpServer>(ctx, id.to_string(), result)
+            .await?
+            .into())
     }
 
     /// Removes the server for good.

@@ -53,6 +53,7 @@ pub struct Mutation(
     workflows::WorkflowMutation,
     secrets::SecretMutation,
     mcp_servers::McpServerMutation,
+    executions::ExecutionMutation,
 );
 
 /// Every subscription.

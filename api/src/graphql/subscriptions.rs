@@ -17,7 +17,7 @@ use toolhub_domain::{Role, TenantId};
 use toolhub_eventstore::Position;
 
 use super::audit::AuditEntry;
-use super::executions::Execution;
+use super::executions::{Execution, ExecutionStatus};
 use super::scalars::AggregateType;
 use super::workflows::Workflow;
 use super::{caller, parse_position, state};
@@ -221,15 +221,18 @@ impl LogSubscription {
         ))
     }
 
-    /// An execution, each time it changes (viewers and up).
+    /// An execution, each time it changes (viewers and up), in log order.
+    /// Pass `after` (a position) to resume after a disconnect without
+    /// missing a change.
     async fn execution_updated(
         &self,
         ctx: &Context<'_>,
         id: ID,
+        after: Option<String>,
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Execution>>> {
         let caller = caller(ctx, Role::Viewer)?;
         let state = state(ctx)?;
-        let after = state.store.head().await.map_err(ApiError::from)?;
+        let after = start(state, after).await?;
         if state
             .read
             .execution(&caller.tenant, &id)
@@ -257,6 +260,146 @@ impl LogSubscription {
                     .map(Execution))
             },
         ))
+    }
+
+    /// The tenant's executions as they change (viewers and up): each
+    /// execution once per change, optionally only those of a workflow or in
+    /// a status. Resumable from a position, like `events`.
+    async fn executions_changed(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<ExecutionsChangedFilter>,
+        after: Option<String>,
+    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Execution>>> {
+        let follower = Self::follow_type(ctx, AggregateType::Execution, after).await?;
+        let filter = filter.unwrap_or_default();
+        let workflow_id = filter.workflow_id.map(|id| id.0);
+        let status = filter.status;
+        Ok(follow_entities(
+            follower,
+            |state, tenant, id| async move {
+                Ok(state
+                    .read
+                    .execution(&tenant, &id)
+                    .await
+                    .map_err(ApiError::from)?
+                    .map(Execution))
+            },
+            move |execution: &Execution| {
+                workflow_id
+                    .as_ref()
+                    .is_none_or(|w| *w == execution.0.workflow_id)
+                    && status.is_none_or(|s| s.as_str() == execution.0.status)
+            },
+        ))
+    }
+
+    /// The tenant's workflows as they change (viewers and up), each once per
+    /// change. Resumable from a position, like `events`.
+    async fn workflows_changed(
+        &self,
+        ctx: &Context<'_>,
+        after: Option<String>,
+    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Workflow>>> {
+        let follower = Self::follow_type(ctx, AggregateType::Workflow, after).await?;
+        Ok(follow_entities(
+            follower,
+            |state, tenant, id| async move {
+                Ok(state
+                    .read
+                    .workflow(&tenant, &id)
+                    .await
+                    .map_err(ApiError::from)?
+                    .map(Workflow))
+            },
+            |_| true,
+        ))
+    }
+}
+
+/// Filters for `executionsChanged`.
+#[derive(InputObject, Default)]
+pub struct ExecutionsChangedFilter {
+    /// Only executions of this workflow.
+    pub workflow_id: Option<ID>,
+    /// Only executions that are now in this status.
+    pub status: Option<ExecutionStatus>,
+}
+
+/// Yields each entity that changed, as the read model shows it, once per
+/// batch of the log that changed it (in the order of their last change),
+/// keeping those `keep` accepts.
+fn follow_entities<T, F, Fut>(
+    follower: Follower,
+    load: F,
+    keep: impl Fn(&T) -> bool + Send + Sync + 'static,
+) -> impl Stream<Item = async_graphql::Result<T>>
+where
+    T: Send + 'static,
+    F: Fn(Arc<AppState>, TenantId, String) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Option<T>, ApiError>> + Send,
+{
+    let load = Arc::new(load);
+    let keep = Arc::new(keep);
+    futures::stream::unfold(
+        (follower, VecDeque::<String>::new(), false),
+        move |(mut follower, mut ids, failed)| {
+            let load = load.clone();
+            let keep = keep.clone();
+            async move {
+                if failed {
+                    return None;
+                }
+                loop {
+                    while let Some(id) = ids.pop_front() {
+                        let state = follower.state.clone();
+                        match load(state, follower.tenant.clone(), id).await {
+                            Ok(Some(entity)) if keep(&entity) => {
+                                return Some((Ok(entity), (follower, ids, false)))
+                            }
+                            Ok(_) => continue,
+                            Err(error) => return Some((Err(error.into()), (follower, ids, true))),
+                        }
+                    }
+                    match follower.next_batch().await? {
+                        Err(error) => return Some((Err(error.into()), (follower, ids, true))),
+                        Ok(entries) => {
+                            // Each entity once per batch, where it last changed.
+                            let mut seen = std::collections::HashSet::new();
+                            let mut order: Vec<String> = Vec::new();
+                            for entry in entries.iter().rev() {
+                                if seen.insert(entry.aggregate_id.clone()) {
+                                    order.push(entry.aggregate_id.clone());
+                                }
+                            }
+                            order.reverse();
+                            // The entities' read models may trail the audit log.
+                            let _ = follower.state.wait_for(follower.after).await;
+                            ids.extend(order);
+                        }
+                    }
+                }
+            }
+        },
+    )
+    .boxed()
+}
+
+impl LogSubscription {
+    /// A follower of one aggregate type's entries for the caller.
+    async fn follow_type(
+        ctx: &Context<'_>,
+        aggregate_type: AggregateType,
+        after: Option<String>,
+    ) -> async_graphql::Result<Follower> {
+        let caller = caller(ctx, Role::Viewer)?;
+        let state = state(ctx)?;
+        let after = start(state, after).await?;
+        let filter = AuditFilter {
+            aggregate_type: Some(aggregate_type.as_str().to_string()),
+            ..AuditFilter::default()
+        };
+        Ok(Follower::new(state, caller.tenant.clone(), filter, after))
     }
 }
 

@@ -128,18 +128,19 @@ pub enum ConditionError {
 
 /// Evaluates a condition against the execution's input and the finished
 /// nodes' outputs (see the module documentation).
-pub fn evaluate_condition(
+pub fn evaluate_condition<K: AsRef<str> + Ord>(
     expression: &str,
     input: &Value,
-    nodes: &BTreeMap<String, Value>,
+    nodes: &BTreeMap<K, Value>,
 ) -> Result<bool, ConditionError> {
     let source = prepare(expression)?;
     let program = compile(&source)?;
 
     // Only the data the expression can name is converted and handed in.
-    let mentioned_nodes: Vec<(&String, &Value)> = nodes
+    let mentioned_nodes: Vec<(&str, &Value)> = nodes
         .iter()
-        .filter(|(id, _)| source.contains(id.as_str()))
+        .map(|(id, output)| (id.as_ref(), output))
+        .filter(|(id, _)| source.contains(id))
         .collect();
     let input = if source.contains("input") {
         input
@@ -151,7 +152,7 @@ pub fn evaluate_condition(
     let input = to_cel(input, &mut budget)?;
     for (id, output) in mentioned_nodes {
         nodes_map.insert(
-            Key::String(Arc::new(id.clone())),
+            Key::String(Arc::new(id.to_string())),
             to_cel(output, &mut budget)?,
         );
     }
@@ -814,7 +815,7 @@ mod tests {
             evaluate_condition(
                 "input.big == 18446744073709551615u && input.neg < 0 && input.f == 0.5",
                 &data,
-                &BTreeMap::new()
+                &BTreeMap::<String, Value>::new()
             ),
             Ok(true)
         );

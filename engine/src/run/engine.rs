@@ -1,0 +1,672 @@
+//! The engine's public face and its worker loop.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use serde_json::Value;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use toolhub_domain::definition::NodeId;
+use toolhub_domain::execution::{Execution, ExecutionCommand, ExecutionError};
+use toolhub_domain::mcp_server::{McpServer, McpServerError};
+use toolhub_domain::workflow::Workflow;
+use toolhub_domain::{AggregateRoot, ExecutionId, McpServerId, TenantId, WorkflowId};
+use toolhub_eventstore::work::{release_key, reserve_key, KeyReservation};
+use toolhub_eventstore::{
+    CommandBus, CommandContext, CommandError, Committed, ConflictKind, EventStore, SecretVault,
+    StoreError, WorkQueue,
+};
+
+use super::driver::Driver;
+use super::health::run_health_checks;
+use crate::config::EngineConfig;
+use crate::mcp::{McpCallError, McpPool};
+
+/// The longest idempotency key, in characters.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
+
+/// The largest execution input, in bytes of JSON.
+pub const MAX_INPUT_BYTES: usize = 1024 * 1024;
+
+/// Why the engine refused or failed a request.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The workflow, execution or server does not exist, or is another
+    /// tenant's. Present it exactly like a missing entity.
+    #[error("not found")]
+    NotFound,
+    /// The workflow is archived: it cannot start.
+    #[error("the workflow is archived")]
+    Archived,
+    /// A field of the request is unusable.
+    #[error("{field}: {reason}")]
+    Validation {
+        /// The field, as the API names it.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An execution command was refused or conflicted.
+    #[error(transparent)]
+    Execution(#[from] CommandError<ExecutionError>),
+    /// An MCP server command was refused or conflicted.
+    #[error(transparent)]
+    McpServer(#[from] CommandError<McpServerError>),
+    /// The MCP server could not be reached or answered badly.
+    #[error(transparent)]
+    Mcp(#[from] McpCallError),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What `startExecution` asks.
+#[derive(Debug, Clone)]
+pub struct StartRequest {
+    /// The workflow to run, at its current version.
+    pub workflow_id: WorkflowId,
+    /// The input, available to templates as `{{input…}}`.
+    pub input: Value,
+    /// The nodes to pause before.
+    pub breakpoints: Vec<String>,
+    /// The same key within the idempotency window returns the first
+    /// execution instead of starting another.
+    pub idempotency_key: Option<String>,
+    /// What started it: `manual`, `cron`, `webhook` or `mcp`.
+    pub trigger: String,
+}
+
+/// What a start did.
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// The execution.
+    pub execution_id: ExecutionId,
+    /// The start's commit; for an idempotent repeat, nothing appended.
+    pub committed: Committed,
+    /// True when the idempotency key returned an earlier execution.
+    pub existing: bool,
+}
+
+/// Counters the service exports as metrics and tests read.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// Executions this process started.
+    pub started: AtomicU64,
+    /// Executions that reached an end while this process drove them.
+    pub finished: AtomicU64,
+    /// Steps whose side effects this process ran.
+    pub steps_run: AtomicU64,
+    /// Batches recorded.
+    pub batches: AtomicU64,
+    /// Commands that lost a race and were decided again.
+    pub conflicts: AtomicU64,
+    /// The latest health-check latency of each server, in milliseconds
+    /// (server id → latency), and whether it was healthy.
+    pub health: Mutex<HashMap<String, (u64, bool)>>,
+}
+
+/// A driver running in this process, so that notifications reach it.
+pub(crate) struct Running {
+    /// Wakes the driver: something changed (a stop, a resume).
+    pub(crate) notify: Arc<Notify>,
+    /// Stops the driver: its lease was lost, or the process stops.
+    pub(crate) cancel: CancellationToken,
+}
+
+/// What the engine shares with its drivers.
+pub(crate) struct Inner {
+    /// The log.
+    pub(crate) store: EventStore,
+    /// Execution commands (shared with the API, so that both see one cache).
+    pub(crate) executions: Arc<CommandBus<Execution>>,
+    /// Workflows, read for their pinned definitions.
+    pub(crate) workflows: Arc<CommandBus<Workflow>>,
+    /// MCP servers, read for their transports and tools, and written for
+    /// discovered tools and health.
+    pub(crate) servers: Arc<CommandBus<McpServer>>,
+    /// Secrets, unsealed at the moment of use.
+    pub(crate) secrets: Arc<SecretVault>,
+    /// The work queue.
+    pub(crate) work: WorkQueue,
+    /// The egress-checked HTTP client of `http` nodes and MCP servers.
+    pub(crate) http: reqwest::Client,
+    /// Connections to MCP servers.
+    pub(crate) mcp: McpPool,
+    /// Settings.
+    pub(crate) config: EngineConfig,
+    /// The drivers running here, by execution id.
+    pub(crate) running: Mutex<HashMap<String, Running>>,
+    /// Bounds the drivers running at once.
+    pub(crate) slots: Arc<Semaphore>,
+    /// Counters.
+    pub(crate) stats: Arc<EngineStats>,
+    /// Stops everything.
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// The engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    /// Shared with the drivers.
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// The engine's background tasks; [`EngineHandle::stop`] ends them.
+pub struct EngineHandle {
+    /// The engine they serve.
+    engine: Engine,
+    /// The worker loop, the heartbeat and the health checker.
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl EngineHandle {
+    /// Stops the workers: drivers give their executions back to the queue
+    /// (due at once, for another worker), MCP connections close.
+    pub async fn stop(self) {
+        self.engine.inner.shutdown.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        // Drivers notice the shutdown and give their leases back.
+        for _ in 0..50 {
+            if self.engine.inner.running.lock().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.engine.inner.mcp.shutdown().await;
+    }
+
+    /// Stops at once, as a crash would: leases stay until they run out.
+    pub fn abort(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        for running in self.engine.inner.running.lock().values() {
+            running.cancel.cancel();
+        }
+    }
+}
+
+impl Engine {
+    /// An engine over the given buses and store.
+    pub fn new(
+        store: EventStore,
+        executions: Arc<CommandBus<Execution>>,
+        workflows: Arc<CommandBus<Workflow>>,
+        servers: Arc<CommandBus<McpServer>>,
+        secrets: Arc<SecretVault>,
+        config: EngineConfig,
+    ) -> Result<Self, crate::egress::ClientBuildError> {
+        let http = config.egress.client(config.http)?;
+        let mcp = McpPool::new(config.mcp_pool.clone(), http.clone());
+        Ok(Self {
+            inner: Arc::new(Inner {
+                work: WorkQueue::new(store.db().clone()),
+                store,
+                executions,
+                workflows,
+                servers,
+                secrets,
+                http,
+                mcp,
+                slots: Arc::new(Semaphore::new(config.max_executions.max(1))),
+                config,
+                running: Mutex::new(HashMap::new()),
+                stats: Arc::new(EngineStats::default()),
+                shutdown: CancellationToken::new(),
+            }),
+        })
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> Arc<EngineStats> {
+        self.inner.stats.clone()
+    }
+
+    /// The MCP connection pool (its counters, for metrics and tests).
+    pub fn mcp(&self) -> &McpPool {
+        &self.inner.mcp
+    }
+
+    /// Starts the background work: the worker loop (claims and drives due
+    /// executions), the lease heartbeat, and the health checker (which runs
+    /// on one leader across replicas).
+    pub fn spawn(&self) -> EngineHandle {
+        let tasks = vec![
+            tokio::spawn(worker_loop(self.clone())),
+            tokio::spawn(heartbeat(self.clone())),
+            tokio::spawn(run_health_checks(self.clone())),
+        ];
+        EngineHandle {
+            engine: self.clone(),
+            tasks,
+        }
+    }
+
+    /// Starts an execution of the workflow's current version.
+    pub async fn start(
+        &self,
+        ctx: &CommandContext,
+        request: StartRequest,
+    ) -> Result<Started, EngineError> {
+        let inner = &self.inner;
+        let (workflow, _) = inner
+            .workflows
+            .current(&request.workflow_id.to_string())
+            .await?;
+        if workflow.tenant() != Some(&ctx.tenant) {
+            return Err(EngineError::NotFound);
+        }
+        if workflow.is_archived() {
+            return Err(EngineError::Archived);
+        }
+        let version = workflow.current_version();
+        let definition = workflow.current_definition().ok_or(EngineError::NotFound)?;
+        let mut breakpoints = Vec::with_capacity(request.breakpoints.len());
+        for id in &request.breakpoints {
+            match NodeId::parse(id) {
+                Ok(node) if definition.node(node.as_str()).is_some() => breakpoints.push(node),
+                _ => {
+                    return Err(EngineError::Validation {
+                        field: "input.breakpoints",
+                        reason: format!(
+                            "`{}` is not a node of version {version} of the workflow",
+                            id.chars().take(64).collect::<String>()
+                        ),
+                    })
+                }
+            }
+        }
+        if serde_json::to_vec(&request.input).map_or(true, |b| b.len() > MAX_INPUT_BYTES) {
+            return Err(EngineError::Validation {
+                field: "input.input",
+                reason: format!("the input is larger than {MAX_INPUT_BYTES} bytes"),
+            });
+        }
+        let id = ExecutionId::new();
+        let id_text = id.to_string();
+        let now = Utc::now();
+        if let Some(key) = &request.idempotency_key {
+            check_idempotency_key(key)?;
+            if let Some(started) = self.reserve(ctx, key, &id_text, now).await? {
+                return Ok(started);
+            }
+        }
+        // The work row first, leased to this worker: a crash before the
+        // start is appended leaves a row for an execution that never
+        // started, which a worker removes; never a started execution that
+        // nobody drives.
+        let lease_until = now + chrono_duration(inner.config.lease);
+        inner
+            .work
+            .enqueue(
+                &id_text,
+                ctx.tenant.as_str(),
+                Some(&inner.config.worker_id),
+                now,
+                lease_until,
+            )
+            .await?;
+        let command = ExecutionCommand::Start {
+            tenant: ctx.tenant.clone(),
+            workflow_id: request.workflow_id,
+            workflow_version: version,
+            input: request.input,
+            trigger: request.trigger,
+            breakpoints,
+            deadline: Some(now + chrono_duration(inner.config.execution_timeout)),
+        };
+        let committed = match inner.executions.execute(&id_text, command, ctx).await {
+            Ok(committed) => committed,
+            Err(error) => {
+                let _ = inner.work.finish(&id_text).await;
+                if let Some(key) = &request.idempotency_key {
+                    let _ = release_key(inner.store.db(), ctx.tenant.as_str(), key, &id_text).await;
+                }
+                return Err(error.into());
+            }
+        };
+        inner.stats.started.fetch_add(1, Ordering::Relaxed);
+        self.drive(id_text, ctx.tenant.clone(), true);
+        Ok(Started {
+            execution_id: id,
+            committed,
+            existing: false,
+        })
+    }
+
+    /// Reserves an idempotency key for a new execution; returns the earlier
+    /// execution when the key is taken.
+    async fn reserve(
+        &self,
+        ctx: &CommandContext,
+        key: &str,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Started>, EngineError> {
+        let inner = &self.inner;
+        let window_start = now - chrono_duration(inner.config.idempotency_window);
+        for _ in 0..2 {
+            let reservation = reserve_key(
+                inner.store.db(),
+                ctx.tenant.as_str(),
+                key,
+                id,
+                now,
+                window_start,
+            )
+            .await?;
+            let KeyReservation::Taken {
+                execution_id,
+                reserved_at,
+            } = reservation
+            else {
+                return Ok(None);
+            };
+            let (execution, version) = inner.executions.current(&execution_id).await?;
+            if version > 0 && execution.tenant() == Some(&ctx.tenant) {
+                let execution_id = execution_id
+                    .parse()
+                    .map(ExecutionId::from_uuid)
+                    .map_err(|_| StoreError::Corrupt("an execution id".into()))?;
+                return Ok(Some(Started {
+                    execution_id,
+                    committed: Committed {
+                        version,
+                        position: None,
+                        events: 0,
+                    },
+                    existing: true,
+                }));
+            }
+            // The start that reserved it never happened (a crash between
+            // the two writes): take the key over once it is clearly stale.
+            if now - reserved_at < chrono::Duration::seconds(60) {
+                return Err(
+                    CommandError::<ExecutionError>::Conflict(ConflictKind::LostRace).into(),
+                );
+            }
+            release_key(inner.store.db(), ctx.tenant.as_str(), key, &execution_id).await?;
+        }
+        Err(CommandError::<ExecutionError>::Conflict(ConflictKind::LostRace).into())
+    }
+
+    /// Asks an execution to stop: nothing new starts, steps in flight are
+    /// cancelled (MCP calls on the wire), and the execution is cancelled.
+    pub async fn stop(
+        &self,
+        ctx: &CommandContext,
+        id: ExecutionId,
+    ) -> Result<Committed, EngineError> {
+        self.command(ctx, id, ExecutionCommand::RequestStop, None)
+            .await
+    }
+
+    /// Resumes a paused execution; with `step`, runs the ready nodes and
+    /// pauses again.
+    pub async fn resume(
+        &self,
+        ctx: &CommandContext,
+        id: ExecutionId,
+        step: bool,
+    ) -> Result<Committed, EngineError> {
+        self.command(ctx, id, ExecutionCommand::Resume { step }, None)
+            .await
+    }
+
+    /// Replaces an execution's breakpoints.
+    pub async fn set_breakpoints(
+        &self,
+        ctx: &CommandContext,
+        id: ExecutionId,
+        breakpoints: Vec<String>,
+    ) -> Result<Committed, EngineError> {
+        let (execution, _) = self.inner.executions.current(&id.to_string()).await?;
+        if execution.tenant() != Some(&ctx.tenant) {
+            return Err(EngineError::NotFound);
+        }
+        let workflow_id = execution.workflow_id().ok_or(EngineError::NotFound)?;
+        let (workflow, _) = self
+            .inner
+            .workflows
+            .current(&workflow_id.to_string())
+            .await?;
+        let definition = workflow
+            .definition(execution.workflow_version())
+            .ok_or(EngineError::NotFound)?;
+        let mut nodes = Vec::with_capacity(breakpoints.len());
+        for id in &breakpoints {
+            match NodeId::parse(id) {
+                Ok(node) if definition.node(node.as_str()).is_some() => nodes.push(node),
+                _ => {
+                    return Err(EngineError::Validation {
+                        field: "input.breakpoints",
+                        reason: format!(
+                            "`{}` is not a node of the execution's workflow version",
+                            id.chars().take(64).collect::<String>()
+                        ),
+                    })
+                }
+            }
+        }
+        self.command(
+            ctx,
+            id,
+            ExecutionCommand::SetBreakpoints { breakpoints: nodes },
+            None,
+        )
+        .await
+    }
+
+    /// Runs one command on an execution for a caller, then wakes whichever
+    /// worker drives it (here or on another replica).
+    async fn command(
+        &self,
+        ctx: &CommandContext,
+        id: ExecutionId,
+        command: ExecutionCommand,
+        expected_version: Option<u64>,
+    ) -> Result<Committed, EngineError> {
+        let id = id.to_string();
+        let committed = self
+            .inner
+            .executions
+            .execute_expecting(&id, command, ctx, expected_version)
+            .await?;
+        self.wake(&id).await?;
+        Ok(committed)
+    }
+
+    /// Makes an execution due now and tells the workers.
+    pub async fn wake(&self, id: &str) -> Result<(), EngineError> {
+        self.inner.work.wake(id, Utc::now()).await?;
+        self.inner.store.announce_work(id);
+        Ok(())
+    }
+
+    /// Lists a server's tools over MCP and records them when they changed.
+    pub async fn refresh_tools(
+        &self,
+        ctx: &CommandContext,
+        id: McpServerId,
+    ) -> Result<Committed, EngineError> {
+        super::lookup::refresh_tools(&self.inner, ctx, id).await
+    }
+
+    /// Pings a server over MCP and records its health.
+    pub async fn check_health(
+        &self,
+        ctx: &CommandContext,
+        id: McpServerId,
+    ) -> Result<Committed, EngineError> {
+        super::health::check_one(&self.inner, ctx, id, true).await
+    }
+
+    /// Runs a driver for an execution this worker holds, if a slot is free;
+    /// otherwise gives it back to the queue, due now.
+    pub(crate) fn drive(&self, id: String, tenant: TenantId, fresh_start: bool) {
+        let inner = self.inner.clone();
+        let Ok(permit) = inner.slots.clone().try_acquire_owned() else {
+            tokio::spawn(async move {
+                let _ = inner
+                    .work
+                    .release(&id, &inner.config.worker_id, Some(Utc::now()))
+                    .await;
+            });
+            return;
+        };
+        let notify = Arc::new(Notify::new());
+        let cancel = inner.shutdown.child_token();
+        {
+            let mut running = inner.running.lock();
+            if running.contains_key(&id) {
+                return;
+            }
+            running.insert(
+                id.clone(),
+                Running {
+                    notify: notify.clone(),
+                    cancel: cancel.clone(),
+                },
+            );
+        }
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let driver = Driver::new(engine.clone(), id.clone(), tenant, notify, cancel);
+            driver.run(fresh_start).await;
+            engine.inner.running.lock().remove(&id);
+            drop(permit);
+        });
+    }
+}
+
+/// An idempotency key is 1 to 200 printable characters.
+fn check_idempotency_key(key: &str) -> Result<(), EngineError> {
+    if key.is_empty()
+        || key.chars().count() > MAX_IDEMPOTENCY_KEY_LEN
+        || key.chars().any(char::is_control)
+    {
+        return Err(EngineError::Validation {
+            field: "input.idempotencyKey",
+            reason: format!(
+                "an idempotency key is 1 to {MAX_IDEMPOTENCY_KEY_LEN} printable characters"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A `std` duration as chrono's, saturating.
+pub(crate) fn chrono_duration(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+/// Claims due executions and starts their drivers: woken by work
+/// notifications (a start, a stop, a resume, from any replica), polling as
+/// the fallback.
+async fn worker_loop(engine: Engine) {
+    let inner = engine.inner.clone();
+    let mut notifications = inner.store.work();
+    loop {
+        let wait = match inner.work.next_due().await {
+            Ok(Some(due)) => (due - Utc::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+                .min(inner.config.poll_interval),
+            _ => inner.config.poll_interval,
+        };
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            received = notifications.recv() => match received {
+                Ok(id) => {
+                    // A driver here: tell it; it reads the news itself.
+                    let woke = inner.running.lock().get(&id).map(|r| r.notify.notify_one()).is_some();
+                    if woke {
+                        continue;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    // Missed some: wake every driver here to be safe.
+                    for running in inner.running.lock().values() {
+                        running.notify.notify_one();
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+            _ = tokio::time::sleep(wait) => {}
+        }
+        claim(&engine).await;
+    }
+}
+
+/// Claims as many due executions as there are free slots.
+async fn claim(engine: &Engine) {
+    let inner = &engine.inner;
+    let free = inner.slots.available_permits();
+    if free == 0 {
+        return;
+    }
+    let now = Utc::now();
+    let lease_until = now + chrono_duration(inner.config.lease);
+    match inner
+        .work
+        .claim(
+            &inner.config.worker_id,
+            now,
+            lease_until,
+            free.min(64) as u32,
+        )
+        .await
+    {
+        Ok(claimed) => {
+            for work in claimed {
+                let Ok(tenant) = TenantId::parse(work.tenant) else {
+                    let _ = inner.work.finish(&work.execution_id).await;
+                    continue;
+                };
+                engine.drive(work.execution_id, tenant, false);
+            }
+        }
+        Err(error) => tracing::warn!(%error, "could not claim executions"),
+    }
+}
+
+/// Extends the leases of the executions this worker drives; a driver whose
+/// lease was lost (taken over after it ran out) stops.
+async fn heartbeat(engine: Engine) {
+    let inner = engine.inner.clone();
+    let every = (inner.config.lease / 3).max(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let ids: Vec<String> = inner.running.lock().keys().cloned().collect();
+        if ids.is_empty() {
+            continue;
+        }
+        let lease_until = Utc::now() + chrono_duration(inner.config.lease);
+        match inner
+            .work
+            .heartbeat(&inner.config.worker_id, &ids, lease_until)
+            .await
+        {
+            Ok(held) => {
+                let running = inner.running.lock();
+                for id in ids.iter().filter(|id| !held.contains(id)) {
+                    if let Some(r) = running.get(id) {
+                        tracing::warn!(execution = %id, "lost the lease on an execution; stopping its driver");
+                        r.cancel.cancel();
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "could not extend the engine's leases"),
+        }
+    }
+}
