@@ -12,7 +12,8 @@
 //! - [`graphql`]: the schema, one module per feature;
 //! - [`server`]: the router, limits, CORS, request ids, graceful shutdown;
 //! - [`health`]: liveness, readiness and Prometheus metrics;
-//! - [`metrics`]: the metric registry.
+//! - [`metrics`]: the metric registry;
+//! - [`telemetry`]: the log filter every entry point installs.
 //!
 //! This crate never writes SQL (the event store and the projections do),
 //! never lets a domain type into the schema, never returns or logs a secret
@@ -27,6 +28,7 @@ pub mod metrics;
 pub mod read;
 pub mod server;
 pub mod state;
+pub mod telemetry;
 
 pub use config::Config;
 pub use server::{spawn, spawn_worker, Running, StartError, Worker};

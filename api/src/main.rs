@@ -66,10 +66,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TOOLHUB_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(toolhub_api::telemetry::log_filter_from_env("info"))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

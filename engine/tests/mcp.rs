@@ -9,7 +9,7 @@
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,30 +22,22 @@ use toolhub_engine::mcp::{
 
 /// Generous, because the machine running the tests may be busy; the tests
 /// that are about time use their own, tighter bounds.
+#[path = "../../tests/src/everything.rs"]
+mod everything;
+
+use everything::{free_port, server_everything, HttpServer};
+
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
 
-fn repository_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the engine crate lives in the workspace")
-        .to_path_buf()
-}
-
-/// The reference server's entry point, or a failure that says how to install it.
-fn server_everything() -> PathBuf {
-    let path = repository_root()
-        .join("tests/mcp/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
-    assert!(
-        path.exists(),
-        "the MCP reference server is not installed ({} is missing): run `npm ci --prefix tests/mcp` \
-         in the repository root (it needs node and npm)",
-        path.display()
-    );
-    path
+fn http_transport(server: &HttpServer) -> Transport {
+    Transport::StreamableHttp {
+        url: server.url(),
+        headers: BTreeMap::new(),
+    }
 }
 
 fn everything_over_stdio(env: &[(&str, &str)]) -> Transport {
@@ -204,92 +196,6 @@ fn start_long_operation(
         )
         .await
     })
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The reference server in Streamable HTTP mode, on a free loopback port;
-/// killed when dropped.
-struct HttpServer {
-    child: std::process::Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl HttpServer {
-    async fn start() -> Self {
-        let index = server_everything();
-        let dir = tempfile::tempdir().unwrap();
-        // The server listens on every interface; this preload keeps it on
-        // loopback, so that the test exposes nothing to the network.
-        let preload = write_script(
-            dir.path(),
-            "loopback.mjs",
-            r#"import net from "node:net";
-const listen = net.Server.prototype.listen;
-net.Server.prototype.listen = function (...args) {
-  const port = args[0];
-  if ((typeof port === "number" || /^\d+$/.test(String(port))) && typeof args[1] !== "string") {
-    args.splice(1, 0, "127.0.0.1");
-  }
-  return listen.apply(this, args);
-};
-"#,
-        );
-        let port = free_port();
-        let child = std::process::Command::new("node")
-            .arg("--import")
-            .arg(format!("file://{preload}"))
-            .arg(&index)
-            .arg("streamableHttp")
-            .env("PORT", port.to_string())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("node must be installed to run the MCP reference server");
-        let server = Self {
-            child,
-            port,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "the reference server did not listen on port {port} within 20 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/mcp", self.port)
-    }
-
-    fn transport(&self) -> Transport {
-        Transport::StreamableHttp {
-            url: self.url(),
-            headers: BTreeMap::new(),
-        }
-    }
-}
-
-impl Drop for HttpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A TCP proxy that records every byte the client sends, to see what went
@@ -987,7 +893,7 @@ async fn listing_tools_over_streamable_http_shows_the_reference_tools() {
     let server = HttpServer::start().await;
     let pool = pool();
     let tools = pool
-        .list_tools(&target(server.transport()), CALL_TIMEOUT)
+        .list_tools(&target(http_transport(&server)), CALL_TIMEOUT)
         .await
         .unwrap();
     let names: Vec<&str> = tools.iter().map(|tool| tool.info.name.as_str()).collect();
@@ -1009,7 +915,7 @@ async fn listing_tools_over_streamable_http_shows_the_reference_tools() {
 async fn echo_sum_and_structured_content_over_streamable_http_share_one_session() {
     let server = HttpServer::start().await;
     let pool = pool();
-    let target = target(server.transport());
+    let target = target(http_transport(&server));
     assert_eq!(
         echo(&pool, &target, "over http").await.unwrap(),
         "Echo: over http"
@@ -1114,7 +1020,7 @@ async fn calling_a_tool_that_does_not_exist_over_streamable_http_is_a_tool_error
     let pool = pool();
     let error = pool
         .call_tool(
-            &target(server.transport()),
+            &target(http_transport(&server)),
             "no-such-tool",
             Map::new(),
             CALL_TIMEOUT,
@@ -1134,7 +1040,7 @@ async fn ping_over_streamable_http_measures_a_round_trip() {
     let server = HttpServer::start().await;
     let pool = pool();
     let latency = pool
-        .ping(&target(server.transport()), CALL_TIMEOUT)
+        .ping(&target(http_transport(&server)), CALL_TIMEOUT)
         .await
         .unwrap();
     assert!(latency < Duration::from_secs(5), "{latency:?}");

@@ -8,6 +8,8 @@
 //! HTTP and graphql-transport-ws over a real socket. A missing PostgreSQL
 //! fails the test with a message that says how to start one.
 
+pub mod everything;
+
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -455,4 +457,63 @@ pub fn step<'a>(execution: &'a Value, node: &str) -> &'a Value {
         .as_array()
         .and_then(|steps| steps.iter().rev().find(|s| s["nodeId"] == node))
         .unwrap_or_else(|| panic!("no step of `{node}` in {execution:#}"))
+}
+
+/// Every log line of this test binary, at every level: for tests that
+/// prove something never reaches a log.
+pub fn captured_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    use std::sync::{Arc, Mutex, OnceLock};
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = buffer.clone();
+        // The service's own filter at its most verbose: what an operator
+        // who asks for every log line would get.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(toolhub_api::telemetry::log_filter("trace"))
+            .with_writer(move || CaptureWriter(writer.clone()))
+            .try_init();
+        buffer
+    })
+    .clone()
+}
+
+/// Appends log lines to the captured buffer.
+struct CaptureWriter(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut logs) = self.0.lock() {
+            logs.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Every row of every table of a PostgreSQL database, as `pg_dump` writes
+/// it: for tests that prove a value is stored nowhere.
+pub fn pg_dump(url: &str) -> String {
+    let dump = std::process::Command::new("pg_dump")
+        .args(["--data-only", url])
+        .output()
+        .expect("pg_dump is installed with PostgreSQL");
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    String::from_utf8_lossy(&dump.stdout).into_owned()
+}
+
+/// The bytes of an SQLite database file and its write-ahead log, as text.
+pub fn sqlite_bytes(url: &str) -> String {
+    let path = url.trim_start_matches("sqlite://").to_string();
+    let mut bytes = std::fs::read(&path).expect("the database file");
+    if let Ok(wal) = std::fs::read(format!("{path}-wal")) {
+        bytes.extend(wal);
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
 }

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use toolhub_domain::Role;
-use toolhub_tests::{step, token, TestEnv};
+use toolhub_engine::egress::EgressPolicy;
+use toolhub_tests::everything::{server_everything, HttpServer};
+use toolhub_tests::{captured_logs, step, token, TestEnv};
 
 /// `shape` builds an object from the input, `check` branches on it, one
 /// branch runs and the other is skipped, and `done` joins them.
@@ -86,4 +88,188 @@ async fn conditions_take_each_branch_on_postgres() {
 #[tokio::test]
 async fn conditions_take_each_branch_on_sqlite() {
     conditions_take_each_branch(TestEnv::sqlite().await).await;
+}
+
+// ------------------------------------------------------------------ MCP
+
+const REGISTER: &str =
+    "mutation ($input: RegisterMcpServerInput!) { registerMcpServer(input: $input) { id } }";
+
+/// Registers the reference server under `name`; returns its id.
+async fn register(
+    server: &toolhub_tests::TestServer,
+    token: &str,
+    name: &str,
+    transport: Value,
+) -> String {
+    let data = server
+        .ok(
+            token,
+            REGISTER,
+            json!({"input": {"name": name, "transport": transport}}),
+        )
+        .await;
+    data["registerMcpServer"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn stdio(env: Value) -> Value {
+    json!({
+        "kind": "stdio",
+        "command": "node",
+        "args": [server_everything().display().to_string(), "stdio"],
+        "env": env
+    })
+}
+
+/// `echo → sum → report`, and `env` beside them, reading the server's
+/// environment.
+fn mcp_workflow(server: &str) -> Value {
+    json!({
+        "nodes": [
+            {"id": "echo", "type": "mcp_tool",
+             "params": {"server": server, "tool": "echo", "arguments": {"message": "{{input.message}}"}}},
+            {"id": "sum", "type": "mcp_tool",
+             "params": {"server": server, "tool": "get-sum", "arguments": {"a": "{{input.a}}", "b": 3}}},
+            {"id": "report", "type": "transform",
+             "params": {"template": {"echoed": "{{nodes.echo.text}}", "sum": "{{nodes.sum.text}}"}}},
+            {"id": "env", "type": "mcp_tool", "params": {"server": server, "tool": "get-env"}}
+        ],
+        "edges": [{"from": "echo", "to": "sum"}, {"from": "sum", "to": "report"}]
+    })
+}
+
+async fn an_mcp_workflow_runs_with_secrets_masked(env: TestEnv, http: bool) {
+    let logs = captured_logs();
+    let mut config = env.config();
+    // The Streamable HTTP server listens on loopback.
+    config.engine.egress = EgressPolicy::parse("127.0.0.1/32").unwrap();
+    let server = env.server_with(config).await;
+    let admin = token("root", "acme", Role::Admin);
+    let editor = token("ada", "acme", Role::Editor);
+    let secret = format!("s3cr3t-{}", uuid::Uuid::new_v4().simple());
+    server
+        .ok(
+            &admin,
+            "mutation ($input: CreateSecretInput!) { createSecret(input: $input) { id } }",
+            json!({"input": {"name": "API_TOKEN", "value": secret}}),
+        )
+        .await;
+    let reference = HttpServer::start().await;
+    let transport = if http {
+        json!({"kind": "streamable_http", "url": reference.url(),
+               "headers": {"X-Api-Key": "{{secrets.API_TOKEN}}"}})
+    } else {
+        stdio(json!({"API_TOKEN": "{{secrets.API_TOKEN}}"}))
+    };
+    let id = register(&server, &editor, "everything", transport).await;
+
+    // Discovery: the tools of the server, then across the tenant.
+    let refreshed = server
+        .ok(
+            &editor,
+            "mutation ($input: McpServerIdInput!) { refreshMcpServerTools(input: $input) { mcpServer { tools { name } } } }",
+            json!({"input": {"id": id}}),
+        )
+        .await;
+    let names: Vec<&str> = refreshed["refreshMcpServerTools"]["mcpServer"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    for tool in [
+        "echo",
+        "get-sum",
+        "get-env",
+        "trigger-long-running-operation",
+    ] {
+        assert!(names.contains(&tool), "{tool} in {names:?}");
+    }
+    let found = server
+        .ok(
+            &editor,
+            "{ mcpTools(search: \"SUM\") { edges { node { name serverName serverId } } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        found["mcpTools"]["edges"],
+        json!([{"node": {"name": "get-sum", "serverName": "everything", "serverId": id}}])
+    );
+    let health = server
+        .ok(
+            &editor,
+            "mutation ($input: McpServerIdInput!) { checkMcpServerHealth(input: $input) { mcpServer { healthy latencyMs } } }",
+            json!({"input": {"id": id}}),
+        )
+        .await;
+    assert_eq!(
+        health["checkMcpServerHealth"]["mcpServer"]["healthy"], true,
+        "{health}"
+    );
+
+    // The run.
+    let workflow = server
+        .create_workflow(&editor, "MCP", mcp_workflow("everything"))
+        .await;
+    let execution = server
+        .start_execution(&editor, &workflow, json!({"message": "hi there", "a": 2}))
+        .await;
+    let done = server
+        .wait_finished(&editor, &execution, Duration::from_secs(30))
+        .await;
+    assert_eq!(done["status"], "COMPLETED", "{done:#}");
+    assert_eq!(step(&done, "echo")["output"]["text"], "Echo: hi there");
+    assert_eq!(
+        step(&done, "sum")["output"]["text"],
+        "The sum of 2 and 3 is 5."
+    );
+    assert_eq!(
+        done["output"]["report"],
+        json!({"echoed": "Echo: hi there", "sum": "The sum of 2 and 3 is 5."})
+    );
+    let recorded = step(&done, "env")["output"].to_string();
+    assert!(
+        !recorded.contains(&secret),
+        "the secret is masked: {recorded}"
+    );
+    if !http {
+        // The stdio server got the value in its environment, and the
+        // recorded output shows the mask in its place.
+        assert!(recorded.contains("API_TOKEN"), "{recorded}");
+        assert!(recorded.contains("***"), "{recorded}");
+    }
+    // Nowhere: not in the database, the data directory, or the logs.
+    let stored = if env.db.is_postgres() {
+        toolhub_tests::pg_dump(env.db.url())
+    } else {
+        toolhub_tests::sqlite_bytes(env.db.url())
+    };
+    assert!(stored.contains("StepSucceeded"), "the log was read");
+    assert!(!stored.contains(&secret), "the secret is stored somewhere");
+    let logs = String::from_utf8_lossy(&logs.lock().unwrap()).to_string();
+    assert!(!logs.contains(&secret), "the secret is in the logs");
+}
+
+#[tokio::test]
+async fn an_mcp_workflow_runs_over_stdio_with_secrets_masked_on_postgres() {
+    an_mcp_workflow_runs_with_secrets_masked(TestEnv::postgres().await, false).await;
+}
+
+#[tokio::test]
+async fn an_mcp_workflow_runs_over_stdio_with_secrets_masked_on_sqlite() {
+    an_mcp_workflow_runs_with_secrets_masked(TestEnv::sqlite().await, false).await;
+}
+
+#[tokio::test]
+async fn an_mcp_workflow_runs_over_streamable_http_on_postgres() {
+    an_mcp_workflow_runs_with_secrets_masked(TestEnv::postgres().await, true).await;
+}
+
+#[tokio::test]
+async fn an_mcp_workflow_runs_over_streamable_http_on_sqlite() {
+    an_mcp_workflow_runs_with_secrets_masked(TestEnv::sqlite().await, true).await;
 }

@@ -2,39 +2,9 @@
 //! the promise that a value never comes back out — not in a response, not in
 //! a log line, not in any table but the sealed form in the log.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
-
 use serde_json::{json, Value};
 use toolhub_domain::Role;
-use toolhub_tests::{token, TestEnv, TestServer};
-
-/// Every log line of this test binary, at every level.
-fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buffer = Arc::new(Mutex::new(Vec::new()));
-        let writer = buffer.clone();
-        let _ = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(move || CaptureWriter(writer.clone()))
-            .try_init();
-        buffer
-    })
-    .clone()
-}
-
-struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for CaptureWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use toolhub_tests::{captured_logs, token, TestEnv, TestServer};
 
 const CREATE: &str = r#"mutation ($input: CreateSecretInput!) {
   createSecret(input: $input) { id version position secret { id name description rotationCount version } } }"#;
@@ -215,16 +185,7 @@ async fn secret_values_never_appear_in_responses_logs_or_tables_on_postgres() {
     for body in &bodies {
         assert_absent(&body.to_string(), &values, "a response");
     }
-    let dump = std::process::Command::new("pg_dump")
-        .args(["--data-only", env.db.url()])
-        .output()
-        .expect("pg_dump is installed with PostgreSQL");
-    assert!(
-        dump.status.success(),
-        "{}",
-        String::from_utf8_lossy(&dump.stderr)
-    );
-    let dump = String::from_utf8_lossy(&dump.stdout);
+    let dump = toolhub_tests::pg_dump(env.db.url());
     assert!(dump.contains("SecretCreated"), "the dump holds the log");
     assert_absent(&dump, &values, "the database");
     let logs = String::from_utf8_lossy(&logs.lock().unwrap()).to_string();
@@ -246,13 +207,8 @@ async fn secret_values_never_appear_in_responses_or_the_file_on_sqlite() {
     for body in &bodies {
         assert_absent(&body.to_string(), &values, "a response");
     }
-    let path = env.db.url().trim_start_matches("sqlite://").to_string();
-    let mut bytes = std::fs::read(&path).expect("the database file");
-    if let Ok(wal) = std::fs::read(format!("{path}-wal")) {
-        bytes.extend(wal);
-    }
     assert_absent(
-        &String::from_utf8_lossy(&bytes),
+        &toolhub_tests::sqlite_bytes(env.db.url()),
         &values,
         "the database file",
     );
