@@ -1,6 +1,8 @@
 //! The engine through the service: executions that really run, on both
 //! backends.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -272,4 +274,229 @@ async fn an_mcp_workflow_runs_over_streamable_http_on_postgres() {
 #[tokio::test]
 async fn an_mcp_workflow_runs_over_streamable_http_on_sqlite() {
     an_mcp_workflow_runs_with_secrets_masked(TestEnv::sqlite().await, true).await;
+}
+
+// ----------------------------------------------------------------- HTTP
+
+/// A local HTTP server for `http` nodes: `/flaky` answers 503 until its
+/// third request, `/slow` takes two seconds, `/json` answers JSON,
+/// `/redirect?to=URL` redirects.
+struct Upstream {
+    /// Where it listens.
+    address: std::net::SocketAddr,
+    /// Requests to `/flaky` so far.
+    flaky: Arc<AtomicUsize>,
+    /// The server task.
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    async fn start() -> Self {
+        use axum::extract::{Query, State};
+        use axum::http::{header, StatusCode};
+        use axum::response::IntoResponse;
+        use axum::routing::get;
+        let flaky = Arc::new(AtomicUsize::new(0));
+        let app = axum::Router::new()
+            .route(
+                "/flaky",
+                get(|State(count): State<Arc<AtomicUsize>>| async move {
+                    if count.fetch_add(1, Ordering::SeqCst) < 2 {
+                        (StatusCode::SERVICE_UNAVAILABLE, "try later").into_response()
+                    } else {
+                        axum::Json(json!({"ok": true})).into_response()
+                    }
+                }),
+            )
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    "late"
+                }),
+            )
+            .route(
+                "/json",
+                get(|| async { axum::Json(json!({"greeting": "hi"})) }),
+            )
+            .route(
+                "/redirect",
+                get(
+                    |Query(q): Query<std::collections::HashMap<String, String>>| async move {
+                        (
+                            StatusCode::FOUND,
+                            [(header::LOCATION, q.get("to").cloned().unwrap_or_default())],
+                        )
+                    },
+                ),
+            )
+            .with_state(flaky.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            address,
+            flaky,
+            task,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn http_node(id: &str, url: &str) -> Value {
+    json!({"id": id, "type": "http", "params": {"method": "GET", "url": url}})
+}
+
+/// A server whose engine may reach loopback (where the test's upstream
+/// listens).
+async fn loopback_server(env: &TestEnv) -> toolhub_tests::TestServer {
+    let mut config = env.config();
+    config.engine.egress = EgressPolicy::parse("127.0.0.1/32").unwrap();
+    env.server_with(config).await
+}
+
+async fn http_retries_then_succeeds(env: TestEnv) {
+    let upstream = Upstream::start().await;
+    let server = loopback_server(&env).await;
+    let editor = token("ada", "acme", Role::Editor);
+    let mut node = http_node("fetch", &upstream.url("/flaky"));
+    node["retry"] = json!({"max_attempts": 3, "backoff_ms": 50});
+    let workflow = server
+        .create_workflow(&editor, "Flaky", json!({"nodes": [node], "edges": []}))
+        .await;
+    let execution = server.start_execution(&editor, &workflow, json!({})).await;
+    let done = server
+        .wait_finished(&editor, &execution, Duration::from_secs(15))
+        .await;
+    assert_eq!(done["status"], "COMPLETED", "{done:#}");
+    let attempts: Vec<(u64, &str)> = done["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["attempt"].as_u64().unwrap(),
+                s["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(attempts, [(1, "failed"), (2, "failed"), (3, "succeeded")]);
+    assert!(
+        done["steps"][0]["error"].as_str().unwrap().contains("503"),
+        "{done:#}"
+    );
+    assert_eq!(step(&done, "fetch")["output"]["status"], 200);
+    assert_eq!(step(&done, "fetch")["output"]["body"], json!({"ok": true}));
+    assert_eq!(upstream.flaky.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn an_http_step_retries_a_503_with_backoff_then_succeeds_on_postgres() {
+    http_retries_then_succeeds(TestEnv::postgres().await).await;
+}
+
+#[tokio::test]
+async fn an_http_step_retries_a_503_with_backoff_then_succeeds_on_sqlite() {
+    http_retries_then_succeeds(TestEnv::sqlite().await).await;
+}
+
+#[tokio::test]
+async fn a_step_longer_than_its_timeout_fails_the_execution() {
+    let env = TestEnv::postgres().await;
+    let upstream = Upstream::start().await;
+    let server = loopback_server(&env).await;
+    let editor = token("ada", "acme", Role::Editor);
+    let mut node = http_node("fetch", &upstream.url("/slow"));
+    node["timeout_ms"] = json!(300);
+    let workflow = server
+        .create_workflow(&editor, "Slow", json!({"nodes": [node], "edges": []}))
+        .await;
+    let started = std::time::Instant::now();
+    let execution = server.start_execution(&editor, &workflow, json!({})).await;
+    let done = server
+        .wait_finished(&editor, &execution, Duration::from_secs(10))
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the timeout cut it short"
+    );
+    assert_eq!(done["status"], "FAILED", "{done:#}");
+    let error = step(&done, "fetch")["error"].as_str().unwrap();
+    assert!(
+        error.contains("timed out") || error.contains("timeout"),
+        "{error}"
+    );
+    assert!(
+        done["error"].as_str().unwrap().contains("fetch"),
+        "{done:#}"
+    );
+}
+
+/// Runs a one-node workflow against `url` and returns the ended execution.
+async fn fetch_once(server: &toolhub_tests::TestServer, token: &str, url: &str) -> Value {
+    let workflow = server
+        .create_workflow(
+            token,
+            "Fetch",
+            json!({"nodes": [http_node("fetch", url)], "edges": []}),
+        )
+        .await;
+    let execution = server.start_execution(token, &workflow, json!({})).await;
+    server
+        .wait_finished(token, &execution, Duration::from_secs(15))
+        .await
+}
+
+#[tokio::test]
+async fn the_egress_policy_refuses_internal_addresses_and_redirects_to_them() {
+    let env = TestEnv::postgres().await;
+    let upstream = Upstream::start().await;
+    let editor = token("ada", "acme", Role::Editor);
+    {
+        // No allow-list: every internal address is refused before any
+        // connection, the test's own upstream on loopback included.
+        let server = env.server().await;
+        let port = upstream.address.port();
+        for url in [
+            format!("http://127.0.0.1:{port}/json"),
+            "http://10.0.0.1/".to_string(),
+            "http://169.254.169.254/latest/meta-data/".to_string(),
+            format!("http://[::1]:{port}/json"),
+            format!("http://localhost:{port}/json"),
+        ] {
+            let done = fetch_once(&server, &editor, &url).await;
+            assert_eq!(done["status"], "FAILED", "{url}: {done:#}");
+            let error = step(&done, "fetch")["error"].as_str().unwrap().to_string();
+            assert!(error.contains("egress policy"), "{url}: {error}");
+        }
+    }
+    // Loopback allowed: the upstream answers, and a redirect from it to a
+    // private address is still refused.
+    let server = loopback_server(&env).await;
+    let done = fetch_once(&server, &editor, &upstream.url("/json")).await;
+    assert_eq!(done["status"], "COMPLETED", "{done:#}");
+    assert_eq!(
+        step(&done, "fetch")["output"]["body"],
+        json!({"greeting": "hi"})
+    );
+    let done = fetch_once(
+        &server,
+        &editor,
+        &upstream.url("/redirect?to=http://10.0.0.1/secret"),
+    )
+    .await;
+    assert_eq!(done["status"], "FAILED", "{done:#}");
+    let error = step(&done, "fetch")["error"].as_str().unwrap();
+    assert!(error.contains("egress policy"), "{error}");
 }

@@ -392,7 +392,12 @@ impl Driver {
                 continue;
             };
             let step = step.clone();
-            if self.in_flight.contains_key(&(id.clone(), attempt)) {
+            // Running here, or about to (launched once this batch is in).
+            if self.in_flight.contains_key(&(id.clone(), attempt))
+                || launches
+                    .iter()
+                    .any(|p| p.node_id == *id && p.attempt == attempt)
+            {
                 continue;
             }
             match step.status {
