@@ -500,3 +500,294 @@ async fn the_egress_policy_refuses_internal_addresses_and_redirects_to_them() {
     let error = step(&done, "fetch")["error"].as_str().unwrap();
     assert!(error.contains("egress policy"), "{error}");
 }
+
+// ------------------------------------------------- concurrency and size
+
+#[tokio::test]
+async fn independent_branches_run_at_the_same_time() {
+    let env = TestEnv::postgres().await;
+    let upstream = Upstream::start().await;
+    let server = loopback_server(&env).await;
+    let editor = token("ada", "acme", Role::Editor);
+    // Three two-second requests side by side, then a join.
+    let slow = upstream.url("/slow");
+    let workflow = server
+        .create_workflow(
+            &editor,
+            "Parallel",
+            json!({
+                "nodes": [
+                    http_node("a", &slow), http_node("b", &slow), http_node("c", &slow),
+                    {"id": "join", "type": "transform",
+                     "params": {"template": ["{{nodes.a.body}}", "{{nodes.b.body}}", "{{nodes.c.body}}"]}}
+                ],
+                "edges": [{"from": "a", "to": "join"}, {"from": "b", "to": "join"}, {"from": "c", "to": "join"}]
+            }),
+        )
+        .await;
+    let started = std::time::Instant::now();
+    let execution = server.start_execution(&editor, &workflow, json!({})).await;
+    let done = server
+        .wait_finished(&editor, &execution, Duration::from_secs(20))
+        .await;
+    let took = started.elapsed();
+    assert_eq!(done["status"], "COMPLETED", "{done:#}");
+    assert_eq!(done["output"]["join"], json!(["late", "late", "late"]));
+    assert!(
+        took < Duration::from_millis(5_000),
+        "three 2 s branches took {took:?}: they did not run side by side"
+    );
+}
+
+#[tokio::test]
+async fn a_thirty_node_workflow_completes() {
+    let env = TestEnv::sqlite().await;
+    let server = env.server().await;
+    let editor = token("ada", "acme", Role::Editor);
+    // A chain of ten, fanning out to nineteen that each read the chain's
+    // end, joined by the last.
+    let mut nodes = Vec::new();
+    let mut edges = Vec::new();
+    for i in 0..10 {
+        let template = if i == 0 {
+            json!("{{input.seed}}")
+        } else {
+            json!({"prev": format!("{{{{nodes.c{}}}}}", i - 1)})
+        };
+        nodes.push(
+            json!({"id": format!("c{i}"), "type": "transform", "params": {"template": template}}),
+        );
+        if i > 0 {
+            edges.push(json!({"from": format!("c{}", i - 1), "to": format!("c{i}")}));
+        }
+    }
+    for i in 0..19 {
+        nodes.push(json!({"id": format!("f{i}"), "type": "transform",
+                          "params": {"template": {"i": i, "seed": "{{input.seed}}"}}}));
+        edges.push(json!({"from": "c9", "to": format!("f{i}")}));
+        edges.push(json!({"from": format!("f{i}"), "to": "end"}));
+    }
+    nodes
+        .push(json!({"id": "end", "type": "transform", "params": {"template": "{{nodes.f18.i}}"}}));
+    assert_eq!(nodes.len(), 30);
+    let workflow = server
+        .create_workflow(&editor, "Thirty", json!({"nodes": nodes, "edges": edges}))
+        .await;
+    let execution = server
+        .start_execution(&editor, &workflow, json!({"seed": 7}))
+        .await;
+    let done = server
+        .wait_finished(&editor, &execution, Duration::from_secs(20))
+        .await;
+    assert_eq!(done["status"], "COMPLETED", "{done:#}");
+    assert_eq!(done["output"], json!({"end": 18}));
+    assert_eq!(done["steps"].as_array().unwrap().len(), 30);
+}
+
+// ------------------------------------------------------- control: debug
+
+const UPDATED: &str = "subscription ($id: ID!, $after: String) { executionUpdated(id: $id, after: $after) { status pausedAt nodes { id state } } }";
+const RESUME: &str = "mutation ($input: ResumeExecutionInput!) { resumeExecution(input: $input) { execution { status } } }";
+
+/// Waits on the subscription until the execution is in `status` (pausedAt
+/// `at`, when given); returns what it saw last.
+async fn until(ws: &mut toolhub_tests::WsClient, status: &str, at: Option<&str>) -> Value {
+    loop {
+        let data = ws.next_data("run").await;
+        let execution = &data["executionUpdated"];
+        if execution["status"] == status && at.is_none_or(|node| execution["pausedAt"] == node) {
+            return execution.clone();
+        }
+    }
+}
+
+async fn breakpoints_pause_step_and_resume(env: TestEnv) {
+    let server = env.server().await;
+    let editor = token("ada", "acme", Role::Editor);
+    let chain = json!({
+        "nodes": [
+            {"id": "a", "type": "transform", "params": {"template": 1}},
+            {"id": "b", "type": "transform", "params": {"template": 2}},
+            {"id": "c", "type": "transform", "params": {"template": 3}},
+            {"id": "d", "type": "transform", "params": {"template": "{{nodes.c}}"}}
+        ],
+        "edges": [{"from": "a", "to": "b"}, {"from": "b", "to": "c"}, {"from": "c", "to": "d"}]
+    });
+    let created = server
+        .ok(
+            &editor,
+            "mutation ($input: CreateWorkflowInput!) { createWorkflow(input: $input) { id position } }",
+            json!({"input": {"name": "Chain", "definition": chain}}),
+        )
+        .await;
+    let workflow = created["createWorkflow"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = created["createWorkflow"]["position"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let execution = server
+        .start_execution_with(
+            &editor,
+            json!({"workflowId": workflow, "breakpoints": ["b"]}),
+        )
+        .await;
+    let mut ws = server.ws_authenticated(&editor).await;
+    // From before the start, so that no change is missed.
+    ws.subscribe("run", UPDATED, json!({"id": execution, "after": before}))
+        .await;
+    let paused = until(&mut ws, "PAUSED", Some("b")).await;
+    let states: Vec<&str> = paused["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["DONE", "READY", "PENDING", "PENDING"]);
+
+    // Step over: b runs, and the run pauses before c.
+    server
+        .ok(
+            &editor,
+            RESUME,
+            json!({"input": {"id": execution, "step": true}}),
+        )
+        .await;
+    let stepped = until(&mut ws, "PAUSED", Some("c")).await;
+    assert_eq!(stepped["nodes"][1]["state"], "DONE");
+    assert_eq!(stepped["nodes"][2]["state"], "READY");
+
+    // Resume: past c (not paused at it again), to the end.
+    server
+        .ok(&editor, RESUME, json!({"input": {"id": execution}}))
+        .await;
+    let finished = until(&mut ws, "COMPLETED", None).await;
+    assert!(finished["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|n| n["state"] == "DONE"));
+    let done = server.execution(&editor, &execution).await;
+    assert_eq!(done["output"], json!({"d": 3}));
+}
+
+#[tokio::test]
+async fn breakpoints_pause_step_and_resume_seen_live_on_postgres() {
+    breakpoints_pause_step_and_resume(TestEnv::postgres().await).await;
+}
+
+#[tokio::test]
+async fn breakpoints_pause_step_and_resume_seen_live_on_sqlite() {
+    breakpoints_pause_step_and_resume(TestEnv::sqlite().await).await;
+}
+
+// --------------------------------------------------------- control: stop
+
+async fn a_stop_cancels_a_long_tool_call_within_a_second(env: TestEnv) {
+    let server = env.server().await;
+    let editor = token("ada", "acme", Role::Editor);
+    register(&server, &editor, "everything", stdio(json!({}))).await;
+    let workflow = server
+        .create_workflow(
+            &editor,
+            "Long",
+            json!({"nodes": [{"id": "long", "type": "mcp_tool", "params": {
+                "server": "everything", "tool": "trigger-long-running-operation",
+                "arguments": {"duration": 30, "steps": 30}}}], "edges": []}),
+        )
+        .await;
+    let execution = server.start_execution(&editor, &workflow, json!({})).await;
+    server
+        .wait_execution(&editor, &execution, Duration::from_secs(30), |e| {
+            e["steps"].as_array().is_some_and(|s| !s.is_empty())
+                && step(e, "long")["status"] == "running"
+        })
+        .await;
+    // Let the call reach the server.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server
+        .ok(
+            &editor,
+            "mutation ($input: ExecutionIdInput!) { stopExecution(input: $input) { id } }",
+            json!({"input": {"id": execution}}),
+        )
+        .await;
+    let stopped = std::time::Instant::now();
+    let done = server
+        .wait_execution(&editor, &execution, Duration::from_secs(10), |e| {
+            e["status"] == "CANCELLED"
+        })
+        .await;
+    let took = stopped.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "cancelled {took:?} after the stop"
+    );
+    assert_eq!(step(&done, "long")["status"], "failed");
+    assert!(step(&done, "long")["error"]
+        .as_str()
+        .unwrap()
+        .contains("cancelled"));
+}
+
+#[tokio::test]
+async fn a_stop_cancels_a_long_tool_call_within_a_second_on_postgres() {
+    a_stop_cancels_a_long_tool_call_within_a_second(TestEnv::postgres().await).await;
+}
+
+#[tokio::test]
+async fn a_stop_cancels_a_long_tool_call_within_a_second_on_sqlite() {
+    a_stop_cancels_a_long_tool_call_within_a_second(TestEnv::sqlite().await).await;
+}
+
+// ------------------------------------------------------- durable timers
+
+async fn a_delay_survives_a_restart(env: TestEnv) {
+    let editor = token("ada", "acme", Role::Editor);
+    let mut server = env.server().await;
+    let workflow = server
+        .create_workflow(
+            &editor,
+            "Wait",
+            json!({
+                "nodes": [
+                    {"id": "wait", "type": "delay", "params": {"milliseconds": 4000}},
+                    {"id": "after", "type": "transform", "params": {"template": "{{nodes.wait.waited_ms}}"}}
+                ],
+                "edges": [{"from": "wait", "to": "after"}]
+            }),
+        )
+        .await;
+    let started = std::time::Instant::now();
+    let execution = server.start_execution(&editor, &workflow, json!({})).await;
+    server
+        .wait_execution(&editor, &execution, Duration::from_secs(10), |e| {
+            e["steps"].as_array().is_some_and(|s| !s.is_empty())
+        })
+        .await;
+    // The service goes away while the delay runs; another one, on the same
+    // database, finishes the run when the delay is due.
+    server.stop().await;
+    let server = env.server().await;
+    let done = server
+        .wait_finished(&editor, &execution, Duration::from_secs(20))
+        .await;
+    assert_eq!(done["status"], "COMPLETED", "{done:#}");
+    assert_eq!(done["output"], json!({"after": 4000}));
+    assert!(
+        started.elapsed() >= Duration::from_millis(4000),
+        "the delay was kept"
+    );
+}
+
+#[tokio::test]
+async fn a_delay_survives_a_restart_on_postgres() {
+    a_delay_survives_a_restart(TestEnv::postgres().await).await;
+}
+
+#[tokio::test]
+async fn a_delay_survives_a_restart_on_sqlite() {
+    a_delay_survives_a_restart(TestEnv::sqlite().await).await;
+}
