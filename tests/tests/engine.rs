@@ -791,3 +791,221 @@ async fn a_delay_survives_a_restart_on_postgres() {
 async fn a_delay_survives_a_restart_on_sqlite() {
     a_delay_survives_a_restart(TestEnv::sqlite().await).await;
 }
+
+// ------------------------------------------------------------ bad input
+
+const START: &str =
+    "mutation ($input: StartExecutionInput!) { startExecution(input: $input) { id } }";
+
+#[tokio::test]
+async fn starting_refuses_what_cannot_start_with_a_clear_code() {
+    let env = TestEnv::postgres().await;
+    let server = env.server().await;
+    let editor = token("ada", "acme", Role::Editor);
+    let other = token("eve", "globex", Role::Editor);
+    let viewer = token("vic", "acme", Role::Viewer);
+    let workflow = server
+        .create_workflow(&editor, "Branching", branching())
+        .await;
+    let start = |input: Value| json!({ "input": input });
+
+    let unknown = uuid::Uuid::now_v7().to_string();
+    assert_eq!(
+        server
+            .error_code(Some(&editor), START, start(json!({"workflowId": unknown})))
+            .await,
+        "NOT_FOUND"
+    );
+    assert_eq!(
+        server
+            .error_code(Some(&other), START, start(json!({"workflowId": workflow})))
+            .await,
+        "NOT_FOUND",
+        "another tenant's workflow is not found"
+    );
+    assert_eq!(
+        server
+            .error_code(Some(&viewer), START, start(json!({"workflowId": workflow})))
+            .await,
+        "FORBIDDEN"
+    );
+    assert_eq!(
+        server
+            .error_code(
+                Some(&editor),
+                START,
+                start(json!({"workflowId": "not-an-id"}))
+            )
+            .await,
+        "VALIDATION"
+    );
+    let (_, body) = server
+        .post(
+            Some(&editor),
+            START,
+            start(json!({"workflowId": workflow, "breakpoints": ["nope"]})),
+        )
+        .await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "VALIDATION",
+        "{body}"
+    );
+    assert_eq!(
+        body["errors"][0]["extensions"]["field"],
+        "input.breakpoints"
+    );
+    let (_, body) = server
+        .post(
+            Some(&editor),
+            START,
+            start(json!({"workflowId": workflow, "idempotencyKey": "a\u{0}b"})),
+        )
+        .await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["field"],
+        "input.idempotencyKey"
+    );
+
+    server
+        .ok(
+            &editor,
+            "mutation ($input: WorkflowIdInput!) { archiveWorkflow(input: $input) { id } }",
+            json!({"input": {"id": workflow}}),
+        )
+        .await;
+    let (_, body) = server
+        .post(Some(&editor), START, start(json!({"workflowId": workflow})))
+        .await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "CONFLICT",
+        "{body}"
+    );
+    assert_eq!(body["errors"][0]["extensions"]["reason"], "ARCHIVED");
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_returns_the_first_execution() {
+    let env = TestEnv::sqlite().await;
+    let server = env.server().await;
+    let editor = token("ada", "acme", Role::Editor);
+    let other = token("eve", "globex", Role::Editor);
+    let workflow = server
+        .create_workflow(&editor, "Branching", branching())
+        .await;
+    let input = json!({"workflowId": workflow, "input": {"n": 1, "name": "x"}, "idempotencyKey": "order-42"});
+    let first = server.start_execution_with(&editor, input.clone()).await;
+    let again = server.start_execution_with(&editor, input).await;
+    assert_eq!(first, again);
+    let listed = server
+        .ok(
+            &editor,
+            "query ($w: ID!) { executions(filter: {workflowId: $w}, consistency: null) { edges { node { id } } } }",
+            json!({"w": workflow}),
+        )
+        .await;
+    assert_eq!(listed["executions"]["edges"].as_array().unwrap().len(), 1);
+    // Keys are the tenant's own.
+    let theirs = server.create_workflow(&other, "Theirs", branching()).await;
+    let different = server
+        .start_execution_with(
+            &other,
+            json!({"workflowId": theirs, "input": {"n": 1, "name": "y"}, "idempotencyKey": "order-42"}),
+        )
+        .await;
+    assert_ne!(different, first);
+}
+
+/// Runs a one-node `mcp_tool` workflow on `server_name` and returns the
+/// ended execution.
+async fn call_once(
+    server: &toolhub_tests::TestServer,
+    token: &str,
+    server_name: &str,
+    tool: &str,
+) -> Value {
+    let workflow = server
+        .create_workflow(
+            token,
+            "Call",
+            json!({"nodes": [{"id": "call", "type": "mcp_tool",
+                              "params": {"server": server_name, "tool": tool}}], "edges": []}),
+        )
+        .await;
+    let execution = server.start_execution(token, &workflow, json!({})).await;
+    server
+        .wait_finished(token, &execution, Duration::from_secs(40))
+        .await
+}
+
+#[tokio::test]
+async fn broken_mcp_servers_and_tools_fail_their_step_with_a_clear_error() {
+    let env = TestEnv::postgres().await;
+    let mut config = env.config();
+    // A server that never answers `initialize` is given up on quickly.
+    config.engine.mcp_pool.initialize_timeout = Duration::from_secs(3);
+    let server = env.server_with(config).await;
+    let editor = token("ada", "acme", Role::Editor);
+    let dir = tempfile::tempdir().unwrap();
+    let script = |name: &str, body: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, body).unwrap();
+        path.display().to_string()
+    };
+    let garbage = script(
+        "garbage.js",
+        "setInterval(() => console.log('not json'), 50);",
+    );
+    let exits = script("exits.js", "process.exit(3);");
+    register(&server, &editor, "everything", stdio(json!({}))).await;
+    let disabled = register(&server, &editor, "off", stdio(json!({}))).await;
+    server
+        .ok(
+            &editor,
+            "mutation ($input: McpServerIdInput!) { disableMcpServer(input: $input) { id } }",
+            json!({"input": {"id": disabled}}),
+        )
+        .await;
+    register(
+        &server,
+        &editor,
+        "missing",
+        json!({"kind": "stdio", "command": "no-such-command-here"}),
+    )
+    .await;
+    register(
+        &server,
+        &editor,
+        "garbage",
+        json!({"kind": "stdio", "command": "node", "args": [garbage]}),
+    )
+    .await;
+    register(
+        &server,
+        &editor,
+        "exits",
+        json!({"kind": "stdio", "command": "node", "args": [exits]}),
+    )
+    .await;
+
+    for (name, tool, expected) in [
+        ("everything", "no-such-tool", "has no tool"),
+        ("off", "echo", "disabled"),
+        ("nowhere", "echo", "no MCP server"),
+        ("missing", "echo", "no-such-command-here"),
+        ("garbage", "echo", ""),
+        ("exits", "echo", ""),
+    ] {
+        let done = call_once(&server, &editor, name, tool).await;
+        assert_eq!(done["status"], "FAILED", "{name}: {done:#}");
+        let error = step(&done, "call")["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(!error.is_empty(), "{name}: a step error says why");
+        assert!(error.contains(expected), "{name}: {error}");
+        assert!(
+            done["error"].as_str().unwrap().contains("call"),
+            "{name}: {done:#}"
+        );
+    }
+}
