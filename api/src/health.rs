@@ -84,6 +84,7 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
 
 /// `GET /metrics`, in Prometheus text format.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    state.metrics.observe_engine(&state.engine.stats());
     if let Ok(Ok(lags)) = tokio::time::timeout(Duration::from_secs(2), state.read.lag()).await {
         for lag in lags {
             state

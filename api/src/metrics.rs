@@ -28,6 +28,12 @@ pub struct Metrics {
     pub projector_lag: IntGaugeVec,
     /// Open GraphQL subscriptions.
     pub active_subscriptions: IntGauge,
+    /// The engine's counters in this process (started, finished, steps
+    /// run, batches, conflicts), as of the last scrape.
+    pub engine: IntGaugeVec,
+    /// Each MCP server's latest health-check latency and verdict (1 healthy,
+    /// 0 not), by server id.
+    pub mcp_health: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -84,6 +90,22 @@ impl Metrics {
         let active_subscriptions =
             IntGauge::new("active_subscriptions", "Open GraphQL subscriptions")
                 .expect("valid metric");
+        let engine = IntGaugeVec::new(
+            Opts::new(
+                "engine_total",
+                "The engine's counters in this process: executions started and finished, steps run, batches recorded, moves decided again after a conflict",
+            ),
+            &["counter"],
+        )
+        .expect("valid metric");
+        let mcp_health = IntGaugeVec::new(
+            Opts::new(
+                "mcp_server_health",
+                "Each MCP server's latest health check: latency in ms, and 1 when healthy",
+            ),
+            &["server", "measure"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(graphql_latency.clone()),
@@ -92,6 +114,8 @@ impl Metrics {
             Box::new(events_appended.clone()),
             Box::new(projector_lag.clone()),
             Box::new(active_subscriptions.clone()),
+            Box::new(engine.clone()),
+            Box::new(mcp_health.clone()),
         ] {
             registry
                 .register(collector)
@@ -106,6 +130,33 @@ impl Metrics {
             events_appended,
             projector_lag,
             active_subscriptions,
+            engine,
+            mcp_health,
+        }
+    }
+
+    /// Copies the engine's counters and health checks into the metrics
+    /// (they are kept in memory by the engine; a scrape reads them).
+    pub fn observe_engine(&self, stats: &toolhub_engine::EngineStats) {
+        use std::sync::atomic::Ordering;
+        for (name, value) in [
+            ("executions_started", &stats.started),
+            ("executions_finished", &stats.finished),
+            ("steps_run", &stats.steps_run),
+            ("batches", &stats.batches),
+            ("conflicts", &stats.conflicts),
+        ] {
+            let value = i64::try_from(value.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+            self.engine.with_label_values(&[name]).set(value);
+        }
+        for (server, (latency, healthy)) in stats.health.lock().iter() {
+            let latency = i64::try_from(*latency).unwrap_or(i64::MAX);
+            self.mcp_health
+                .with_label_values(&[server.as_str(), "latency_ms"])
+                .set(latency);
+            self.mcp_health
+                .with_label_values(&[server.as_str(), "healthy"])
+                .set(i64::from(*healthy));
         }
     }
 

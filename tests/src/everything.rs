@@ -8,19 +8,63 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// The reference server's entry point, or a failure that says how to
-/// install it.
+/// The reference server's entry point, installed (`npm ci --prefix
+/// tests/mcp`, from the pinned lock file) the first time a test needs it,
+/// so that `cargo test` alone sets everything up. Test binaries run at the
+/// same time take turns through a lock file; a missing `npm` is a failure
+/// that says what to install.
 pub fn server_everything() -> PathBuf {
     // Both crates that include this file sit one level below the root.
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("tests/mcp/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
-    assert!(
-        path.exists(),
-        "the MCP reference server is not installed ({} is missing): run `npm ci --prefix tests/mcp` \
-         in the repository root (it needs node and npm)",
-        path.display()
-    );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let package = root.join("tests/mcp");
+    let path = package.join("node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+    let lock = package.join(".installing");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    // Not `path.exists()` alone: files appear while npm still installs.
+    while !path.exists() || lock.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the MCP reference server was not installed within 10 minutes ({} is missing)",
+            path.display()
+        );
+        // A lock left by an installer that died is stale after 10 minutes.
+        if let Ok(age) = std::fs::metadata(&lock).and_then(|m| m.modified()) {
+            if age.elapsed().is_ok_and(|a| a > Duration::from_secs(600)) {
+                let _ = std::fs::remove_file(&lock);
+            }
+        }
+        if path.exists() {
+            // Installed, and another binary is (re)installing: wait.
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock)
+        {
+            Ok(_) => {
+                let installed = std::process::Command::new("npm")
+                    .args(["ci", "--silent", "--no-audit", "--no-fund", "--prefix"])
+                    .arg(&package)
+                    .status();
+                let _ = std::fs::remove_file(&lock);
+                match installed {
+                    Ok(status) if status.success() => {}
+                    Ok(status) => panic!(
+                        "`npm ci --prefix tests/mcp` failed ({status}): the MCP reference server \
+                         could not be installed"
+                    ),
+                    Err(error) => panic!(
+                        "the MCP reference server needs node and npm to install ({error}); \
+                         install Node.js 20 or later, or run `npm ci --prefix tests/mcp`"
+                    ),
+                }
+            }
+            // Another test binary is installing it: wait for it.
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
     path
 }
 
