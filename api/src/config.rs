@@ -247,6 +247,16 @@ impl Config {
             })?;
         }
         let engine = engine_config(&var)?;
+        let run_engine = match var("TOOLHUB_RUN_ENGINE").as_deref().map(str::trim) {
+            None | Some("true") | Some("1") | Some("yes") => true,
+            Some("false") | Some("0") | Some("no") => false,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    name: "TOOLHUB_RUN_ENGINE",
+                    reason: format!("{other:?} is neither true nor false"),
+                })
+            }
+        };
         Ok(Self {
             environment,
             listen,
@@ -256,7 +266,7 @@ impl Config {
             cors_origins,
             limits,
             run_projectors: true,
-            run_engine: true,
+            run_engine,
             engine,
         })
     }

@@ -1009,3 +1009,124 @@ async fn broken_mcp_servers_and_tools_fail_their_step_with_a_clear_error() {
         );
     }
 }
+
+// ------------------------------------------------ masking, timeouts, health
+
+#[tokio::test]
+async fn masking_rules_keep_personal_data_out_of_what_is_recorded() {
+    let env = TestEnv::sqlite().await;
+    let server = env.server().await;
+    let editor = token("ada", "acme", Role::Editor);
+    let workflow = server
+        .create_workflow(
+            &editor,
+            "Customer",
+            json!({
+                "nodes": [{"id": "shape", "type": "transform", "params": {"template": {
+                    "customer": {"email": "{{input.email}}", "ssn": "{{input.ssn}}", "name": "{{input.name}}"},
+                    "note": "write to {{input.email}} or call +44 20 7946 0958"
+                }}}],
+                "edges": [],
+                "masking": {"paths": ["$..ssn"], "detectors": ["email", "phone"]}
+            }),
+        )
+        .await;
+    let execution = server
+        .start_execution(
+            &editor,
+            &workflow,
+            json!({"email": "ada@example.com", "ssn": "078-05-1120", "name": "Ada"}),
+        )
+        .await;
+    let done = server
+        .wait_finished(&editor, &execution, Duration::from_secs(10))
+        .await;
+    assert_eq!(done["status"], "COMPLETED", "{done:#}");
+    let output = &step(&done, "shape")["output"];
+    assert_eq!(output["customer"]["ssn"], "***");
+    assert_eq!(output["customer"]["email"], "***");
+    assert_eq!(output["customer"]["name"], "Ada");
+    assert_eq!(output["note"], "write to *** or call ***");
+    // No step recorded any of it (the run's own input is recorded as the
+    // caller sent it; the rules cover what the steps record).
+    let steps = done["steps"].to_string();
+    for personal in ["078-05-1120", "ada@example.com", "+44 20 7946 0958"] {
+        assert!(!steps.contains(personal), "{personal} in {steps}");
+    }
+}
+
+#[tokio::test]
+async fn a_run_longer_than_the_execution_timeout_fails() {
+    let env = TestEnv::postgres().await;
+    let mut config = env.config();
+    config.engine.execution_timeout = Duration::from_secs(1);
+    let server = env.server_with(config).await;
+    let editor = token("ada", "acme", Role::Editor);
+    let workflow = server
+        .create_workflow(
+            &editor,
+            "Too long",
+            json!({"nodes": [{"id": "wait", "type": "delay", "params": {"milliseconds": 5000}}], "edges": []}),
+        )
+        .await;
+    let execution = server.start_execution(&editor, &workflow, json!({})).await;
+    let done = server
+        .wait_finished(&editor, &execution, Duration::from_secs(10))
+        .await;
+    assert_eq!(done["status"], "FAILED", "{done:#}");
+    assert!(
+        done["error"].as_str().unwrap().contains("timeout"),
+        "{done:#}"
+    );
+    assert_eq!(step(&done, "wait")["status"], "failed");
+}
+
+#[tokio::test]
+async fn the_leader_checks_every_enabled_server_s_health_on_its_own() {
+    let env = TestEnv::postgres().await;
+    let mut config = env.config();
+    config.engine.health_interval = Duration::from_millis(500);
+    let server = env.server_with(config).await;
+    let editor = token("ada", "acme", Role::Editor);
+    let healthy = register(&server, &editor, "everything", stdio(json!({}))).await;
+    let broken = register(
+        &server,
+        &editor,
+        "broken",
+        json!({"kind": "stdio", "command": "no-such-command-here"}),
+    )
+    .await;
+    let query = "query ($id: ID!) { mcpServer(id: $id) { healthy healthDetail checkedAt } }";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let a = server.ok(&editor, query, json!({"id": healthy})).await;
+        let b = server.ok(&editor, query, json!({"id": broken})).await;
+        if a["mcpServer"]["healthy"] == true && b["mcpServer"]["healthy"] == false {
+            assert!(b["mcpServer"]["healthDetail"].as_str().is_some());
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no health recorded: {a} {b}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A second round changes nothing, so it records nothing.
+    let versions = |v: &Value| v["mcpServer"]["version"].as_u64().unwrap_or(0);
+    let before = server
+        .ok(
+            &editor,
+            "query ($id: ID!) { mcpServer(id: $id) { version } }",
+            json!({"id": healthy}),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = server
+        .ok(
+            &editor,
+            "query ($id: ID!) { mcpServer(id: $id) { version } }",
+            json!({"id": healthy}),
+        )
+        .await;
+    assert_eq!(versions(&before), versions(&after));
+}

@@ -147,6 +147,10 @@ pub(crate) struct Inner {
     pub(crate) stats: Arc<EngineStats>,
     /// Stops everything.
     pub(crate) shutdown: CancellationToken,
+    /// Whether this process runs workers ([`Engine::spawn`]): when it does
+    /// not, a start is left to the queue (and announced) rather than driven
+    /// here.
+    pub(crate) working: std::sync::atomic::AtomicBool,
 }
 
 /// The engine. Cheap to clone.
@@ -220,6 +224,7 @@ impl Engine {
                 running: Mutex::new(HashMap::new()),
                 stats: Arc::new(EngineStats::default()),
                 shutdown: CancellationToken::new(),
+                working: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -238,6 +243,7 @@ impl Engine {
     /// executions), the lease heartbeat, and the health checker (which runs
     /// on one leader across replicas).
     pub fn spawn(&self) -> EngineHandle {
+        self.inner.working.store(true, Ordering::SeqCst);
         let tasks = vec![
             tokio::spawn(worker_loop(self.clone())),
             tokio::spawn(heartbeat(self.clone())),
@@ -303,12 +309,13 @@ impl Engine {
         // started, which a worker removes; never a started execution that
         // nobody drives.
         let lease_until = now + chrono_duration(inner.config.lease);
+        let here = inner.working.load(Ordering::SeqCst);
         inner
             .work
             .enqueue(
                 &id_text,
                 ctx.tenant.as_str(),
-                Some(&inner.config.worker_id),
+                here.then_some(inner.config.worker_id.as_str()),
                 now,
                 lease_until,
             )
@@ -333,7 +340,12 @@ impl Engine {
             }
         };
         inner.stats.started.fetch_add(1, Ordering::Relaxed);
-        self.drive(id_text, ctx.tenant.clone(), true);
+        if here {
+            self.drive(id_text, ctx.tenant.clone(), true);
+        } else {
+            // Workers elsewhere claim it; tell them now.
+            inner.store.announce_work(&id_text);
+        }
         Ok(Started {
             execution_id: id,
             committed,

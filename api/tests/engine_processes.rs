@@ -1,8 +1,9 @@
-//! A worker killed mid-run: `toolhub serve` processes on one PostgreSQL
-//! database, the first killed with SIGKILL while it runs an execution; the
-//! second finishes it. No idempotent step is lost and none is recorded
-//! twice; a step that is not idempotent is failed as interrupted, never run
-//! again behind the user's back.
+//! The engine across processes on one PostgreSQL database: a worker killed
+//! with SIGKILL while it runs an execution, whose run another process
+//! finishes (no idempotent step lost, none recorded twice; a step that is
+//! not idempotent failed as interrupted, never run again behind the user's
+//! back); and `toolhub worker` running what a `toolhub serve` without the
+//! engine started.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -26,12 +27,17 @@ struct Service {
 
 impl Service {
     fn start(database: &str, master_key: &str) -> Self {
+        Self::start_with(database, master_key, "serve", &[])
+    }
+
+    fn start_with(database: &str, master_key: &str, command: &str, env: &[(&str, &str)]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_toolhub"))
-            .arg("serve")
+            .arg(command)
+            .envs(env.iter().copied())
             .env("DATABASE_URL", database)
             .env("TOOLHUB_LISTEN", format!("127.0.0.1:{port}"))
             .env("TOOLHUB_JWT_SECRET", std::str::from_utf8(SECRET).unwrap())
@@ -313,4 +319,55 @@ async fn a_killed_worker_s_step_that_is_not_idempotent_fails_as_interrupted() {
         1,
         "the charge was not repeated"
     );
+}
+
+#[tokio::test]
+async fn a_worker_process_runs_what_a_serve_without_the_engine_started() {
+    let db = TestDb::postgres().await;
+    let master_key = MasterKey::generate().to_base64();
+    let (address, requests) = upstream(Duration::from_millis(10)).await;
+    let http = reqwest::Client::new();
+    let token = token();
+    let api = Service::start_with(
+        db.url(),
+        &master_key,
+        "serve",
+        &[("TOOLHUB_RUN_ENGINE", "false")],
+    );
+    api.ready(&http).await;
+    let definition = json!({
+        "nodes": [{"id": "fetch", "type": "http",
+                   "params": {"method": "GET", "url": format!("http://{address}/step")}}],
+        "edges": []
+    });
+    let created = graphql(
+        &http,
+        &api.url,
+        &token,
+        "mutation ($input: CreateWorkflowInput!) { createWorkflow(input: $input) { id } }",
+        json!({"input": {"name": "Elsewhere", "definition": definition}}),
+    )
+    .await;
+    let workflow = created["createWorkflow"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let id = graphql(
+        &http,
+        &api.url,
+        &token,
+        "mutation ($input: StartExecutionInput!) { startExecution(input: $input) { id } }",
+        json!({"input": {"workflowId": workflow}}),
+    )
+    .await["startExecution"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Nothing runs it yet: the service has no engine.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(requests.load(Ordering::SeqCst), 0);
+    let _worker = Service::start_with(db.url(), &master_key, "worker", &[]);
+    let done = finished(&http, &api, &token, &id).await;
+    assert_eq!(done["status"], "COMPLETED", "{done:#}");
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
 }
