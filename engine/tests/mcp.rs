@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use toolhub_domain::mcp_server::Transport;
 use toolhub_domain::{McpServerId, TenantId};
 use toolhub_engine::mcp::{
-    McpCallError, McpPool, McpPoolConfig, McpTarget, ResolvedTransport, INHERITED_ENV,
+    McpCallError, McpPool, McpPoolConfig, McpTarget, ResolvedTransport, ToolOutput, INHERITED_ENV,
 };
 
 /// Generous, because the machine running the tests may be busy; the tests
@@ -74,16 +74,27 @@ fn arguments(value: Value) -> Map<String, Value> {
     }
 }
 
-async fn echo(pool: &McpPool, target: &McpTarget, message: &str) -> Result<String, McpCallError> {
+/// Calls `tool` with `args` (a JSON object) and the default timeout.
+async fn call(
+    pool: &McpPool,
+    target: &McpTarget,
+    tool: &str,
+    args: Value,
+) -> Result<ToolOutput, McpCallError> {
     pool.call_tool(
         target,
-        "echo",
-        arguments(json!({ "message": message })),
+        tool,
+        arguments(args),
         CALL_TIMEOUT,
         CancellationToken::new(),
     )
     .await
-    .map(|output| output.text)
+}
+
+async fn echo(pool: &McpPool, target: &McpTarget, message: &str) -> Result<String, McpCallError> {
+    call(pool, target, "echo", json!({ "message": message }))
+        .await
+        .map(|output| output.text)
 }
 
 /// Polls `condition` until it holds or `limit` passes.
@@ -300,16 +311,14 @@ async fn listing_tools_over_stdio_shows_the_reference_tools_with_their_hints() {
 #[tokio::test]
 async fn echo_over_stdio_returns_the_message_in_text() {
     let pool = pool();
-    let output = pool
-        .call_tool(
-            &target(everything_over_stdio(&[])),
-            "echo",
-            arguments(json!({ "message": "hello from toolhub" })),
-            CALL_TIMEOUT,
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+    let output = call(
+        &pool,
+        &target(everything_over_stdio(&[])),
+        "echo",
+        json!({ "message": "hello from toolhub" }),
+    )
+    .await
+    .unwrap();
     assert_eq!(output.text, "Echo: hello from toolhub");
     let recorded = output.to_json();
     assert_eq!(recorded["text"], "Echo: hello from toolhub");
@@ -324,16 +333,14 @@ async fn echo_over_stdio_returns_the_message_in_text() {
 #[tokio::test]
 async fn get_sum_over_stdio_adds_two_and_three() {
     let pool = pool();
-    let output = pool
-        .call_tool(
-            &target(everything_over_stdio(&[])),
-            "get-sum",
-            arguments(json!({ "a": 2, "b": 3 })),
-            CALL_TIMEOUT,
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+    let output = call(
+        &pool,
+        &target(everything_over_stdio(&[])),
+        "get-sum",
+        json!({ "a": 2, "b": 3 }),
+    )
+    .await
+    .unwrap();
     assert_eq!(output.text, "The sum of 2 and 3 is 5.");
     pool.shutdown().await;
 }
@@ -341,16 +348,14 @@ async fn get_sum_over_stdio_adds_two_and_three() {
 #[tokio::test]
 async fn get_structured_content_over_stdio_yields_structured() {
     let pool = pool();
-    let output = pool
-        .call_tool(
-            &target(everything_over_stdio(&[])),
-            "get-structured-content",
-            arguments(json!({ "location": "New York" })),
-            CALL_TIMEOUT,
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+    let output = call(
+        &pool,
+        &target(everything_over_stdio(&[])),
+        "get-structured-content",
+        json!({ "location": "New York" }),
+    )
+    .await
+    .unwrap();
     assert_eq!(output.to_json()["structured"]["temperature"], 33);
     assert_eq!(output.to_json()["structured"]["conditions"], "Cloudy");
     pool.shutdown().await;
@@ -362,16 +367,14 @@ async fn a_configured_variable_reaches_the_server_but_the_parent_environment_doe
     // makes this safe to call; std serialises it with process spawning.
     std::env::set_var("TOOLHUB_TEST_PARENT_ONLY", "parent-secret");
     let pool = pool();
-    let output = pool
-        .call_tool(
-            &target(everything_over_stdio(&[("SERVER_SETTING", "from-config")])),
-            "get-env",
-            Map::new(),
-            CALL_TIMEOUT,
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+    let output = call(
+        &pool,
+        &target(everything_over_stdio(&[("SERVER_SETTING", "from-config")])),
+        "get-env",
+        json!({}),
+    )
+    .await
+    .unwrap();
     let environment: BTreeMap<String, String> = serde_json::from_str(&output.text).unwrap();
     assert_eq!(
         environment.get("SERVER_SETTING").map(String::as_str),
@@ -855,16 +858,14 @@ async fn no_environment_value_appears_in_an_error_even_when_the_server_prints_it
 #[tokio::test]
 async fn calling_a_tool_that_does_not_exist_over_stdio_is_a_tool_error_that_is_not_retryable() {
     let pool = pool();
-    let error = pool
-        .call_tool(
-            &target(everything_over_stdio(&[])),
-            "no-such-tool",
-            Map::new(),
-            CALL_TIMEOUT,
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap_err();
+    let error = call(
+        &pool,
+        &target(everything_over_stdio(&[])),
+        "no-such-tool",
+        json!({}),
+    )
+    .await
+    .unwrap_err();
     match &error {
         McpCallError::ToolFailed { text, .. } => assert!(text.contains("no-such-tool"), "{text}"),
         other => panic!("unexpected error: {other:?}"),
@@ -920,27 +921,18 @@ async fn echo_sum_and_structured_content_over_streamable_http_share_one_session(
         echo(&pool, &target, "over http").await.unwrap(),
         "Echo: over http"
     );
-    let sum = pool
-        .call_tool(
-            &target,
-            "get-sum",
-            arguments(json!({ "a": 2, "b": 3 })),
-            CALL_TIMEOUT,
-            CancellationToken::new(),
-        )
+    let sum = call(&pool, &target, "get-sum", json!({ "a": 2, "b": 3 }))
         .await
         .unwrap();
     assert_eq!(sum.text, "The sum of 2 and 3 is 5.");
-    let weather = pool
-        .call_tool(
-            &target,
-            "get-structured-content",
-            arguments(json!({ "location": "Chicago" })),
-            CALL_TIMEOUT,
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+    let weather = call(
+        &pool,
+        &target,
+        "get-structured-content",
+        json!({ "location": "Chicago" }),
+    )
+    .await
+    .unwrap();
     assert_eq!(weather.to_json()["structured"]["temperature"], 36);
     let stats = pool.stats();
     assert_eq!((stats.connected, stats.spawned), (1, 0), "{stats:?}");
@@ -1018,16 +1010,14 @@ async fn cancelling_a_long_call_over_streamable_http_returns_at_once_and_cancels
 async fn calling_a_tool_that_does_not_exist_over_streamable_http_is_a_tool_error() {
     let server = HttpServer::start().await;
     let pool = pool();
-    let error = pool
-        .call_tool(
-            &target(http_transport(&server)),
-            "no-such-tool",
-            Map::new(),
-            CALL_TIMEOUT,
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap_err();
+    let error = call(
+        &pool,
+        &target(http_transport(&server)),
+        "no-such-tool",
+        json!({}),
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(&error, McpCallError::ToolFailed { text, .. } if text.contains("no-such-tool"))
     );
