@@ -233,8 +233,8 @@ impl DomainErrorCode for WorkflowError {
             Self::Unchanged => ApiError::validation("input.name", reason),
             Self::InvalidDescription => ApiError::validation("input.description", reason),
             Self::InvalidComment => ApiError::validation("input.comment", reason),
-            Self::InvalidTrigger { reason } => {
-                ApiError::validation("input.triggers", reason.clone())
+            Self::InvalidTrigger { field, reason } => {
+                ApiError::validation(format!("input.{field}"), reason.clone())
             }
             Self::InvalidDefinition(e) => ApiError::validation("input.definition", e.to_string()),
         }

@@ -12,6 +12,7 @@ pub mod common;
 pub mod definition;
 pub mod execution;
 pub mod mcp_server;
+pub mod schedule;
 pub mod secret;
 pub mod workflow;
 

@@ -14,10 +14,10 @@
 
 use crate::common::{AggregateRoot, CommandTraits, Role, TenantId};
 use crate::definition::{DefinitionError, WorkflowDefinition};
+use crate::schedule::{parse_timezone, MissedFires};
 use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::BTreeSet;
 
 /// The longest workflow name, in characters.
 pub const MAX_WORKFLOW_NAME_LEN: usize = 200;
@@ -35,14 +35,25 @@ pub const MAX_TRIGGERS: usize = 20;
 pub const MAX_WEBHOOK_KEY_LEN: usize = 128;
 
 /// What starts an execution of a workflow without a person pressing "run".
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Trigger {
     /// Runs on a schedule.
     Cron {
         /// A five-field cron expression (minute, hour, day of month, month,
-        /// day of week), in UTC.
+        /// day of week), read in `timezone`.
         schedule: String,
+        /// The IANA time zone the schedule reads in (`Europe/Paris`); UTC
+        /// when absent, as in triggers recorded before zones existed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timezone: Option<String>,
+        /// The input each scheduled execution starts with (`{}` when
+        /// absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        input: Option<Value>,
+        /// What to do with fires missed while no scheduler ran.
+        #[serde(default, skip_serializing_if = "MissedFires::is_skip")]
+        missed: MissedFires,
     },
     /// Runs when a request arrives at the workflow's webhook URL.
     Webhook {
@@ -52,11 +63,38 @@ pub enum Trigger {
     },
 }
 
+/// The largest input a cron trigger may carry, serialized.
+pub const MAX_TRIGGER_INPUT_BYTES: usize = 64 * 1024;
+
 impl Trigger {
-    /// Checks the trigger, returning why it is unusable.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the trigger, returning the faulty field (`schedule`,
+    /// `timezone`, `input`, `key`) and why it is unusable.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
         match self {
-            Self::Cron { schedule } => check_cron(schedule),
+            Self::Cron {
+                schedule,
+                timezone,
+                input,
+                ..
+            } => {
+                check_cron(schedule).map_err(|reason| ("schedule", reason))?;
+                if let Some(zone) = timezone {
+                    parse_timezone(zone).map_err(|reason| ("timezone", reason))?;
+                }
+                if let Some(input) = input {
+                    if !input.is_object() {
+                        return Err(("input", "a trigger's input is a JSON object".into()));
+                    }
+                    if serde_json::to_vec(input).map_or(true, |b| b.len() > MAX_TRIGGER_INPUT_BYTES)
+                    {
+                        return Err((
+                            "input",
+                            format!("a trigger's input is at most {MAX_TRIGGER_INPUT_BYTES} bytes"),
+                        ));
+                    }
+                }
+                Ok(())
+            }
             Self::Webhook { key } => {
                 let valid = !key.is_empty()
                     && key.len() <= MAX_WEBHOOK_KEY_LEN
@@ -66,8 +104,11 @@ impl Trigger {
                 if valid {
                     Ok(())
                 } else {
-                    Err(format!(
-                        "a webhook key is 1 to {MAX_WEBHOOK_KEY_LEN} letters, digits, '_' or '-'"
+                    Err((
+                        "key",
+                        format!(
+                            "a webhook key is 1 to {MAX_WEBHOOK_KEY_LEN} letters, digits, '_' or '-'"
+                        ),
                     ))
                 }
             }
@@ -369,6 +410,8 @@ pub enum WorkflowError {
     /// A trigger is unusable, or there are too many, or one is repeated.
     #[error("invalid trigger: {reason}")]
     InvalidTrigger {
+        /// The faulty field, such as `triggers[0].timezone`.
+        field: String,
         /// What is wrong.
         reason: String,
     },
@@ -405,17 +448,24 @@ fn check_comment(comment: &Option<String>) -> Result<(), WorkflowError> {
 }
 
 fn check_triggers(triggers: &[Trigger]) -> Result<(), WorkflowError> {
-    let invalid = |reason: String| WorkflowError::InvalidTrigger { reason };
     if triggers.len() > MAX_TRIGGERS {
-        return Err(invalid(format!(
-            "a workflow has at most {MAX_TRIGGERS} triggers"
-        )));
+        return Err(WorkflowError::InvalidTrigger {
+            field: "triggers".into(),
+            reason: format!("a workflow has at most {MAX_TRIGGERS} triggers"),
+        });
     }
-    let mut seen = BTreeSet::new();
-    for trigger in triggers {
-        trigger.validate().map_err(invalid)?;
-        if !seen.insert(trigger) {
-            return Err(invalid("the same trigger is listed twice".into()));
+    for (index, trigger) in triggers.iter().enumerate() {
+        trigger
+            .validate()
+            .map_err(|(field, reason)| WorkflowError::InvalidTrigger {
+                field: format!("triggers[{index}].{field}"),
+                reason,
+            })?;
+        if triggers[..index].contains(trigger) {
+            return Err(WorkflowError::InvalidTrigger {
+                field: format!("triggers[{index}]"),
+                reason: "the same trigger is listed twice".into(),
+            });
         }
     }
     Ok(())
@@ -621,6 +671,20 @@ mod tests {
     fn cron(schedule: &str) -> Trigger {
         Trigger::Cron {
             schedule: schedule.into(),
+            timezone: None,
+            input: None,
+            missed: MissedFires::Skip,
+        }
+    }
+
+    fn invalid_field(triggers: Vec<Trigger>) -> String {
+        match WorkflowTest::with(())
+            .given(vec![created()])
+            .when(WorkflowCommand::SetTriggers { triggers })
+            .inspect_result()
+        {
+            Err(WorkflowError::InvalidTrigger { field, .. }) => field,
+            other => panic!("expected InvalidTrigger, got {other:?}"),
         }
     }
 
@@ -928,6 +992,71 @@ mod tests {
                 "{invalid} should be invalid"
             );
         }
+    }
+
+    #[test]
+    fn a_cron_trigger_takes_a_time_zone_an_input_and_a_missed_fire_policy() {
+        let trigger: Trigger = serde_json::from_value(json!({
+            "kind": "cron",
+            "schedule": "0 9 * * MON-FRI",
+            "timezone": "Europe/Paris",
+            "input": {"report": "daily"},
+            "missed": "run_once"
+        }))
+        .unwrap();
+        assert_eq!(trigger.validate(), Ok(()));
+        let Trigger::Cron {
+            timezone, missed, ..
+        } = &trigger
+        else {
+            panic!("a cron trigger")
+        };
+        assert_eq!(timezone.as_deref(), Some("Europe/Paris"));
+        assert_eq!(*missed, MissedFires::RunOnce);
+    }
+
+    #[test]
+    fn a_cron_trigger_recorded_with_only_its_schedule_still_reads_as_utc_and_skip() {
+        let trigger: Trigger =
+            serde_json::from_value(json!({"kind": "cron", "schedule": "*/15 * * * *"})).unwrap();
+        assert_eq!(trigger, cron("*/15 * * * *"));
+        // And is written back the same way.
+        assert_eq!(
+            serde_json::to_value(&trigger).unwrap(),
+            json!({"kind": "cron", "schedule": "*/15 * * * *"})
+        );
+    }
+
+    #[test]
+    fn an_invalid_trigger_names_its_field() {
+        let zone = |tz: &str| Trigger::Cron {
+            schedule: "0 9 * * *".into(),
+            timezone: Some(tz.into()),
+            input: None,
+            missed: MissedFires::Skip,
+        };
+        assert_eq!(
+            invalid_field(vec![webhook("k"), zone("Europe/Atlantis")]),
+            "triggers[1].timezone"
+        );
+        assert_eq!(
+            invalid_field(vec![cron("61 * * * *")]),
+            "triggers[0].schedule"
+        );
+        assert_eq!(invalid_field(vec![webhook("a b")]), "triggers[0].key");
+        assert_eq!(
+            invalid_field(vec![Trigger::Cron {
+                schedule: "0 9 * * *".into(),
+                timezone: None,
+                input: Some(json!([1, 2])),
+                missed: MissedFires::Skip,
+            }]),
+            "triggers[0].input"
+        );
+        assert_eq!(
+            invalid_field(vec![cron("0 9 * * *"), cron("0 9 * * *")]),
+            "triggers[1]"
+        );
     }
 
     // Archive and Restore
