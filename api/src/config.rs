@@ -318,6 +318,11 @@ fn engine_config(var: &impl Fn(&str) -> Option<String>) -> Result<EngineConfig, 
             defaults.health_interval,
         )?,
         lease: duration_var(var, "TOOLHUB_ENGINE_LEASE", defaults.lease)?,
+        schedule_late_after: duration_var(
+            var,
+            "TOOLHUB_CRON_LATE_AFTER",
+            defaults.schedule_late_after,
+        )?,
         egress,
         ..defaults
     })

@@ -93,7 +93,7 @@ impl Metrics {
         let engine = IntGaugeVec::new(
             Opts::new(
                 "engine_total",
-                "The engine's counters in this process: executions started and finished, steps run, batches recorded, moves decided again after a conflict",
+                "The engine's counters in this process: executions started and finished, steps run, batches recorded, moves decided again after a conflict, cron fires started",
             ),
             &["counter"],
         )
@@ -145,6 +145,7 @@ impl Metrics {
             ("steps_run", &stats.steps_run),
             ("batches", &stats.batches),
             ("conflicts", &stats.conflicts),
+            ("cron_fires", &stats.cron_fires),
         ] {
             let value = i64::try_from(value.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
             self.engine.with_label_values(&[name]).set(value);

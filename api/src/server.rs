@@ -90,6 +90,11 @@ pub struct Running {
 }
 
 impl Running {
+    /// The engine, when this process runs its workers.
+    pub fn engine(&self) -> Option<&toolhub_engine::Engine> {
+        self.engine.as_ref().map(|handle| handle.engine())
+    }
+
     /// The base URL, such as `http://127.0.0.1:8080`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)

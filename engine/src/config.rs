@@ -1,7 +1,11 @@
 //! How the engine runs: leases, concurrency, timeouts and the egress
 //! policy. The service reads these from its environment; tests set them.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
 
 use crate::egress::{EgressPolicy, HttpLimits};
 use crate::mcp::McpPoolConfig;
@@ -42,6 +46,15 @@ pub struct EngineConfig {
     pub hold_timers_up_to: Duration,
     /// How long `startExecution`'s idempotency keys last.
     pub idempotency_window: Duration,
+    /// How often the cron scheduler looks for due fires (it also wakes
+    /// when a workflow changes).
+    pub schedule_tick: Duration,
+    /// How late a cron fire may start and still count as on time (a
+    /// scheduler taking over from one that died); an older fire was missed
+    /// and follows its trigger's missed-fire policy.
+    pub schedule_late_after: Duration,
+    /// The scheduler's clock (the wall clock; tests move a manual one).
+    pub clock: Clock,
 }
 
 impl Default for EngineConfig {
@@ -65,6 +78,50 @@ impl Default for EngineConfig {
             health_timeout: Duration::from_secs(10),
             hold_timers_up_to: Duration::from_secs(2),
             idempotency_window: Duration::from_secs(24 * 3600),
+            schedule_tick: Duration::from_secs(1),
+            schedule_late_after: Duration::from_secs(300),
+            clock: Clock::system(),
         }
+    }
+}
+
+/// Where the scheduler reads the time: the system clock, or a manual one
+/// that tests move.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>);
+
+impl Clock {
+    /// The system's wall clock.
+    pub fn system() -> Self {
+        Self(Arc::new(Utc::now))
+    }
+
+    /// A clock that stands at `start` until [`ManualClock::set`] moves it.
+    pub fn manual(start: DateTime<Utc>) -> (Self, ManualClock) {
+        let now = Arc::new(Mutex::new(start));
+        let read = now.clone();
+        (Self(Arc::new(move || *read.lock())), ManualClock(now))
+    }
+
+    /// The time now.
+    pub fn now(&self) -> DateTime<Utc> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Clock({})", self.now())
+    }
+}
+
+/// Moves a [`Clock::manual`].
+#[derive(Clone, Debug)]
+pub struct ManualClock(Arc<Mutex<DateTime<Utc>>>);
+
+impl ManualClock {
+    /// Sets the time.
+    pub fn set(&self, now: DateTime<Utc>) {
+        *self.0.lock() = now;
     }
 }

@@ -36,5 +36,7 @@ pub mod mcp;
 pub mod run;
 pub mod template;
 
-pub use config::EngineConfig;
-pub use run::{Engine, EngineError, EngineHandle, EngineStats, StartRequest, Started};
+pub use config::{Clock, EngineConfig, ManualClock};
+pub use run::{
+    Engine, EngineError, EngineHandle, EngineStats, Fire, Scheduler, StartRequest, Started,
+};

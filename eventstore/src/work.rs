@@ -312,3 +312,40 @@ pub async fn named(db: &Db, aggregate_type: &str) -> Result<Vec<(String, String)
         .map(|r| Ok((r.text("tenant")?, r.text("aggregate_id")?)))
         .collect()
 }
+
+/// How far each workflow's cron schedules were checked:
+/// `workflow_id → checked_until`. Fires at or before that instant are done
+/// (started, or skipped as missed).
+pub async fn cron_cursors(
+    db: &Db,
+) -> Result<std::collections::HashMap<String, DateTime<Utc>>, StoreError> {
+    let rows = fetch(
+        db,
+        "SELECT workflow_id, checked_until FROM cron_cursors",
+        &[],
+    )
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.text("workflow_id")?, r.time("checked_until")?)))
+        .collect()
+}
+
+/// Records that a workflow's schedules were checked up to `until`; a
+/// cursor never moves back (a scheduler that lost its leadership mid-tick
+/// cannot undo its successor's progress).
+pub async fn advance_cron_cursor(
+    db: &Db,
+    workflow_id: &str,
+    tenant: &str,
+    until: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    exec(
+        db,
+        "INSERT INTO cron_cursors (workflow_id, tenant, checked_until) VALUES ($1, $2, $3) \
+         ON CONFLICT (workflow_id) DO UPDATE SET checked_until = excluded.checked_until \
+         WHERE cron_cursors.checked_until < excluded.checked_until",
+        &[workflow_id.into(), tenant.into(), until.into()],
+    )
+    .await?;
+    Ok(())
+}

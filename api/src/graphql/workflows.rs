@@ -1,14 +1,15 @@
-//! Workflows: `workflows`, `workflow { versions }` and the six workflow
-//! mutations.
+//! Workflows: `workflows`, `workflow { versions nextRuns }` and the
+//! workflow mutations.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_graphql::connection::{Connection, EmptyFields};
 use async_graphql::dataloader::Loader;
-use async_graphql::{Context, InputObject, Object, SimpleObject, ID};
+use async_graphql::{Context, Enum, InputObject, Object, OneofObject, SimpleObject, ID};
 use chrono::{DateTime, Utc};
-use toolhub_domain::workflow::WorkflowCommand;
+use toolhub_domain::schedule::{next_runs, MissedFires};
+use toolhub_domain::workflow::{Trigger, WorkflowCommand};
 use toolhub_domain::{Role, TenantId, WorkflowId};
 
 use super::scalars::Json;
@@ -55,9 +56,27 @@ impl Workflow {
     async fn archived(&self) -> bool {
         self.0.archived
     }
-    /// The triggers (cron schedules, webhooks).
+    /// The triggers (cron schedules, webhooks), as recorded:
+    /// `{"kind": "cron", "schedule", "timezone"?, "input"?, "missed"?}` or
+    /// `{"kind": "webhook", "key"}`.
     async fn triggers(&self) -> Json {
         async_graphql::Json(self.0.triggers.clone())
+    }
+    /// The next times its cron triggers fire, merged and ascending
+    /// (computed, not stored); none while it is archived.
+    async fn next_runs(
+        &self,
+        #[graphql(desc = "How many (at most 100).")] count: i32,
+    ) -> async_graphql::Result<Vec<DateTime<Utc>>> {
+        if !(0..=100).contains(&count) {
+            return Err(ApiError::validation("count", "count is from 0 to 100").into());
+        }
+        if self.0.archived {
+            return Ok(Vec::new());
+        }
+        let triggers: Vec<Trigger> =
+            serde_json::from_value(self.0.triggers.clone()).unwrap_or_default();
+        Ok(next_runs(&triggers, Utc::now(), count as usize))
     }
     /// Who created it.
     async fn created_by(&self) -> &str {
@@ -253,6 +272,74 @@ pub struct RenameWorkflowInput {
     expected_version: Option<u64>,
 }
 
+/// `setWorkflowTriggers` input.
+#[derive(InputObject)]
+pub struct SetWorkflowTriggersInput {
+    /// The workflow.
+    id: ID,
+    /// The complete new list (at most 20).
+    triggers: Vec<TriggerInput>,
+    /// Change only if the workflow is at this version.
+    expected_version: Option<u64>,
+}
+
+/// One trigger: exactly one of its fields.
+#[derive(OneofObject)]
+pub enum TriggerInput {
+    /// A cron schedule.
+    Cron(CronTriggerInput),
+    /// A webhook key.
+    Webhook(WebhookTriggerInput),
+}
+
+/// A cron schedule.
+#[derive(InputObject)]
+pub struct CronTriggerInput {
+    /// Five fields: minute, hour, day of month, month, day of week
+    /// (`0 9 * * MON-FRI`).
+    schedule: String,
+    /// The IANA time zone it reads in (`Europe/Paris`); UTC when absent.
+    timezone: Option<String>,
+    /// The input each scheduled execution starts with (a JSON object).
+    input: Option<Json>,
+    /// What to do with fires missed while no scheduler ran: `SKIP`
+    /// (default) or `RUN_ONCE` (one execution, never a burst).
+    missed: Option<MissedFiresPolicy>,
+}
+
+/// A webhook trigger.
+#[derive(InputObject)]
+pub struct WebhookTriggerInput {
+    /// The URL path segment that selects the workflow.
+    key: String,
+}
+
+/// What the scheduler does with fires missed while no scheduler ran.
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum MissedFiresPolicy {
+    /// Skip them; resume with the next fire.
+    Skip,
+    /// Run one execution for the latest of them.
+    RunOnce,
+}
+
+impl From<TriggerInput> for Trigger {
+    fn from(input: TriggerInput) -> Self {
+        match input {
+            TriggerInput::Cron(cron) => Trigger::Cron {
+                schedule: cron.schedule,
+                timezone: cron.timezone,
+                input: cron.input.map(|j| j.0),
+                missed: match cron.missed {
+                    Some(MissedFiresPolicy::RunOnce) => MissedFires::RunOnce,
+                    Some(MissedFiresPolicy::Skip) | None => MissedFires::Skip,
+                },
+            },
+            TriggerInput::Webhook(hook) => Trigger::Webhook { key: hook.key },
+        }
+    }
+}
+
 /// `archiveWorkflow` and `restoreWorkflow` input.
 #[derive(InputObject)]
 pub struct WorkflowIdInput {
@@ -408,6 +495,25 @@ impl WorkflowMutation {
         input: RenameWorkflowInput,
     ) -> async_graphql::Result<WorkflowPayload> {
         let command = WorkflowCommand::Rename { name: input.name };
+        Self::run(
+            ctx,
+            workflow_id(&input.id)?,
+            command,
+            input.expected_version,
+        )
+        .await
+    }
+
+    /// Replaces the workflow's triggers with `triggers` (an empty list
+    /// removes them all). Cron triggers fire on one scheduler across
+    /// replicas; see `nextRuns`.
+    async fn set_workflow_triggers(
+        &self,
+        ctx: &Context<'_>,
+        input: SetWorkflowTriggersInput,
+    ) -> async_graphql::Result<WorkflowPayload> {
+        let triggers = input.triggers.into_iter().map(Trigger::from).collect();
+        let command = WorkflowCommand::SetTriggers { triggers };
         Self::run(
             ctx,
             workflow_id(&input.id)?,

@@ -105,6 +105,10 @@ pub struct EngineStats {
     pub batches: AtomicU64,
     /// Commands that lost a race and were decided again.
     pub conflicts: AtomicU64,
+    /// Cron fires this process started.
+    pub cron_fires: AtomicU64,
+    /// Whether this process leads the cron scheduler now.
+    pub scheduling: std::sync::atomic::AtomicBool,
     /// The latest health-check latency of each server, in milliseconds
     /// (server id → latency), and whether it was healthy.
     pub health: Mutex<HashMap<String, (u64, bool)>>,
@@ -169,6 +173,11 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
+    /// The engine the tasks serve.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     /// Stops the workers: drivers give their executions back to the queue
     /// (due at once, for another worker), MCP connections close.
     pub async fn stop(self) {
@@ -248,6 +257,7 @@ impl Engine {
             tokio::spawn(worker_loop(self.clone())),
             tokio::spawn(heartbeat(self.clone())),
             tokio::spawn(run_health_checks(self.clone())),
+            tokio::spawn(super::schedule::run_scheduler(self.clone())),
         ];
         EngineHandle {
             engine: self.clone(),

@@ -1,6 +1,7 @@
 //! The runtime: the [`Engine`] that starts, stops and resumes executions
 //! through the command bus, the workers that claim executions from the work
-//! queue and drive them step by step, and the leader's MCP health checks.
+//! queue and drive them step by step, the leader's MCP health checks, and
+//! the leader's cron scheduler.
 //!
 //! Every state change is a command on the `Execution` aggregate; the log is
 //! the one source of truth. A driver decides with the domain's planner,
@@ -13,6 +14,8 @@ mod driver;
 mod engine;
 mod health;
 mod lookup;
+mod schedule;
 mod steps;
 
 pub use engine::{Engine, EngineError, EngineHandle, EngineStats, StartRequest, Started};
+pub use schedule::{fire_key, Fire, Scheduler, SCHEDULER_ACTOR};
