@@ -481,35 +481,47 @@ async fn raw_insert(pool: &sqlx::PgPool, executions: Vec<Vec<Vec<RawRow>>>) -> f
     rows as f64 / started.elapsed().as_secs_f64()
 }
 
-/// How long each step of the given executions took in the log: from the
-/// commit of its `StepStarted` to the commit of its `StepSucceeded`.
-async fn step_spans(store: &EventStore, after: Position, ids: &[String]) -> Vec<Duration> {
-    let wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
-    let mut started = HashMap::new();
-    let mut spans = Vec::new();
+/// The wall-clock times of a one-step execution run alone: when `start`
+/// was called and when its completion was seen.
+type Ends = (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>);
+
+/// Where the time of one-step executions went, from the log's commit times
+/// (PostgreSQL stamps them with `clock_timestamp()`, SQLite to the
+/// millisecond) and the wall clock of the same machine: from calling
+/// `start` to the commit of `ExecutionStarted`, from there to the commit of
+/// `StepStarted`, from there to the commit of `StepSucceeded` (with the
+/// execution's end), and from there until the completion was seen.
+async fn phases(
+    store: &EventStore,
+    after: Position,
+    runs: &HashMap<String, Ends>,
+) -> [Vec<Duration>; 4] {
+    let mut seen: HashMap<String, HashMap<String, chrono::DateTime<chrono::Utc>>> = HashMap::new();
     let mut checkpoint = after;
     loop {
         let events = store.read_after(checkpoint, 1000).await.expect("read");
         let Some(last) = events.last() else { break };
         checkpoint = last.position;
         for event in events {
-            if !wanted.contains(event.aggregate_id.as_str()) {
-                continue;
-            }
-            match event.event_type.as_str() {
-                "StepStarted" => {
-                    started.insert(event.aggregate_id.clone(), event.recorded_at);
-                }
-                "StepSucceeded" => {
-                    if let Some(at) = started.remove(&event.aggregate_id) {
-                        spans.push((event.recorded_at - at).to_std().unwrap_or_default());
-                    }
-                }
-                _ => {}
+            if runs.contains_key(&event.aggregate_id) {
+                seen.entry(event.aggregate_id)
+                    .or_default()
+                    .insert(event.event_type, event.recorded_at);
             }
         }
     }
-    spans
+    let gap = |from: chrono::DateTime<chrono::Utc>, to: chrono::DateTime<chrono::Utc>| {
+        (to - from).to_std().unwrap_or_default()
+    };
+    let mut phases: [Vec<Duration>; 4] = Default::default();
+    for (id, times) in &seen {
+        let (called, completed) = runs[id];
+        phases[0].push(gap(called, times["ExecutionStarted"]));
+        phases[1].push(gap(times["ExecutionStarted"], times["StepStarted"]));
+        phases[2].push(gap(times["StepStarted"], times["StepSucceeded"]));
+        phases[3].push(gap(times["StepSucceeded"], completed));
+    }
+    phases
 }
 
 /// A direct rmcp client to a fresh instance of the reference server.
@@ -632,12 +644,14 @@ async fn main() {
         let workflow = backend.create_workflow("Echo", echo_workflow()).await;
         let before = backend.store.head().await.expect("head");
         let (mut engine_calls, mut pool_calls, mut direct_calls) = (vec![], vec![], vec![]);
-        let mut ids = Vec::new();
+        let mut runs = HashMap::new();
         for i in 0..sizes.mcp_calls + 5 {
             let message = format!("hello {i}");
+            let called = chrono::Utc::now();
             let (through_engine, id) = backend
                 .run_alone(workflow, json!({"message": message}))
                 .await;
+            let completed = chrono::Utc::now();
             let t = Instant::now();
             let output = pool
                 .call_tool(
@@ -665,17 +679,19 @@ async fn main() {
                 engine_calls.push(through_engine);
                 pool_calls.push(through_pool);
                 direct_calls.push(through_rmcp);
-                ids.push(id);
+                runs.insert(id, (called, completed));
             }
         }
-        let spans = step_spans(&backend.store, before, &ids).await;
-        assert_eq!(spans.len(), ids.len(), "one echo step per execution");
+        let conflicts = backend.engine.stats().conflicts.load(Ordering::SeqCst);
+        let phases = phases(&backend.store, before, &runs).await;
+        assert_eq!(phases[0].len(), runs.len(), "one echo step per execution");
         mcp_rows.push((
             backend.name.clone(),
             engine_calls,
             pool_calls,
             direct_calls,
-            spans,
+            phases,
+            conflicts,
         ));
     }
     let _ = direct.cancel().await;
@@ -708,20 +724,34 @@ async fn main() {
         "\n2. MCP `echo` on a warm stdio server, {} calls per path, alternating, medians (ms):\n",
         sizes.mcp_calls
     );
-    println!("| backend | through the engine (start → COMPLETED) | step span in the log | McpPool::call_tool | direct rmcp client | engine − direct | engine p99 | direct p99 |");
+    println!("| backend | through the engine (start → COMPLETED) | McpPool::call_tool | direct rmcp client | engine − direct | engine p99 | direct p99 | failed moves (whole run) |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    for (name, engine_calls, pool_calls, direct_calls, spans) in &mcp_rows {
+    for (name, engine_calls, pool_calls, direct_calls, _, conflicts) in &mcp_rows {
         let (e, d) = (
             quantile_ms(engine_calls, 0.5),
             quantile_ms(direct_calls, 0.5),
         );
         println!(
-            "| {name} | {e:.2} | {:.2} | {:.2} | {d:.2} | **{:+.2}** | {:.2} | {:.2} |",
-            quantile_ms(spans, 0.5),
+            "| {name} | {e:.2} | {:.2} | {d:.2} | **{:+.2}** | {:.2} | {:.2} | {conflicts} |",
             quantile_ms(pool_calls, 0.5),
             e - d,
             quantile_ms(engine_calls, 0.99),
             quantile_ms(direct_calls, 0.99),
+        );
+    }
+
+    println!(
+        "\nWhere the time through the engine goes (medians, ms; commit times from the log):\n"
+    );
+    println!("| backend | start called → ExecutionStarted committed | → StepStarted committed | → StepSucceeded and the end committed | → completion seen |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, _, _, _, phases, _) in &mcp_rows {
+        println!(
+            "| {name} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            quantile_ms(&phases[0], 0.5),
+            quantile_ms(&phases[1], 0.5),
+            quantile_ms(&phases[2], 0.5),
+            quantile_ms(&phases[3], 0.5),
         );
     }
 
