@@ -498,9 +498,26 @@ async fn phases(
 ) -> [Vec<Duration>; 4] {
     let mut seen: HashMap<String, HashMap<String, chrono::DateTime<chrono::Utc>>> = HashMap::new();
     let mut checkpoint = after;
+    // The reader only returns what no open transaction can still precede
+    // (on PostgreSQL, across the whole server): wait until it has it all.
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let events = store.read_after(checkpoint, 1000).await.expect("read");
-        let Some(last) = events.last() else { break };
+        let Some(last) = events.last() else {
+            let complete = seen.len() == runs.len()
+                && seen
+                    .values()
+                    .all(|times| times.contains_key("StepSucceeded"));
+            if complete {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the log did not show every echo execution within a minute"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
         checkpoint = last.position;
         for event in events {
             if runs.contains_key(&event.aggregate_id) {
