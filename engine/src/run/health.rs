@@ -3,7 +3,6 @@
 //! server's health changes (its latency goes to the metrics every time), and
 //! the on-demand check behind `checkMcpServerHealth`.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use toolhub_domain::mcp_server::{McpServer, McpServerCommand};
@@ -20,7 +19,6 @@ const MAX_DETAIL: usize = 500;
 /// Runs the periodic checks while this process leads them.
 pub(crate) async fn run_health_checks(engine: Engine) {
     let inner = engine.inner.clone();
-    let _ = &inner.stats;
     loop {
         let leadership = match Leadership::try_take(inner.store.db(), "engine-health").await {
             Ok(leadership) => leadership,
@@ -104,7 +102,6 @@ pub(crate) async fn check_one(
         .health
         .lock()
         .insert(id_text.clone(), (latency_ms, healthy));
-    let _ = Ordering::Relaxed;
     let changed = state.health().map(|h| h.healthy) != Some(healthy);
     if !always && !changed {
         return Ok(unchanged);
