@@ -13,6 +13,7 @@ pub mod definition;
 pub mod execution;
 pub mod mcp_server;
 pub mod secret;
+pub mod text;
 pub mod workflow;
 
 pub use common::{

@@ -14,6 +14,7 @@
 
 use crate::common::{AggregateRoot, CommandTraits, Role, TenantId};
 use crate::definition::{DefinitionError, WorkflowDefinition};
+use crate::text::{self, InvalidText};
 use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -378,17 +379,20 @@ pub enum WorkflowError {
     /// Rename to the current name.
     #[error("the workflow already has that name")]
     Unchanged,
+    /// A text field holds a character no text may hold (see
+    /// [`crate::text`]); the error names the field.
+    #[error(transparent)]
+    InvalidText(#[from] InvalidText),
 }
 
 /// Trims and checks a workflow name.
 fn check_name(name: &str) -> Result<String, WorkflowError> {
+    text::check_name("name", name).map_err(|e| WorkflowError::InvalidName { reason: e.reason })?;
     let name = name.trim();
     let reason = if name.is_empty() {
         "a name must not be blank".to_string()
     } else if name.chars().count() > MAX_WORKFLOW_NAME_LEN {
         format!("a name is at most {MAX_WORKFLOW_NAME_LEN} characters")
-    } else if name.chars().any(char::is_control) {
-        "a name must not contain control characters".to_string()
     } else {
         return Ok(name.to_string());
     };
@@ -396,6 +400,9 @@ fn check_name(name: &str) -> Result<String, WorkflowError> {
 }
 
 fn check_comment(comment: &Option<String>) -> Result<(), WorkflowError> {
+    if let Some(comment) = comment {
+        text::check_free_text("comment", comment)?;
+    }
     match comment {
         Some(c) if c.chars().count() > MAX_VERSION_COMMENT_LEN => {
             Err(WorkflowError::InvalidComment)
@@ -412,7 +419,13 @@ fn check_triggers(triggers: &[Trigger]) -> Result<(), WorkflowError> {
         )));
     }
     let mut seen = BTreeSet::new();
-    for trigger in triggers {
+    for (index, trigger) in triggers.iter().enumerate() {
+        match trigger {
+            Trigger::Cron { schedule } => {
+                text::check_name(&format!("triggers[{index}].schedule"), schedule)?
+            }
+            Trigger::Webhook { key } => text::check_name(&format!("triggers[{index}].key"), key)?,
+        }
         trigger.validate().map_err(invalid)?;
         if !seen.insert(trigger) {
             return Err(invalid("the same trigger is listed twice".into()));
@@ -435,6 +448,7 @@ impl Workflow {
                 return Err(WorkflowError::AlreadyExists);
             }
             let name = check_name(&name)?;
+            text::check_free_text("description", &description)?;
             if description.chars().count() > MAX_WORKFLOW_DESCRIPTION_LEN {
                 return Err(WorkflowError::InvalidDescription);
             }
