@@ -56,14 +56,18 @@ const METADATA: &str = r#"{"actor":"other-writer","tenant":"acme","correlation_i
 /// Appends a workflow event with plain SQL, as another writer would;
 /// returns its global position.
 async fn insert_raw(db: &TestDb, payload: &str) -> i64 {
-    let id = uuid::Uuid::now_v7().to_string();
+    insert_raw_as(db, &uuid::Uuid::now_v7().to_string(), payload).await
+}
+
+/// [`insert_raw`] for a given aggregate id.
+async fn insert_raw_as(db: &TestDb, id: &str, payload: &str) -> i64 {
     if db.url().starts_with("postgres") {
         let pool = sqlx::PgPool::connect(db.url()).await.expect("connect");
         let position = sqlx::query_scalar(
             "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
              VALUES ('workflow', $1, 1, 'WorkflowCreated', '1.0', $2::json, $3::json) RETURNING global_position",
         )
-        .bind(&id)
+        .bind(id)
         .bind(payload)
         .bind(METADATA)
         .fetch_one(&pool)
@@ -77,7 +81,7 @@ async fn insert_raw(db: &TestDb, payload: &str) -> i64 {
             "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
              VALUES ('workflow', ?1, 1, 'WorkflowCreated', '1.0', ?2, ?3) RETURNING global_position",
         )
-        .bind(&id)
+        .bind(id)
         .bind(payload)
         .bind(METADATA)
         .fetch_one(&pool)
@@ -156,6 +160,7 @@ async fn a_nul_is_refused_and_one_committed_below_validation_stops_nothing_on_sq
 }
 
 async fn an_undecodable_row_makes_readiness_fail_naming_projection_and_position(env: TestEnv) {
+    let logs = toolhub_tests::captured_logs();
     let server = env.server().await;
     let editor = token("ed", "acme", Role::Editor);
     let (_, at) = create(&server, &editor, "Before").await;
@@ -163,8 +168,12 @@ async fn an_undecodable_row_makes_readiness_fail_naming_projection_and_position(
     let (status, _) = server.get("/health/ready").await;
     assert_eq!(status, 200);
 
-    let bad = insert_raw(
+    // The log names the aggregate, which tells this test's lines apart from
+    // the other backend's.
+    let marker = uuid::Uuid::now_v7().to_string();
+    let bad = insert_raw_as(
         &env.db,
+        &marker,
         r#"{"type":"WorkflowCreated","what":"no decoder reads this"}"#,
     )
     .await;
@@ -213,6 +222,14 @@ async fn an_undecodable_row_makes_readiness_fail_naming_projection_and_position(
         )),
         "{metrics}"
     );
+    // The projector keeps retrying, and says so once, not once per retry.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let logged = String::from_utf8_lossy(&logs.lock().expect("logs")).into_owned();
+    let stopped = logged
+        .lines()
+        .filter(|l| l.contains("projector stopped") && l.contains(&marker))
+        .count();
+    assert_eq!(stopped, 1, "{logged}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

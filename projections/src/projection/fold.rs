@@ -130,8 +130,12 @@ pub(crate) fn decode<E: DeserializeOwned>(event: &RecordedEvent) -> Result<E, St
     // Deserialise from a borrowed value: no copy of the payload.
     E::deserialize(&event.payload).map_err(|error| {
         StoreError::Corrupt(format!(
-            "the {} event {} {} at position {} does not decode: {error}",
-            event.aggregate_type, event.event_type, event.event_version, event.position
+            "the {} event {} {} of {} at position {} does not decode: {error}",
+            event.aggregate_type,
+            event.event_type,
+            event.event_version,
+            event.aggregate_id,
+            event.position
         ))
     })
 }
