@@ -151,6 +151,10 @@ pub struct Config {
     pub run_engine: bool,
     /// The engine's settings.
     pub engine: EngineConfig,
+    /// The database pool and the PostgreSQL session settings of its
+    /// connections (statement and idle-in-transaction timeouts, dead-peer
+    /// detection).
+    pub database: toolhub_eventstore::StoreOptions,
 }
 
 impl Config {
@@ -178,6 +182,7 @@ impl Config {
                 health_interval: Duration::from_secs(3600),
                 ..EngineConfig::default()
             },
+            database: toolhub_eventstore::StoreOptions::default(),
         }
     }
 
@@ -257,7 +262,9 @@ impl Config {
                 })
             }
         };
+        let database = database_options(&var)?;
         Ok(Self {
+            database,
             environment,
             listen,
             database_url,
@@ -270,6 +277,49 @@ impl Config {
             engine,
         })
     }
+}
+
+/// The database pool and session settings from the environment
+/// (`TOOLHUB_DB_*`); see docs/runbook.md for what each bounds.
+fn database_options(
+    var: &impl Fn(&str) -> Option<String>,
+) -> Result<toolhub_eventstore::StoreOptions, ConfigError> {
+    let defaults = toolhub_eventstore::StoreOptions::default();
+    let max_connections = match var("TOOLHUB_DB_MAX_CONNECTIONS") {
+        None => defaults.max_connections,
+        Some(v) => match v.trim().parse::<u32>() {
+            Ok(n) if n >= 2 => n,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    name: "TOOLHUB_DB_MAX_CONNECTIONS",
+                    reason: format!("{v:?} is not a whole number of at least 2"),
+                })
+            }
+        },
+    };
+    // A timeout of `0` turns the server-side bound off; the pool's own
+    // acquire timeout cannot be turned off.
+    let optional = |name: &'static str, default: Option<Duration>| match var(name) {
+        Some(v) if v.trim() == "0" => Ok(None),
+        _ => duration_var(var, name, default.unwrap_or(Duration::ZERO)).map(|d| {
+            if d.is_zero() {
+                None
+            } else {
+                Some(d)
+            }
+        }),
+    };
+    Ok(toolhub_eventstore::StoreOptions {
+        max_connections,
+        acquire_timeout: duration_var(var, "TOOLHUB_DB_ACQUIRE_TIMEOUT", defaults.acquire_timeout)?,
+        statement_timeout: optional("TOOLHUB_DB_STATEMENT_TIMEOUT", defaults.statement_timeout)?,
+        idle_in_transaction_timeout: optional(
+            "TOOLHUB_DB_IDLE_IN_TRANSACTION_TIMEOUT",
+            defaults.idle_in_transaction_timeout,
+        )?,
+        dead_peer_timeout: optional("TOOLHUB_DB_DEAD_PEER_TIMEOUT", defaults.dead_peer_timeout)?,
+        migrate: true,
+    })
 }
 
 /// A duration variable (`30s`, `5m`, `1h`, or a number of seconds).
@@ -525,6 +575,40 @@ mod tests {
         assert_eq!(
             again.master_key.fingerprint(),
             config.master_key.fingerprint()
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn database_limits_are_read_from_the_environment_and_zero_turns_a_timeout_off() {
+        let dir = temp_dir();
+        let config = Config::from_lookup(lookup(&[
+            ("TOOLHUB_DATA_DIR", dir.to_str().unwrap()),
+            ("TOOLHUB_DB_MAX_CONNECTIONS", "40"),
+            ("TOOLHUB_DB_ACQUIRE_TIMEOUT", "3s"),
+            ("TOOLHUB_DB_STATEMENT_TIMEOUT", "0"),
+            ("TOOLHUB_DB_IDLE_IN_TRANSACTION_TIMEOUT", "2m"),
+        ]))
+        .expect("valid settings");
+        assert_eq!(config.database.max_connections, 40);
+        assert_eq!(config.database.acquire_timeout, Duration::from_secs(3));
+        assert_eq!(config.database.statement_timeout, None);
+        assert_eq!(
+            config.database.idle_in_transaction_timeout,
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            config.database.dead_peer_timeout,
+            toolhub_eventstore::StoreOptions::default().dead_peer_timeout
+        );
+        let err = Config::from_lookup(lookup(&[
+            ("TOOLHUB_DATA_DIR", dir.to_str().unwrap()),
+            ("TOOLHUB_DB_ACQUIRE_TIMEOUT", "forever"),
+        ]))
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("TOOLHUB_DB_ACQUIRE_TIMEOUT"),
+            "{err}"
         );
         let _ = std::fs::remove_dir_all(dir);
     }

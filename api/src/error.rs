@@ -8,9 +8,11 @@
 //! nothing of it but the request id.
 
 use async_graphql::ErrorExtensions;
+use toolhub_domain::definition::DefinitionError;
 use toolhub_domain::execution::ExecutionError;
 use toolhub_domain::mcp_server::McpServerError;
 use toolhub_domain::secret::SecretError;
+use toolhub_domain::text::InvalidText;
 use toolhub_domain::workflow::WorkflowError;
 use toolhub_eventstore::{CommandError, ConflictKind, KeyError, SecretCommandError, StoreError};
 
@@ -156,6 +158,12 @@ impl From<WaitError> for ApiError {
     }
 }
 
+/// A string no text may hold, on the input field the domain names (the
+/// domain's paths are the API's input names below `input`).
+fn invalid_text(e: &InvalidText) -> ApiError {
+    ApiError::validation(format!("input.{}", e.field), e.reason.clone())
+}
+
 /// How a domain rejection maps onto the API.
 pub trait DomainErrorCode: std::error::Error {
     /// The API error for this rejection.
@@ -236,6 +244,9 @@ impl DomainErrorCode for WorkflowError {
             Self::InvalidTrigger { field, reason } => {
                 ApiError::validation(format!("input.{field}"), reason.clone())
             }
+            Self::InvalidDefinition(DefinitionError::InvalidText(e)) | Self::InvalidText(e) => {
+                invalid_text(e)
+            }
             Self::InvalidDefinition(e) => ApiError::validation("input.definition", e.to_string()),
         }
     }
@@ -250,6 +261,7 @@ impl DomainErrorCode for SecretError {
             Self::AlreadyExists => ApiError::conflict("ALREADY_EXISTS", reason),
             Self::InvalidName => ApiError::validation("input.name", reason),
             Self::InvalidDescription => ApiError::validation("input.description", reason),
+            Self::InvalidText(e) => invalid_text(e),
         }
     }
 }
@@ -267,6 +279,7 @@ impl DomainErrorCode for McpServerError {
             Self::InvalidTransport { reason } => {
                 ApiError::validation("input.transport", reason.clone())
             }
+            Self::InvalidText(e) => invalid_text(e),
             Self::DuplicateTool { .. } | Self::InvalidTool { .. } => {
                 ApiError::validation("input.tools", reason)
             }
@@ -283,6 +296,7 @@ impl DomainErrorCode for ExecutionError {
             Self::InvalidTrigger { .. } => ApiError::validation("input.trigger", reason),
             Self::InvalidWorkflowVersion => ApiError::validation("input.workflowVersion", reason),
             Self::NotABreakpoint { .. } => ApiError::validation("input.nodeId", reason),
+            Self::InvalidText(e) => invalid_text(e),
             // Everything else is about the execution's current state.
             _ => ApiError::conflict("STATE", reason),
         }

@@ -1,7 +1,8 @@
 //! `/health/live`, `/health/ready` and `/metrics`.
 //!
 //! Liveness says the process answers. Readiness says it can serve: the
-//! database answers and every projector is within the configured lag. Its
+//! database answers, no projector is stopped at an event it cannot decode
+//! or apply, and every projector is within the configured lag. Its
 //! JSON body names each check, so an operator sees which one failed.
 
 use std::sync::Arc;
@@ -63,16 +64,52 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
         }
         Err(_) => json!({ "ok": false, "detail": "the projector lag did not answer within 2s" }),
     };
-    let ok = database["ok"] == json!(true) && projections["ok"] == json!(true);
-    let failed: Vec<&str> = [("database", &database), ("projections", &projections)]
-        .into_iter()
-        .filter(|(_, check)| check["ok"] != json!(true))
-        .map(|(name, _)| name)
-        .collect();
+    let stalled = match tokio::time::timeout(Duration::from_secs(2), state.read.stalls()).await {
+        Ok(Ok(stalls)) if stalls.is_empty() => json!({ "ok": true }),
+        Ok(Ok(stalls)) => json!({
+            "ok": false,
+            "detail": stalls
+                .iter()
+                .map(|s| format!(
+                    "projection {} is stopped at position {} ({})",
+                    s.projection, s.position.global, s.position
+                ))
+                .collect::<Vec<_>>()
+                .join("; "),
+            "stalled": stalls
+                .iter()
+                .map(|s| json!({
+                    "projection": s.projection,
+                    "position": s.position.global,
+                    "transactionId": s.position.transaction.to_string(),
+                    "since": s.since.to_rfc3339(),
+                }))
+                .collect::<Vec<_>>(),
+        }),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "readiness: could not read the projectors' stalls");
+            json!({ "ok": false, "detail": "could not read the projectors' stalls" })
+        }
+        Err(_) => {
+            json!({ "ok": false, "detail": "the projectors' stalls did not answer within 2s" })
+        }
+    };
+    let ok = database["ok"] == json!(true)
+        && projections["ok"] == json!(true)
+        && stalled["ok"] == json!(true);
+    let failed: Vec<&str> = [
+        ("database", &database),
+        ("projections", &projections),
+        ("stalled", &stalled),
+    ]
+    .into_iter()
+    .filter(|(_, check)| check["ok"] != json!(true))
+    .map(|(name, _)| name)
+    .collect();
     let body = json!({
         "status": if ok { "ready" } else { "unready" },
         "failed": failed,
-        "checks": { "database": database, "projections": projections },
+        "checks": { "database": database, "projections": projections, "stalled": stalled },
     });
     let status = if ok {
         StatusCode::OK
@@ -93,6 +130,10 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
                 .with_label_values(&[lag.projection.as_str()])
                 .set(i64::try_from(lag.behind).unwrap_or(i64::MAX));
         }
+    }
+    if let Ok(Ok(stalls)) = tokio::time::timeout(Duration::from_secs(2), state.read.stalls()).await
+    {
+        state.metrics.observe_stalls(&stalls);
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

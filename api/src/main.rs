@@ -129,6 +129,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 max_connections: 2,
                 acquire_timeout: std::time::Duration::from_secs(5),
                 migrate: true,
+                // A migration may build an index over a large table.
+                statement_timeout: None,
+                ..Default::default()
             };
             let store = toolhub_eventstore::open_with(&url, options)
                 .await

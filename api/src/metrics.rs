@@ -26,6 +26,12 @@ pub struct Metrics {
     pub events_appended: IntCounter,
     /// Events each projector is behind the log head.
     pub projector_lag: IntGaugeVec,
+    /// 1 for a projection stopped at an event it cannot decode or apply,
+    /// else 0, by projection.
+    pub projection_stalled: IntGaugeVec,
+    /// The global position a stopped projection is at (0 when running), by
+    /// projection.
+    pub projection_stalled_position: IntGaugeVec,
     /// Open GraphQL subscriptions.
     pub active_subscriptions: IntGauge,
     /// The engine's counters in this process (started, finished, steps
@@ -87,6 +93,22 @@ impl Metrics {
             &["projection"],
         )
         .expect("valid metric");
+        let projection_stalled = IntGaugeVec::new(
+            Opts::new(
+                "projection_stalled",
+                "1 when a projection is stopped at an event it cannot decode or apply",
+            ),
+            &["projection"],
+        )
+        .expect("valid metric");
+        let projection_stalled_position = IntGaugeVec::new(
+            Opts::new(
+                "projection_stalled_position",
+                "The global position of the event a stopped projection cannot get past (0 when running)",
+            ),
+            &["projection"],
+        )
+        .expect("valid metric");
         let active_subscriptions =
             IntGauge::new("active_subscriptions", "Open GraphQL subscriptions")
                 .expect("valid metric");
@@ -113,6 +135,8 @@ impl Metrics {
             Box::new(conflicts.clone()),
             Box::new(events_appended.clone()),
             Box::new(projector_lag.clone()),
+            Box::new(projection_stalled.clone()),
+            Box::new(projection_stalled_position.clone()),
             Box::new(active_subscriptions.clone()),
             Box::new(engine.clone()),
             Box::new(mcp_health.clone()),
@@ -129,6 +153,8 @@ impl Metrics {
             conflicts,
             events_appended,
             projector_lag,
+            projection_stalled,
+            projection_stalled_position,
             active_subscriptions,
             engine,
             mcp_health,
@@ -158,6 +184,20 @@ impl Metrics {
             self.mcp_health
                 .with_label_values(&[server.as_str(), "healthy"])
                 .set(i64::from(*healthy));
+        }
+    }
+
+    /// Sets the stall gauges: every read model at 0, then the stopped ones
+    /// at 1 with their positions.
+    pub fn observe_stalls(&self, stalls: &[toolhub_projections::Stall]) {
+        for name in toolhub_projections::projection::NAMES {
+            let stall = stalls.iter().find(|s| s.projection == name);
+            self.projection_stalled
+                .with_label_values(&[name])
+                .set(i64::from(stall.is_some()));
+            self.projection_stalled_position
+                .with_label_values(&[name])
+                .set(stall.map_or(0, |s| s.position.global));
         }
     }
 

@@ -140,7 +140,7 @@ impl Running {
 /// HTTP server, and returns once it listens.
 pub async fn spawn(config: Config) -> Result<Running, StartError> {
     let shown = toolhub_eventstore::store::redact_url(&config.database_url);
-    let store = toolhub_eventstore::open(&config.database_url)
+    let store = toolhub_eventstore::open_with(&config.database_url, config.database.clone())
         .await
         .map_err(|source| StartError::Store {
             url: shown.clone(),
@@ -241,7 +241,7 @@ impl Worker {
 /// workers: for deployments that scale workers apart from the API.
 pub async fn spawn_worker(config: Config) -> Result<Worker, StartError> {
     let shown = toolhub_eventstore::store::redact_url(&config.database_url);
-    let store = toolhub_eventstore::open(&config.database_url)
+    let store = toolhub_eventstore::open_with(&config.database_url, config.database.clone())
         .await
         .map_err(|source| StartError::Store {
             url: shown.clone(),

@@ -21,6 +21,12 @@
 //! resumes from the log alone. Inputs and outputs arrive with secret values
 //! already masked by the engine.
 //!
+//! What a caller sends (the input, a cancellation's reason) is checked with
+//! [`crate::text`]. What the engine reports from the outside world (step
+//! inputs, outputs and errors) is recorded as received, whatever characters
+//! it holds: refusing it would lose the fact, and the read side stores any
+//! text escaped where its database cannot hold it.
+//!
 //! The state keeps what the engine needs to decide the next move (every
 //! step's status, the outputs so far, the input, the breakpoints) — the same
 //! state a debugger shows at any point of the history. [`plan`] reads it
@@ -661,6 +667,11 @@ pub enum ExecutionError {
     /// A batch that is empty, too long, or holds a start or another batch.
     #[error("a batch holds 1 to {MAX_BATCH} commands, none of them a start or a batch")]
     InvalidBatch,
+    /// A text field of a caller's input (the execution's input, a
+    /// cancellation's reason) holds a character no text may hold (see
+    /// [`crate::text`]); the error names the field.
+    #[error(transparent)]
+    InvalidText(#[from] crate::text::InvalidText),
 }
 
 impl Execution {
@@ -690,6 +701,7 @@ impl Execution {
             if workflow_version == 0 {
                 return Err(E::InvalidWorkflowVersion);
             }
+            crate::text::check_json("input", &input)?;
             return Ok(vec![V::ExecutionStarted {
                 tenant,
                 workflow_id,
@@ -827,7 +839,10 @@ impl Execution {
             C::Resume { .. } => return Err(E::NotPaused),
             C::RequestStop if status == S::Stopping => return Ok(vec![]),
             C::RequestStop => V::ExecutionStopRequested,
-            C::Cancel { reason } => V::ExecutionCancelled { reason },
+            C::Cancel { reason } => {
+                crate::text::check_free_text("reason", &reason)?;
+                V::ExecutionCancelled { reason }
+            }
             C::Complete { output } => {
                 if status == S::Paused {
                     return Err(E::Paused);

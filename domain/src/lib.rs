@@ -14,6 +14,7 @@ pub mod execution;
 pub mod mcp_server;
 pub mod schedule;
 pub mod secret;
+pub mod text;
 pub mod workflow;
 
 pub use common::{

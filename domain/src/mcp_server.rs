@@ -138,6 +138,37 @@ impl Transport {
         Ok(())
     }
 
+    /// Checks every string of the configuration with the shared rules of
+    /// [`crate::text`], naming the field (`transport.args[1]`,
+    /// `transport.env.TOKEN`): the command, the URL and every key are names
+    /// (no control character); arguments and values are single lines (tab
+    /// only), since a line break in a header or an argument is an injection.
+    pub fn check_text(&self) -> Result<(), crate::text::InvalidText> {
+        use crate::text::{check_line, check_name, member_path};
+        match self {
+            Self::Stdio { command, args, env } => {
+                check_name("transport.command", command)?;
+                for (index, arg) in args.iter().enumerate() {
+                    check_line(&format!("transport.args[{index}]"), arg)?;
+                }
+                for (key, value) in env {
+                    let field = member_path("transport.env", key);
+                    check_name(&field, key)?;
+                    check_line(&field, value)?;
+                }
+            }
+            Self::StreamableHttp { url, headers } => {
+                check_name("transport.url", url)?;
+                for (name, value) in headers {
+                    let field = member_path("transport.headers", name);
+                    check_name(&field, name)?;
+                    check_line(&field, value)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Every secret name referenced anywhere in the configuration.
     pub fn secret_references(&self) -> BTreeSet<String> {
         let texts: Vec<&String> = match self {
@@ -425,6 +456,10 @@ pub enum McpServerError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A text field of the transport holds a character no text may hold
+    /// (see [`crate::text`]); the error names the field.
+    #[error(transparent)]
+    InvalidText(#[from] crate::text::InvalidText),
     /// Two discovered tools share a name.
     #[error("the tool `{name}` is listed twice")]
     DuplicateTool {
@@ -515,6 +550,7 @@ impl McpServer {
 }
 
 fn check_transport(transport: &Transport) -> Result<(), McpServerError> {
+    transport.check_text()?;
     transport
         .validate()
         .map_err(|reason| McpServerError::InvalidTransport { reason })

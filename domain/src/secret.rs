@@ -257,6 +257,10 @@ pub enum SecretError {
     /// The description is longer than 2,000 characters.
     #[error("a secret description is at most {MAX_SECRET_DESCRIPTION_LEN} characters")]
     InvalidDescription,
+    /// A text field holds a character no text may hold (see
+    /// [`crate::text`]); the error names the field.
+    #[error(transparent)]
+    InvalidText(#[from] crate::text::InvalidText),
 }
 
 impl Secret {
@@ -305,6 +309,7 @@ impl Secret {
 }
 
 fn check_description(description: &str) -> Result<(), SecretError> {
+    crate::text::check_free_text("description", description)?;
     if description.chars().count() > MAX_SECRET_DESCRIPTION_LEN {
         Err(SecretError::InvalidDescription)
     } else {

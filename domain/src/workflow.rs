@@ -15,6 +15,7 @@
 use crate::common::{AggregateRoot, CommandTraits, Role, TenantId};
 use crate::definition::{DefinitionError, WorkflowDefinition};
 use crate::schedule::{parse_timezone, MissedFires};
+use crate::text::{self, InvalidText};
 use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -421,17 +422,20 @@ pub enum WorkflowError {
     /// Rename to the current name.
     #[error("the workflow already has that name")]
     Unchanged,
+    /// A text field holds a character no text may hold (see
+    /// [`crate::text`]); the error names the field.
+    #[error(transparent)]
+    InvalidText(#[from] InvalidText),
 }
 
 /// Trims and checks a workflow name.
 fn check_name(name: &str) -> Result<String, WorkflowError> {
+    text::check_name("name", name).map_err(|e| WorkflowError::InvalidName { reason: e.reason })?;
     let name = name.trim();
     let reason = if name.is_empty() {
         "a name must not be blank".to_string()
     } else if name.chars().count() > MAX_WORKFLOW_NAME_LEN {
         format!("a name is at most {MAX_WORKFLOW_NAME_LEN} characters")
-    } else if name.chars().any(char::is_control) {
-        "a name must not contain control characters".to_string()
     } else {
         return Ok(name.to_string());
     };
@@ -439,6 +443,9 @@ fn check_name(name: &str) -> Result<String, WorkflowError> {
 }
 
 fn check_comment(comment: &Option<String>) -> Result<(), WorkflowError> {
+    if let Some(comment) = comment {
+        text::check_free_text("comment", comment)?;
+    }
     match comment {
         Some(c) if c.chars().count() > MAX_VERSION_COMMENT_LEN => {
             Err(WorkflowError::InvalidComment)
@@ -455,6 +462,23 @@ fn check_triggers(triggers: &[Trigger]) -> Result<(), WorkflowError> {
         });
     }
     for (index, trigger) in triggers.iter().enumerate() {
+        match trigger {
+            Trigger::Cron {
+                schedule,
+                timezone,
+                input,
+                ..
+            } => {
+                text::check_name(&format!("triggers[{index}].schedule"), schedule)?;
+                if let Some(zone) = timezone {
+                    text::check_name(&format!("triggers[{index}].timezone"), zone)?;
+                }
+                if let Some(input) = input {
+                    text::check_json(&format!("triggers[{index}].input"), input)?;
+                }
+            }
+            Trigger::Webhook { key } => text::check_name(&format!("triggers[{index}].key"), key)?,
+        }
         trigger
             .validate()
             .map_err(|(field, reason)| WorkflowError::InvalidTrigger {
@@ -485,6 +509,7 @@ impl Workflow {
                 return Err(WorkflowError::AlreadyExists);
             }
             let name = check_name(&name)?;
+            text::check_free_text("description", &description)?;
             if description.chars().count() > MAX_WORKFLOW_DESCRIPTION_LEN {
                 return Err(WorkflowError::InvalidDescription);
             }

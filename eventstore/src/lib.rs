@@ -42,8 +42,8 @@ pub use metadata::{CommandContext, EventMetadata};
 pub use position::Position;
 pub use secrets::{SecretCommandError, SecretVault};
 pub use store::{
-    embedded_url, migrate, open, open_with, Db, EventStore, Notifications, RecordedEvent,
-    StoreOptions,
+    embedded_url, migrate, open, open_with, Db, EventStore, Notifications, PgSessionSettings,
+    RawEvent, RecordedEvent, StoreOptions,
 };
 pub use upcast::Upcast;
 pub use work::{Claimed, KeyReservation, WorkQueue};

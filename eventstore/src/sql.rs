@@ -9,6 +9,22 @@
 //! What is genuinely different between the backends stays explicit where it
 //! is used: the commit-safe filter of the log reader, advisory locks, and
 //! `COPY` exist on PostgreSQL only.
+//!
+//! # What PostgreSQL cannot hold is escaped
+//!
+//! PostgreSQL's `text` refuses the NUL character, and its `jsonb` refuses the
+//! `\u0000` escape (in values and keys alike). The log keeps whatever was
+//! committed (its `json` columns are bound as text, [`Arg::JsonText`]), so a
+//! read model must be able to store any event, including one written before
+//! commands refused such text or by another writer. Every text and JSON
+//! value bound for PostgreSQL — parameters, unnested arrays, `COPY` rows —
+//! therefore goes through [`pg_text`] and [`pg_json`], which write each NUL
+//! as the six characters `\u0000` (in JSON, inside strings and keys). It is
+//! done here, once, so that no read-model write can be refused for it and
+//! no projector can stall on it. The escape is visible in the read models
+//! (the log keeps the original); lookups bind through the same functions, so
+//! an escaped value is found by the value it came from. SQLite holds NUL as
+//! it is and needs no escape.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value;
@@ -166,16 +182,97 @@ pub fn sqlite_sql(sql: &str) -> String {
     }
 }
 
+/// What stands for a NUL character in PostgreSQL text: the JSON escape,
+/// spelled out.
+pub const PG_NUL_ESCAPE: &str = "\\u0000";
+
+/// `text` as PostgreSQL can hold it: each NUL becomes [`PG_NUL_ESCAPE`].
+/// Borrowed, at no cost, when there is none (almost always).
+pub fn pg_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', PG_NUL_ESCAPE))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
+/// True when a JSON value holds a NUL in a string or a key.
+fn json_has_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(json_has_nul),
+        Value::Object(members) => members
+            .iter()
+            .any(|(k, v)| k.contains('\0') || json_has_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
+fn escape_json(value: &mut Value) {
+    match value {
+        Value::String(s) => {
+            if s.contains('\0') {
+                *s = s.replace('\0', PG_NUL_ESCAPE);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(escape_json),
+        Value::Object(members) => {
+            if members.keys().any(|k| k.contains('\0')) {
+                let old = std::mem::take(members);
+                for (k, v) in old {
+                    // Two keys that differ only by a NUL and its spelled-out
+                    // escape collide; the later one wins, as in any JSON
+                    // object with a repeated key.
+                    members.insert(pg_text(&k).into_owned(), v);
+                }
+            }
+            members.values_mut().for_each(escape_json);
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+}
+
+/// A JSON value as PostgreSQL's `jsonb` can hold it: each NUL in a string or
+/// a key becomes [`PG_NUL_ESCAPE`]. Borrowed when there is none.
+pub fn pg_json(value: &Value) -> std::borrow::Cow<'_, Value> {
+    if json_has_nul(value) {
+        let mut owned = value.clone();
+        escape_json(&mut owned);
+        std::borrow::Cow::Owned(owned)
+    } else {
+        std::borrow::Cow::Borrowed(value)
+    }
+}
+
+/// The same, for a value the caller owns.
+fn pg_json_owned(mut value: Value) -> Value {
+    if json_has_nul(&value) {
+        escape_json(&mut value);
+    }
+    value
+}
+
+/// The same for owned text.
+fn pg_text_owned(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', PG_NUL_ESCAPE)
+    } else {
+        text
+    }
+}
+
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 type LiteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
 
+/// Binds arguments for PostgreSQL, text and JSON escaped (see the module
+/// documentation).
 fn bind_pg<'q>(mut q: PgQuery<'q>, args: &'q [Arg]) -> PgQuery<'q> {
     for arg in args {
         q = match arg {
-            Arg::Text(v) => q.bind(v.as_deref()),
+            Arg::Text(v) => q.bind(v.as_deref().map(pg_text)),
             Arg::Int(v) => q.bind(*v),
             Arg::Bool(v) => q.bind(*v),
-            Arg::Json(v) => q.bind(v.as_ref().map(sqlx::types::Json)),
+            Arg::Json(v) => q.bind(v.as_ref().map(|v| sqlx::types::Json(pg_json(v)))),
             Arg::Time(v) => q.bind(*v),
             Arg::Bytes(v) => q.bind(v.as_deref()),
             Arg::JsonText(v) => q.bind(v.as_deref()),
@@ -573,13 +670,15 @@ impl Column {
         }
     }
 
-    /// Appends a value; an argument of another type is given back.
+    /// Appends a value, text and JSON escaped for PostgreSQL (the arrays
+    /// are only ever sent there); an argument of another type is given
+    /// back.
     fn push(&mut self, arg: Arg) -> Result<(), Arg> {
         match (self, arg) {
-            (Self::Text(c), Arg::Text(v)) => c.push(v),
+            (Self::Text(c), Arg::Text(v)) => c.push(v.map(pg_text_owned)),
             (Self::Int(c), Arg::Int(v)) => c.push(v),
             (Self::Bool(c), Arg::Bool(v)) => c.push(v),
-            (Self::Json(c), Arg::Json(v)) => c.push(v.map(sqlx::types::Json)),
+            (Self::Json(c), Arg::Json(v)) => c.push(v.map(|v| sqlx::types::Json(pg_json_owned(v)))),
             (Self::Time(c), Arg::Time(v)) => c.push(v),
             (Self::Bytes(c), Arg::Bytes(v)) => c.push(v),
             (Self::JsonText(c), Arg::JsonText(v)) => c.push(v),
@@ -701,10 +800,10 @@ impl CopyRows {
         Ok(())
     }
 
-    /// A text value, or NULL.
+    /// A text value, or NULL, escaped as [`pg_text`] does.
     pub fn text(&mut self, v: Option<&str>) -> Result<(), StoreError> {
         match v {
-            Some(v) => self.sized(v.as_bytes()),
+            Some(v) => self.sized(pg_text(v).as_bytes()),
             None => {
                 self.null();
                 Ok(())
@@ -734,17 +833,19 @@ impl CopyRows {
         }
     }
 
-    /// A `jsonb` value, or NULL, serialised in place.
+    /// A `jsonb` value, or NULL, escaped as [`pg_json`] does and
+    /// serialised in place.
     pub fn json(&mut self, v: Option<&Value>) -> Result<(), StoreError> {
         let Some(v) = v else {
             self.null();
             return Ok(());
         };
+        let v = pg_json(v);
         // The length goes in front of the value once it is known.
         let at = self.data.len();
         self.null();
         self.data.push(1); // the jsonb format version
-        serde_json::to_writer(&mut self.data, v)?;
+        serde_json::to_writer(&mut self.data, &*v)?;
         let len = i32::try_from(self.data.len() - at - 4)
             .map_err(|_| StoreError::Corrupt("a JSON value over 2 GiB".into()))?;
         self.data[at..at + 4].copy_from_slice(&len.to_be_bytes());
@@ -860,7 +961,21 @@ pub fn upsert_tail(keys: &[&str], columns: &[&str]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::sqlite_sql;
+    use super::{pg_json, pg_text, sqlite_sql};
+    use serde_json::json;
+
+    #[test]
+    fn nul_is_spelled_out_for_postgresql_and_nothing_else_changes() {
+        assert_eq!(pg_text("a\0b"), "a\\u0000b");
+        assert!(matches!(pg_text("plain"), std::borrow::Cow::Borrowed(_)));
+        let doc = json!({"k\u{0}": ["x\u{0}", 1, {"y": "\u{0}"}], "ok": "\\u0000"});
+        assert_eq!(
+            pg_json(&doc).into_owned(),
+            json!({"k\\u0000": ["x\\u0000", 1, {"y": "\\u0000"}], "ok": "\\u0000"})
+        );
+        let clean = json!({"a": ["b", null]});
+        assert!(matches!(pg_json(&clean), std::borrow::Cow::Borrowed(_)));
+    }
 
     #[test]
     fn placeholders_in_order_become_anonymous() {

@@ -56,10 +56,27 @@ impl Db {
 pub struct StoreOptions {
     /// The most connections the pool keeps open.
     pub max_connections: u32,
-    /// How long to wait for a connection before failing a request.
+    /// How long to wait for a connection before failing a request: a full
+    /// pool is an error after this long, never a hang.
     pub acquire_timeout: Duration,
     /// Whether to apply pending migrations while opening.
     pub migrate: bool,
+    /// PostgreSQL: the longest a statement on a pooled connection may run
+    /// (`statement_timeout`); `None` leaves the server's setting. Sessions
+    /// that need another bound (a projector's leader, a rebuild) set their
+    /// own (see [`PgSessionSettings`]).
+    pub statement_timeout: Option<Duration>,
+    /// PostgreSQL: how long a session may sit idle inside a transaction
+    /// before the server ends it (`idle_in_transaction_session_timeout`),
+    /// releasing its locks and its transaction id; `None` leaves the
+    /// server's setting.
+    pub idle_in_transaction_timeout: Option<Duration>,
+    /// PostgreSQL: how long the server waits on a silent client before it
+    /// probes, and gives up, on the connection (TCP keepalives and
+    /// `tcp_user_timeout`), so that a vanished host's sessions — and the
+    /// advisory locks they hold — end in bounded time; `None` leaves the
+    /// server's settings.
+    pub dead_peer_timeout: Option<Duration>,
 }
 
 impl Default for StoreOptions {
@@ -68,7 +85,40 @@ impl Default for StoreOptions {
             max_connections: 16,
             acquire_timeout: Duration::from_secs(10),
             migrate: true,
+            statement_timeout: Some(Duration::from_secs(30)),
+            idle_in_transaction_timeout: Some(Duration::from_secs(60)),
+            dead_peer_timeout: Some(Duration::from_secs(60)),
         }
+    }
+}
+
+/// The PostgreSQL session settings a connection of a given role starts
+/// with, as `(name, value)` pairs for the startup `options` or for `SET`.
+#[derive(Debug, Clone, Default)]
+pub struct PgSessionSettings(pub Vec<(&'static str, String)>);
+
+impl PgSessionSettings {
+    /// The settings [`StoreOptions`] asks for.
+    pub fn from_options(options: &StoreOptions) -> Self {
+        let ms = |d: Duration| format!("{}ms", d.as_millis().max(1));
+        let mut settings = Vec::new();
+        if let Some(d) = options.statement_timeout {
+            settings.push(("statement_timeout", ms(d)));
+        }
+        if let Some(d) = options.idle_in_transaction_timeout {
+            settings.push(("idle_in_transaction_session_timeout", ms(d)));
+        }
+        if let Some(d) = options.dead_peer_timeout {
+            // Probe after a third of the budget without traffic, then every
+            // tenth, three times; and give up on unacknowledged data after
+            // the whole budget. Seconds, the keepalive settings' unit.
+            let secs = d.as_secs().max(3);
+            settings.push(("tcp_keepalives_idle", (secs / 3).max(1).to_string()));
+            settings.push(("tcp_keepalives_interval", (secs / 10).max(1).to_string()));
+            settings.push(("tcp_keepalives_count", "3".to_string()));
+            settings.push(("tcp_user_timeout", ms(d)));
+        }
+        Self(settings)
     }
 }
 
@@ -140,6 +190,16 @@ async fn connect(url: &str, options: &StoreOptions) -> Result<Db, StoreError> {
                 url: redact_url(url),
             }
         })?;
+        // Sent in the startup packet: every connection of the pool (the
+        // API's queries and commands, the engine, the listener) has them
+        // from its first statement.
+        let settings = PgSessionSettings::from_options(options);
+        let connect_options = connect_options.options(
+            settings
+                .0
+                .iter()
+                .map(|(name, value)| (*name, value.as_str())),
+        );
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
@@ -253,6 +313,30 @@ pub fn redact_url(url: &str) -> String {
         .chars()
         .take(400)
         .collect()
+}
+
+/// One row of the log exactly as stored: every column as text, nothing
+/// decoded, so that even a row no code can read can be shown.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RawEvent {
+    /// Where it is in the log.
+    pub position: Position,
+    /// The aggregate type column.
+    pub aggregate_type: String,
+    /// The aggregate id column.
+    pub aggregate_id: String,
+    /// The sequence column.
+    pub sequence: i64,
+    /// The event type column.
+    pub event_type: String,
+    /// The event version column.
+    pub event_version: String,
+    /// The payload as stored (JSON text), if any.
+    pub payload: Option<String>,
+    /// The metadata as stored (JSON text), if any.
+    pub metadata: Option<String>,
+    /// When it was recorded, as the database writes it.
+    pub recorded_at: Option<String>,
 }
 
 /// One event as read from the global log.
@@ -545,6 +629,62 @@ impl EventStore {
             metadata,
             recorded_at: row.time("recorded_at")?,
         })
+    }
+
+    /// The position of the first event after `checkpoint` a reader may take
+    /// now, without decoding it: where a projector that cannot read or apply
+    /// its next event is stopped.
+    pub async fn position_after(
+        &self,
+        checkpoint: Position,
+    ) -> Result<Option<Position>, StoreError> {
+        let (after, order) = match &self.inner.db {
+            Db::Postgres(_) => (
+                "(transaction_id, global_position) > ($1::text::xid8, $2) \
+                 AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())",
+                "transaction_id, global_position",
+            ),
+            Db::Sqlite(_) => ("global_position > $2", "global_position"),
+        };
+        let sql = format!(
+            "SELECT CAST(transaction_id AS TEXT) AS tx, global_position FROM events \
+              WHERE {after} ORDER BY {order} LIMIT 1"
+        );
+        let args = [
+            Arg::from(checkpoint.transaction.to_string()),
+            Arg::from(checkpoint.global),
+        ];
+        // SQLite binds `$2` by number when `$1` is unused.
+        let rows = fetch(&self.inner.db, &sql, &args).await?;
+        rows.first()
+            .map(|row| row.position("tx", "global_position"))
+            .transpose()
+    }
+
+    /// The event at a global position exactly as stored, without decoding
+    /// or upcasting it: what an operator looks at when a projector is
+    /// stopped at that position (`toolhub-replay event`).
+    pub async fn raw_event_at(&self, global_position: i64) -> Result<Option<RawEvent>, StoreError> {
+        let sql = "SELECT CAST(transaction_id AS TEXT) AS tx, global_position, aggregate_type, \
+                   aggregate_id, sequence, event_type, event_version, \
+                   CAST(payload AS TEXT) AS payload, CAST(metadata AS TEXT) AS metadata, \
+                   CAST(recorded_at AS TEXT) AS recorded_at \
+                   FROM events WHERE global_position = $1";
+        let rows = fetch(&self.inner.db, sql, &[Arg::from(global_position)]).await?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        Ok(Some(RawEvent {
+            position: row.position("tx", "global_position")?,
+            aggregate_type: row.text("aggregate_type")?,
+            aggregate_id: row.text("aggregate_id")?,
+            sequence: row.int("sequence")?,
+            event_type: row.text("event_type")?,
+            event_version: row.text("event_version")?,
+            payload: row.opt_text("payload")?,
+            metadata: row.opt_text("metadata")?,
+            recorded_at: row.opt_text("recorded_at")?,
+        }))
     }
 
     /// The position of the newest event a reader may take now (the head of

@@ -183,6 +183,8 @@ async fn run(backend: &str, db: &TestDb, config: &Config) -> Results {
         max_connections: 16,
         acquire_timeout: Duration::from_secs(60),
         migrate: true,
+        statement_timeout: None,
+        ..StoreOptions::default()
     };
     let store = toolhub_eventstore::open_with(db.url(), options)
         .await

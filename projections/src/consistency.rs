@@ -83,6 +83,13 @@ impl ReadModels {
         }
     }
 
+    /// The projections stopped at an event they cannot decode or apply
+    /// (see [`crate::stall`]), from the checkpoint rows every replica
+    /// shares.
+    pub async fn stalls(&self) -> Result<Vec<crate::Stall>, StoreError> {
+        crate::stall::stalls(self.db()).await
+    }
+
     /// How far each projection is behind the log.
     pub async fn lag(&self) -> Result<Vec<ProjectorLag>, ReadError> {
         let mut out = Vec::new();

@@ -24,6 +24,7 @@ pub mod queries;
 pub mod rebuild;
 pub mod redact;
 pub mod runner;
+pub mod stall;
 pub mod views;
 
 pub use consistency::{ProjectorLag, WaitError};
@@ -31,4 +32,5 @@ pub use projection::{Projection, Tables};
 pub use queries::{ReadError, ReadModels};
 pub use rebuild::{rebuild, rebuild_many, RebuildSummary};
 pub use runner::{ProjectorRunner, RunnerHandle, RunnerOptions};
+pub use stall::{stalls, Stall};
 pub use views::*;

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use toolhub_eventstore::{Db, EventStore, Position, RecordedEvent, StoreError};
 
 use crate::projection::{Projection, Tables, SHADOW_SUFFIX};
-use crate::runner::{read_checkpoint, write_checkpoint};
+use crate::runner::{checkpoint_lock_key, read_checkpoint, write_checkpoint};
 use toolhub_eventstore::sql::{fetch, Arg, Conn};
 
 /// What a rebuild did.
@@ -370,8 +370,14 @@ async fn swap(
             let mut tx = pool.begin().await?;
             {
                 let mut conn = Conn::Pg(&mut tx);
-                // Pauses the live projectors until this commits.
+                // Pauses the live projectors until this commits: their
+                // batches take the same transaction-level advisory locks.
                 for projection in projections {
+                    conn.exec(
+                        "SELECT pg_advisory_xact_lock($1)",
+                        &[Arg::from(checkpoint_lock_key(projection.name()))],
+                    )
+                    .await?;
                     read_checkpoint(&mut conn, projection.name(), true).await?;
                 }
                 loop {

@@ -7,6 +7,11 @@
 //! connection, so a leader whose connection dies loses the lock and its
 //! open transaction at once, and a standby (another replica) takes over. On
 //! SQLite, which has one process, an in-process registry plays the lock.
+//!
+//! A batch that fails is retried one event at a time, so that the event at
+//! fault is found and everything before it applied; a projector that cannot
+//! get past an event stops there, retrying with a growing pause, and says so
+//! ([`crate::stall`]): never a silent skip, never a silent loop.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex as StdMutex, OnceLock};
@@ -18,6 +23,7 @@ use tokio::task::JoinHandle;
 use toolhub_eventstore::{Db, EventStore, Position, StoreError};
 
 use crate::projection::{Projection, Tables};
+use crate::stall::{backoff, is_transient, StallTracker};
 use toolhub_eventstore::sql::{Arg, Conn};
 
 /// Tuning for the runner.
@@ -30,6 +36,10 @@ pub struct RunnerOptions {
     pub poll_interval: Duration,
     /// How often a standby tries to become the leader.
     pub standby_interval: Duration,
+    /// PostgreSQL: the `statement_timeout` of a leader's connection, which
+    /// runs its batches (a batch's statements are bounded multi-row writes;
+    /// a statement that runs longer is a fault to retry, not to wait for).
+    pub statement_timeout: Duration,
 }
 
 impl Default for RunnerOptions {
@@ -38,6 +48,7 @@ impl Default for RunnerOptions {
             batch_size: 1_000,
             poll_interval: Duration::from_millis(500),
             standby_interval: Duration::from_millis(500),
+            statement_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -251,41 +262,81 @@ async fn run_projection(
                 }
             }
         };
+        if let Leader::Pg(conn) = &mut leader {
+            // The checkpoint row exists before the first batch, so that no
+            // batch writes before it has read the log (an insert would give
+            // its transaction an id).
+            if let Err(error) = Conn::Pg(conn)
+                .exec(
+                    "INSERT INTO projector_checkpoints (projection) VALUES ($1) ON CONFLICT (projection) DO NOTHING",
+                    &[Arg::from(name)],
+                )
+                .await
+            {
+                tracing::warn!(%error, projection = name, "could not create the checkpoint row");
+            }
+            let timeout = format!(
+                "SET statement_timeout = '{}ms'",
+                options.statement_timeout.as_millis().max(1)
+            );
+            if let Err(error) = sqlx::query(&timeout).execute(&mut *conn).await {
+                tracing::warn!(%error, projection = name, "could not set the leader's statement timeout");
+            }
+        }
         if let Ok(mut l) = leaders.lock() {
             l.insert(name);
         }
         tracing::info!(projection = name, "projector is the leader");
         let mut notifications = store.subscribe();
         let mut failures = 0u32;
+        let mut stall = StallTracker::new(name);
+        // While positive, batches hold one event: after a failed batch, so
+        // that every event before the one at fault is applied and the
+        // stall names that one exactly.
+        let mut careful = 0u32;
         loop {
             if *stopped.borrow() {
                 break;
             }
-            match run_batch(&store, &mut leader, projection.as_ref(), options.batch_size).await {
+            let size = if careful > 0 { 1 } else { options.batch_size };
+            match run_batch(&store, &mut leader, projection.as_ref(), size).await {
                 Ok(applied) => {
                     failures = 0;
+                    careful = careful.saturating_sub(1);
+                    stall.running(store.db()).await;
                     if applied > 0 {
                         store.announce_projected();
                     }
-                    if applied >= options.batch_size as usize {
+                    if applied >= size as usize {
                         continue;
                     }
+                    careful = 0;
                     tokio::select! {
                         _ = notifications.changed() => {}
                         _ = tokio::time::sleep(options.poll_interval) => {}
                         _ = stopped.changed() => {}
                     }
                 }
+                Err(error) if is_connection_error(&error) => {
+                    tracing::warn!(%error, projection = name, "a projector lost its connection");
+                    // Give up leadership (the lock goes with the connection)
+                    // and contend again.
+                    break;
+                }
                 Err(error) => {
                     failures += 1;
-                    tracing::warn!(%error, projection = name, failures, "a projector batch failed");
-                    if failures >= 3 || is_connection_error(&error) {
-                        // Give up leadership (the lock goes with the
-                        // connection) and contend again.
-                        break;
+                    if is_transient(&error) {
+                        tracing::warn!(%error, projection = name, failures, "a projector batch failed; retrying");
+                    } else if careful == 0 && size > 1 {
+                        tracing::warn!(%error, projection = name, "a projector batch failed; retrying it event by event");
+                        careful = options.batch_size;
+                        continue;
+                    } else {
+                        careful = options.batch_size;
+                        stall.stopped(&store, &error).await;
                     }
                     tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(100 * u64::from(failures))) => {}
+                        _ = tokio::time::sleep(backoff(failures)) => {}
                         _ = stopped.changed() => {}
                     }
                 }
@@ -339,24 +390,48 @@ async fn run_sqlite_group(
         tracing::info!(projections = ?names, "projectors are the leaders");
         let mut notifications = store.subscribe();
         let mut failures = 0u32;
+        let mut stalls: Vec<StallTracker> = names.iter().map(|n| StallTracker::new(n)).collect();
+        let mut careful = 0u32;
         while !*stopped.borrow() {
-            match batch_group_on_sqlite(&store, &pool, &projections, options.batch_size).await {
+            let size = if careful > 0 { 1 } else { options.batch_size };
+            match batch_group_on_sqlite(&store, &pool, &projections, size).await {
                 Ok(applied) => {
                     failures = 0;
-                    if applied >= options.batch_size as usize {
+                    careful = careful.saturating_sub(1);
+                    for stall in &mut stalls {
+                        stall.running(store.db()).await;
+                    }
+                    if applied >= size as usize {
                         continue;
                     }
+                    careful = 0;
                     tokio::select! {
                         _ = notifications.changed() => {}
                         _ = tokio::time::sleep(options.poll_interval) => {}
                         _ = stopped.changed() => {}
                     }
                 }
-                Err(error) => {
+                Err(GroupError { projection, error }) => {
                     failures += 1;
-                    tracing::warn!(%error, failures, "a projector batch failed");
+                    if is_transient(&error) {
+                        tracing::warn!(%error, failures, "a projector batch failed; retrying");
+                    } else if careful == 0 && size > 1 {
+                        tracing::warn!(%error, "a projector batch failed; retrying it event by event");
+                        careful = options.batch_size;
+                        continue;
+                    } else {
+                        careful = options.batch_size;
+                        // The projection at fault, or every one when the
+                        // event could not even be read: one transaction
+                        // holds them all, so all of them wait.
+                        for (stall, name) in stalls.iter_mut().zip(&names) {
+                            if projection.is_none_or(|p| p == *name) {
+                                stall.stopped(&store, &error).await;
+                            }
+                        }
+                    }
                     tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(50)))) => {}
+                        _ = tokio::time::sleep(backoff(failures)) => {}
                         _ = stopped.changed() => {}
                     }
                 }
@@ -374,12 +449,30 @@ async fn run_sqlite_group(
 /// One batch for several projections on SQLite: the events after the lowest
 /// checkpoint, each projection taking those after its own, all in one
 /// transaction with the new checkpoints.
+/// A failed SQLite group batch, with the projection whose fold failed (none
+/// when the log itself could not be read).
+struct GroupError {
+    /// The projection at fault, if one is.
+    projection: Option<&'static str>,
+    /// What failed.
+    error: StoreError,
+}
+
+impl<E: Into<StoreError>> From<E> for GroupError {
+    fn from(error: E) -> Self {
+        Self {
+            projection: None,
+            error: error.into(),
+        }
+    }
+}
+
 async fn batch_group_on_sqlite(
     store: &EventStore,
     pool: &sqlx::SqlitePool,
     projections: &[Arc<dyn Projection>],
     batch_size: u32,
-) -> Result<usize, StoreError> {
+) -> Result<usize, GroupError> {
     // Read before taking the write lock: holding it while waiting for a
     // pooled connection could starve the writers that hold the others.
     let mut checkpoints = Vec::with_capacity(projections.len());
@@ -418,7 +511,11 @@ async fn batch_group_on_sqlite(
             if start < events.len() {
                 projection
                     .apply(&mut c, &Tables::live(), &events[start..])
-                    .await?;
+                    .await
+                    .map_err(|error| GroupError {
+                        projection: Some(projection.name()),
+                        error,
+                    })?;
                 write_checkpoint(&mut c, projection.name(), last).await?;
             }
         }
@@ -453,17 +550,22 @@ pub(crate) async fn read_checkpoint(
     projection: &str,
     lock: bool,
 ) -> Result<Position, StoreError> {
-    conn.exec(
-        "INSERT INTO projector_checkpoints (projection) VALUES ($1) ON CONFLICT (projection) DO NOTHING",
-        &[Arg::from(projection)],
-    )
-    .await?;
     let sql = if lock {
         "SELECT transaction_id, global_position FROM projector_checkpoints WHERE projection = $1 FOR UPDATE"
     } else {
         "SELECT transaction_id, global_position FROM projector_checkpoints WHERE projection = $1"
     };
-    let rows = conn.fetch(sql, &[Arg::from(projection)]).await?;
+    let mut rows = conn.fetch(sql, &[Arg::from(projection)]).await?;
+    if rows.is_empty() {
+        // The first batch ever: the insert is the only write before the
+        // batch's own, and happens once per projection.
+        conn.exec(
+            "INSERT INTO projector_checkpoints (projection) VALUES ($1) ON CONFLICT (projection) DO NOTHING",
+            &[Arg::from(projection)],
+        )
+        .await?;
+        rows = conn.fetch(sql, &[Arg::from(projection)]).await?;
+    }
     let row = rows
         .first()
         .ok_or_else(|| StoreError::Corrupt("missing checkpoint".into()))?;
@@ -493,9 +595,21 @@ pub(crate) async fn write_checkpoint(
     Ok(())
 }
 
-/// Applies one batch: the checkpoint is read (and locked) inside the
-/// transaction, so a rebuild's swap and a leader never interleave. Returns
-/// how many events were applied.
+/// The transaction-level advisory-lock key that makes a projection's batch
+/// and a rebuild's swap of its tables exclusive. Distinct from the
+/// leadership key, which the leader's session holds for as long as it
+/// leads.
+pub(crate) fn checkpoint_lock_key(projection: &str) -> i64 {
+    lock_key(&format!("checkpoint:{projection}"))
+}
+
+/// Applies one batch. On PostgreSQL the batch first takes the projection's
+/// transaction-level advisory lock, then reads its checkpoint inside the
+/// transaction, so a rebuild's swap and a leader never interleave; neither
+/// takes a transaction id, so while the batch reads the log it holds back
+/// no commit-safe reader (its own or another projection's, or a
+/// `wait_for`). It gets one only at its first write. Returns how many
+/// events were applied.
 pub(crate) async fn run_batch(
     store: &EventStore,
     leader: &mut Leader,
@@ -507,6 +621,11 @@ pub(crate) async fn run_batch(
             let mut tx = sqlx::Connection::begin(conn).await?;
             let applied = {
                 let mut c = Conn::Pg(&mut tx);
+                c.exec(
+                    "SELECT pg_advisory_xact_lock($1)",
+                    &[Arg::from(checkpoint_lock_key(projection.name()))],
+                )
+                .await?;
                 apply_next(store, &mut c, projection, batch_size).await?
             };
             tx.commit().await?;
@@ -525,7 +644,7 @@ async fn apply_next(
     projection: &dyn Projection,
     batch_size: u32,
 ) -> Result<usize, StoreError> {
-    let checkpoint = read_checkpoint(conn, projection.name(), true).await?;
+    let checkpoint = read_checkpoint(conn, projection.name(), false).await?;
     let events = store.read_after(checkpoint, batch_size).await?;
     let Some(last) = events.last() else {
         return Ok(0);

@@ -26,6 +26,7 @@ fn fast() -> RunnerOptions {
         batch_size: 50,
         poll_interval: Duration::from_millis(50),
         standby_interval: Duration::from_millis(50),
+        ..RunnerOptions::default()
     }
 }
 

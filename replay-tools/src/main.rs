@@ -9,6 +9,12 @@
 //! is not a terminal); standard output gets one summary line per read model
 //! and a total.
 //!
+//! `toolhub-replay event --position N` prints the event at global position
+//! `N` exactly as stored (every column as text, nothing decoded), so that an
+//! event a projector cannot decode can still be looked at.
+//! `toolhub-replay stalls` lists the projections stopped at such an event,
+//! with the position and the error (see the runbook).
+//!
 //! `DATABASE_URL` selects the database; without it, the embedded SQLite file
 //! `TOOLHUB_DATA_DIR/toolhub.db` (default `./toolhub-data`) is used. Pending
 //! migrations are applied first.
@@ -65,6 +71,16 @@ enum Command {
         #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         batch_size: u32,
     },
+    /// Prints the event at a global position exactly as stored, as JSON.
+    Event {
+        /// The event's global position (what `/health/ready`, the metrics
+        /// and `stalls` name).
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+        position: i64,
+    },
+    /// Lists the projections stopped at an event they cannot decode or
+    /// apply.
+    Stalls,
 }
 
 #[tokio::main]
@@ -122,6 +138,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let store = open(&url).await?;
             rebuild_all(&store, &projections, batch_size).await
         }
+        Command::Event { position } => {
+            let store = open(&url).await?;
+            let event = store
+                .raw_event_at(position)
+                .await
+                .with_context(|| format!("cannot read the event at position {position}"))?
+                .ok_or_else(|| anyhow!("no event at position {position}"))?;
+            println!("{}", serde_json::to_string_pretty(&event)?);
+            Ok(())
+        }
+        Command::Stalls => {
+            let store = open(&url).await?;
+            let stalls = toolhub_projections::stalls(store.db())
+                .await
+                .context("cannot read the projectors' checkpoints")?;
+            if stalls.is_empty() {
+                println!("no projection is stopped");
+            }
+            for stall in stalls {
+                println!(
+                    "{}: stopped at position {} ({}) since {}: {}",
+                    stall.projection,
+                    stall.position.global,
+                    stall.position,
+                    stall.since.to_rfc3339(),
+                    stall.error.replace(['\n', '\r'], " ")
+                );
+            }
+            Ok(())
+        }
     }
 }
 
@@ -145,6 +191,10 @@ async fn open(url: &str) -> anyhow::Result<EventStore> {
         max_connections: 4,
         acquire_timeout: Duration::from_secs(5),
         migrate: true,
+        // A rebuild copies and indexes whole tables; its statements are
+        // long by nature. Idle transactions and dead peers stay bounded.
+        statement_timeout: None,
+        ..Default::default()
     };
     toolhub_eventstore::open_with(url, options)
         .await

@@ -373,3 +373,61 @@ async fn an_unknown_projection_is_named_in_one_line() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn an_event_no_code_can_decode_is_shown_as_stored_and_a_stall_is_listed_on_postgres() {
+    let db = TestDb::postgres().await;
+    let store = toolhub_eventstore::open(db.url()).await.expect("open");
+    let pool = sqlx::PgPool::connect(db.url()).await.expect("connect");
+    let position: i64 = sqlx::query_scalar(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+         VALUES ('workflow', 'w-1', 1, 'WorkflowCreated', '9.9', '{\"what\": \"no decoder reads this\"}'::json, '{}'::json) \
+         RETURNING global_position",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("insert a raw event");
+
+    let output = replay(
+        Some(db.url()),
+        None,
+        &["event", "--position", &position.to_string()],
+    )
+    .await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let shown: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("the event as JSON");
+    assert_eq!(shown["event_type"], "WorkflowCreated");
+    assert_eq!(shown["event_version"], "9.9");
+    assert_eq!(shown["position"]["global"], json!(position));
+    assert!(
+        shown["payload"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no decoder reads this"),
+        "{shown}"
+    );
+
+    let output = replay(Some(db.url()), None, &["event", "--position", "999999"]).await;
+    assert!(!output.status.success());
+    assert!(text(&output.stderr).contains("no event at position 999999"));
+
+    let output = replay(Some(db.url()), None, &["stalls"]).await;
+    assert_eq!(text(&output.stdout).trim(), "no projection is stopped");
+    sqlx::query(
+        "INSERT INTO projector_checkpoints (projection, stalled_transaction_id, stalled_global_position, stalled_error, stalled_since) \
+         VALUES ('workflows', 7, $1, 'does not decode', now())",
+    )
+    .bind(position)
+    .execute(&pool)
+    .await
+    .expect("record a stall");
+    let output = replay(Some(db.url()), None, &["stalls"]).await;
+    let stdout = text(&output.stdout);
+    assert!(
+        stdout.starts_with(&format!("workflows: stopped at position {position} ")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("does not decode"), "{stdout}");
+    drop(store);
+}

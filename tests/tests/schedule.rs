@@ -242,7 +242,9 @@ async fn two_schedulers_at_the_same_instant_start_one_execution_and_a_fire_whose
     // meets the fire's key (the same execution): never a second start.
     let fires: Vec<_> = x.unwrap().into_iter().chain(y.unwrap()).collect();
     assert!(!fires.is_empty());
-    assert!(fires.iter().all(|f| f.execution_id == fires[0].execution_id));
+    assert!(fires
+        .iter()
+        .all(|f| f.execution_id == fires[0].execution_id));
     assert!(fires.iter().all(|f| f.at == utc(2027, 1, 1, 14, 0, 0)));
     assert_eq!(fires.iter().filter(|f| !f.existing).count(), 1, "{fires:?}");
     wait_for_executions(&a, &id, 1).await;

@@ -128,4 +128,9 @@ pub enum DefinitionError {
         /// What is wrong, naming the entry.
         reason: String,
     },
+    /// A string or key holds a character no text may hold (see
+    /// [`crate::text`]); the field is its path from `definition`
+    /// (`definition.nodes[0].params.body`).
+    #[error(transparent)]
+    InvalidText(#[from] crate::text::InvalidText),
 }

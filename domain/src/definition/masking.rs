@@ -104,6 +104,11 @@ impl MaskingRules {
             let Value::String(path) = path else {
                 return Err(format!("`masking.paths[{index}]` must be a string"));
             };
+            if path.chars().any(char::is_control) {
+                return Err(format!(
+                    "`masking.paths[{index}]` must not contain control characters"
+                ));
+            }
             if path.len() > MAX_MASKING_PATH_LEN {
                 return Err(format!(
                     "`masking.paths[{index}]` is longer than {MAX_MASKING_PATH_LEN} bytes"

@@ -24,7 +24,11 @@
 //! 1. Shape: an object with an array `nodes` and an optional array `edges`,
 //!    and no other field ([`DefinitionError::Malformed`]).
 //! 2. Size: the serialized definition, then the node count, then the edge
-//!    count ([`DefinitionError::TooLarge`]).
+//!    count ([`DefinitionError::TooLarge`]); then text: every object key and
+//!    string of the whole document, in document order, by the rules of
+//!    [`crate::text`] (keys are names, other strings free text; node names
+//!    are checked as names with their node) ([`DefinitionError::InvalidText`],
+//!    naming the path, as `definition.nodes[1].params.body`).
 //! 3. Nodes, in array order, each completely before the next: its shape
 //!    (`Malformed`), its id ([`DefinitionError::InvalidNodeId`]), unknown node
 //!    fields (`Malformed`), its type ([`DefinitionError::UnknownNodeType`]),

@@ -92,6 +92,12 @@ pub(super) fn parse_with(value: &Value, mode: Mode) -> Result<WorkflowDefinition
         }
     }
 
+    // 2. (continued) Text: nothing that no text may hold, anywhere in the
+    // document.
+    if mode.strict() {
+        crate::text::check_json("definition", value)?;
+    }
+
     // 3. Nodes.
     let nodes = raw_nodes
         .iter()
@@ -299,6 +305,9 @@ fn parse_node(position: usize, node: &Value, mode: Mode) -> Result<Node, Definit
     let name = match object.get("name") {
         None | Some(Value::Null) => None,
         Some(Value::String(name)) => {
+            if mode.strict() {
+                crate::text::check_name(&format!("definition.nodes[{position}].name"), name)?;
+            }
             if mode.strict() && name.chars().count() > MAX_NODE_NAME_LEN {
                 return Err(invalid(
                     "name",

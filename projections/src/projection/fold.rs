@@ -124,21 +124,20 @@ macro_rules! entity {
 pub(crate) use entity;
 
 /// Decodes an event's payload into the aggregate's event type. An event the
-/// read model cannot decode is logged and skipped.
-pub(crate) fn decode<E: DeserializeOwned>(event: &RecordedEvent) -> Option<E> {
+/// read model cannot decode is an error naming its position and type: the
+/// projector stops at it (see `crate::stall`) rather than skip it.
+pub(crate) fn decode<E: DeserializeOwned>(event: &RecordedEvent) -> Result<E, StoreError> {
     // Deserialise from a borrowed value: no copy of the payload.
-    match E::deserialize(&event.payload) {
-        Ok(e) => Some(e),
-        Err(error) => {
-            tracing::error!(
-                %error,
-                position = %event.position,
-                event_type = %event.event_type,
-                "an event the read model cannot decode was skipped"
-            );
-            None
-        }
-    }
+    E::deserialize(&event.payload).map_err(|error| {
+        StoreError::Corrupt(format!(
+            "the {} event {} {} of {} at position {} does not decode: {error}",
+            event.aggregate_type,
+            event.event_type,
+            event.event_version,
+            event.aggregate_id,
+            event.position
+        ))
+    })
 }
 
 /// Every row of `table` whose `key` is one of `ids`, read 500 ids at a time.
@@ -213,9 +212,7 @@ where
         if current.as_ref().is_some_and(|r| r.seq() >= seq) {
             continue;
         }
-        let Some(payload) = decode::<E>(event) else {
-            continue;
-        };
+        let payload = decode::<E>(event)?;
         let existed = current.is_some();
         match apply(event, payload, current)? {
             Some(mut created) => {
