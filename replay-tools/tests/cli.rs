@@ -173,6 +173,26 @@ async fn populate(url: &str) {
             .await
             .expect("server command");
     }
+    // The commit-safe reader shows an event once every transaction older
+    // than it has ended, anywhere on the server (other tests, other
+    // databases): wait until it shows them all, so that a rebuild sees the
+    // whole log.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let seen = store
+            .read_after(toolhub_eventstore::Position::ZERO, EVENTS as u32 + 1)
+            .await
+            .expect("read the log")
+            .len();
+        if seen as i64 == EVENTS {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log reader shows {seen} of {EVENTS} events"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// How many rows `table` holds (`where` filters them).
