@@ -305,52 +305,48 @@ pub enum Row {
 }
 
 impl Row {
-    /// A non-null text column.
-    pub fn text(&self, col: &str) -> Result<String, StoreError> {
+    /// A column of a type both backends decode the same way.
+    fn get<'r, T>(&'r self, col: &str) -> Result<T, StoreError>
+    where
+        T: sqlx::Decode<'r, sqlx::Postgres>
+            + sqlx::Type<sqlx::Postgres>
+            + sqlx::Decode<'r, sqlx::Sqlite>
+            + sqlx::Type<sqlx::Sqlite>,
+    {
         Ok(match self {
             Self::Pg(r) => r.try_get(col)?,
             Self::Lite(r) => r.try_get(col)?,
         })
+    }
+
+    /// A non-null text column.
+    pub fn text(&self, col: &str) -> Result<String, StoreError> {
+        self.get(col)
     }
 
     /// A nullable text column.
     pub fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError> {
-        Ok(match self {
-            Self::Pg(r) => r.try_get(col)?,
-            Self::Lite(r) => r.try_get(col)?,
-        })
+        self.get(col)
     }
 
     /// A non-null integer column.
     pub fn int(&self, col: &str) -> Result<i64, StoreError> {
-        Ok(match self {
-            Self::Pg(r) => r.try_get(col)?,
-            Self::Lite(r) => r.try_get(col)?,
-        })
+        self.get(col)
     }
 
     /// A nullable integer column.
     pub fn opt_int(&self, col: &str) -> Result<Option<i64>, StoreError> {
-        Ok(match self {
-            Self::Pg(r) => r.try_get(col)?,
-            Self::Lite(r) => r.try_get(col)?,
-        })
+        self.get(col)
     }
 
     /// A non-null boolean column.
     pub fn bool(&self, col: &str) -> Result<bool, StoreError> {
-        Ok(match self {
-            Self::Pg(r) => r.try_get(col)?,
-            Self::Lite(r) => r.try_get(col)?,
-        })
+        self.get(col)
     }
 
     /// A nullable boolean column.
     pub fn opt_bool(&self, col: &str) -> Result<Option<bool>, StoreError> {
-        Ok(match self {
-            Self::Pg(r) => r.try_get(col)?,
-            Self::Lite(r) => r.try_get(col)?,
-        })
+        self.get(col)
     }
 
     /// A nullable JSON column.
@@ -408,10 +404,7 @@ impl Row {
 
     /// A non-null bytes column.
     pub fn bytes(&self, col: &str) -> Result<Vec<u8>, StoreError> {
-        Ok(match self {
-            Self::Pg(r) => r.try_get(col)?,
-            Self::Lite(r) => r.try_get(col)?,
-        })
+        self.get(col)
     }
 
     /// A log position from a transaction id selected as text (PostgreSQL's
