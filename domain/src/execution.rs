@@ -897,13 +897,13 @@ impl Execution {
         }
     }
 
-    fn set_step(&mut self, node_id: NodeId, attempt: u32, status: StepStatus) {
+    fn set_step(&mut self, node_id: NodeId, attempt: u32, status: StepStatus) -> &mut StepState {
         self.steps
             .entry(node_id)
             .or_default()
             .entry(attempt)
             .and_modify(|step| step.status = status)
-            .or_insert_with(|| StepState::new(status));
+            .or_insert_with(|| StepState::new(status))
     }
 
     /// A step finished: while stepping, the next ready node pauses.
@@ -946,26 +946,23 @@ impl Execution {
             }
             ExecutionEvent::StepScheduled {
                 node_id, attempt, ..
-            } => self.set_step(node_id, attempt, StepStatus::Scheduled),
+            } => {
+                self.set_step(node_id, attempt, StepStatus::Scheduled);
+            }
             ExecutionEvent::StepRetried {
                 node_id,
                 attempt,
                 not_before,
             } => {
-                self.set_step(node_id.clone(), attempt, StepStatus::Scheduled);
-                if let Some(step) = self.step_mut(&node_id, attempt) {
-                    step.not_before = not_before;
-                }
+                self.set_step(node_id, attempt, StepStatus::Scheduled)
+                    .not_before = not_before;
             }
             ExecutionEvent::StepStarted {
                 node_id,
                 attempt,
                 wake_at,
             } => {
-                self.set_step(node_id.clone(), attempt, StepStatus::Running);
-                if let Some(step) = self.step_mut(&node_id, attempt) {
-                    step.wake_at = wake_at;
-                }
+                self.set_step(node_id, attempt, StepStatus::Running).wake_at = wake_at;
             }
             ExecutionEvent::StepSucceeded {
                 node_id,
