@@ -4,10 +4,10 @@
 //! oldest unapplied position has been waiting.
 //!
 //! A background task ([`crate::state::follow_projections`]) keeps it up to
-//! date: the head moves with every commit announcement (this process's, and
-//! on PostgreSQL every replica's) and with a cheap indexed read of the head
-//! each second; the applied position with every projector announcement and
-//! a read of the checkpoints. A scrape or a probe reads only memory, so a
+//! date: the head moves with a cheap indexed read of the head each second
+//! (and with every mutation of this process as it commits); the applied
+//! position with every projector announcement and a read of the
+//! checkpoints. A scrape or a probe reads only memory, so a
 //! load balancer probing every replica every second costs the database
 //! nothing, and a slow or locked log never makes a probe slow.
 

@@ -148,8 +148,9 @@ impl AppState {
 /// Moves `projected` forward each time the read models do: woken by the
 /// projectors' announcements (from this process or, on PostgreSQL, any
 /// other), and polling as a fallback, because announcements are hints. Also
-/// keeps `standing` up to date: the head from commit announcements and,
-/// each second, a database check and a read of the head.
+/// keeps `standing` up to date: each second, a database check and a read of
+/// the head (the mutations of this process also move the head as they
+/// commit).
 pub async fn follow_projections(
     store: EventStore,
     read: ReadModels,
@@ -158,7 +159,6 @@ pub async fn follow_projections(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut moved = store.projected();
-    let mut commits = store.subscribe();
     let mut poll = tokio::time::interval(Duration::from_millis(500));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut check = tokio::time::interval(CHECK_INTERVAL);
@@ -168,13 +168,6 @@ pub async fn follow_projections(
             _ = shutdown.changed() => return,
             changed = moved.changed() => if changed.is_err() {
                 return;
-            },
-            commit = commits.changed() => match commit {
-                Some(position) => {
-                    standing.saw_head(position);
-                    continue;
-                }
-                None => return,
             },
             _ = poll.tick() => {}
             _ = check.tick() => {

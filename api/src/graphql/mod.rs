@@ -352,6 +352,9 @@ pub(crate) fn observe(
     };
     let events = result.as_ref().map_or(0, |c| c.events);
     state.metrics.command(aggregate, outcome, events);
+    if let Some(position) = result.as_ref().ok().and_then(|c| c.position) {
+        state.standing.saw_head(position);
+    }
     result
 }
 
