@@ -73,6 +73,7 @@ fn token(role: Role) -> String {
         key: toolhub_api::config::JwtKey::Hs256(zeroize::Zeroizing::new(SECRET.to_vec())),
         issuer: None,
         audience: None,
+        leeway: toolhub_api::config::DEFAULT_JWT_LEEWAY,
     };
     toolhub_api::auth::mint(
         &config,
@@ -196,9 +197,11 @@ async fn main() {
 
     // 1. GraphQL against the plain handler, in this process.
     let db = TestDb::postgres().await;
-    let running = toolhub_api::spawn(Config::for_tests(db.url(), SECRET))
-        .await
-        .unwrap();
+    // A benchmark measures throughput: no rate limit of one caller.
+    let mut config = Config::for_tests(db.url(), SECRET);
+    config.limits.rate.per_subject = Default::default();
+    config.limits.rate.per_address = Default::default();
+    let running = toolhub_api::spawn(config).await.unwrap();
     let url = running.url();
     create_workflows(&client, &url, &editor, 100).await;
     let store = toolhub_eventstore::open(db.url()).await.unwrap();
@@ -270,6 +273,10 @@ async fn main() {
                 .as_str(),
         )
         .env("TOOLHUB_LOG", "warn")
+        // A thousand subscribers of one caller, from one address.
+        .env("TOOLHUB_RATE_LIMIT_SUBJECT", "off")
+        .env("TOOLHUB_RATE_LIMIT_ADDRESS", "off")
+        .env("TOOLHUB_WS_SUBSCRIPTIONS_PER_CALLER", "2000")
         .spawn()
         .expect("start toolhub serve");
     let url = format!("http://127.0.0.1:{port}");
@@ -306,13 +313,6 @@ async fn main() {
             ))
             .await
             .unwrap();
-        socket
-            .send(Message::text(
-                json!({"id": "1", "type": "subscribe", "payload": {"query": "subscription { events { position recordedAt } }"}})
-                    .to_string(),
-            ))
-            .await
-            .unwrap();
         let tx = tx.clone();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
         ready.push(ready_rx);
@@ -323,6 +323,15 @@ async fn main() {
                     let v: Value = serde_json::from_str(&text).unwrap();
                     match v["type"].as_str() {
                         Some("connection_ack") => {
+                            // The protocol allows a subscribe only once the
+                            // connection is acknowledged.
+                            socket
+                                .send(Message::text(
+                                    json!({"id": "1", "type": "subscribe", "payload": {"query": "subscription { events { position recordedAt } }"}})
+                                        .to_string(),
+                                ))
+                                .await
+                                .unwrap();
                             if let Some(r) = ready_tx.take() {
                                 let _ = r.send(());
                             }

@@ -2,7 +2,9 @@
 //!
 //! A token is accepted only with a valid signature by the configured key and
 //! algorithm (HS256, RS256 or ES256 — never `none`), an `exp` in the future,
-//! and the configured `iss` and `aud` when they are set. Its `sub` is the
+//! an `nbf` (when present) in the past, both give or take the configured
+//! leeway, and the configured `iss` and `aud` when they are set (`aud` may be
+//! one string or an array that contains the configured one). Its `sub` is the
 //! actor recorded with every event, its `org` the tenant, its `roles` what the
 //! caller may do. Tokens are never logged; a rejection says why in general
 //! terms only.
@@ -32,12 +34,25 @@ pub struct Claims {
     /// Issued at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
+    /// Not before, seconds since the epoch: the token is refused until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
     /// The issuer, checked when `TOOLHUB_JWT_ISSUER` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
     /// The audience, checked when `TOOLHUB_JWT_AUDIENCE` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<Audience>,
+}
+
+/// A token's `aud`: RFC 7519 allows one string or an array of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    /// One audience.
+    One(String),
+    /// Several; the token is for each of them.
+    Many(Vec<String>),
 }
 
 /// Who is calling, once the token is verified.
@@ -49,6 +64,9 @@ pub struct Caller {
     pub tenant: TenantId,
     /// The roles named in the token, known ones only.
     pub roles: Vec<Role>,
+    /// When the token stops being accepted (its `exp` plus the leeway),
+    /// seconds since the epoch: a subscription socket is closed then.
+    pub expires_at: u64,
 }
 
 impl Caller {
@@ -73,7 +91,8 @@ impl Caller {
 pub struct Verifier {
     /// The key every token's signature is checked against.
     key: DecodingKey,
-    /// The algorithm, `exp`, `iss` and `aud` rules every token must pass.
+    /// The algorithm, `exp`, `nbf`, `iss` and `aud` rules every token must
+    /// pass.
     validation: Validation,
 }
 
@@ -87,7 +106,8 @@ impl Verifier {
         };
         let mut validation = Validation::new(algorithm);
         validation.set_required_spec_claims(&["exp", "sub"]);
-        validation.leeway = 30;
+        validation.leeway = config.leeway.as_secs();
+        validation.validate_nbf = true;
         match &config.issuer {
             Some(issuer) => {
                 validation.set_issuer(&[issuer]);
@@ -122,15 +142,30 @@ impl Verifier {
         use jsonwebtoken::errors::ErrorKind;
         let data =
             jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
-                ApiError::Unauthenticated(match e.kind() {
-                    ErrorKind::ExpiredSignature => "the token has expired",
-                    ErrorKind::InvalidAudience => "the token is for another audience",
-                    ErrorKind::InvalidIssuer => "the token is from another issuer",
-                    ErrorKind::InvalidSignature => "the token's signature is invalid",
-                    ErrorKind::InvalidAlgorithm => "the token's algorithm is not accepted",
-                    ErrorKind::MissingRequiredClaim(_) => "the token lacks a required claim",
-                    _ => "the token is malformed",
-                })
+                let (reason, message) = match e.kind() {
+                    ErrorKind::ExpiredSignature => ("TOKEN_EXPIRED", "the token has expired"),
+                    ErrorKind::ImmatureSignature => (
+                        "TOKEN_NOT_YET_VALID",
+                        "the token is not valid yet (its nbf is in the future)",
+                    ),
+                    ErrorKind::InvalidAudience => {
+                        ("INVALID_AUDIENCE", "the token is for another audience")
+                    }
+                    ErrorKind::InvalidIssuer => {
+                        ("INVALID_ISSUER", "the token is from another issuer")
+                    }
+                    ErrorKind::InvalidSignature => {
+                        ("INVALID_SIGNATURE", "the token's signature is invalid")
+                    }
+                    ErrorKind::InvalidAlgorithm => {
+                        ("INVALID_ALGORITHM", "the token's algorithm is not accepted")
+                    }
+                    ErrorKind::MissingRequiredClaim(_) => {
+                        ("MISSING_CLAIM", "the token lacks a required claim")
+                    }
+                    _ => ("MALFORMED_TOKEN", "the token is malformed"),
+                };
+                ApiError::TokenRejected { reason, message }
             })?;
         let claims = data.claims;
         let tenant = TenantId::parse(claims.org)
@@ -142,6 +177,7 @@ impl Verifier {
             sub: claims.sub,
             tenant,
             roles: claims.roles.iter().filter_map(|r| Role::parse(r)).collect(),
+            expires_at: claims.exp.saturating_add(self.validation.leeway),
         })
     }
 }
@@ -164,8 +200,9 @@ pub fn mint(
         roles: roles.iter().map(|r| r.as_str().to_string()).collect(),
         exp: now + ttl.as_secs(),
         iat: Some(now),
+        nbf: None,
         iss: config.issuer.clone(),
-        aud: config.audience.clone(),
+        aud: config.audience.clone().map(Audience::One),
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -224,7 +261,72 @@ mod tests {
             key: JwtKey::Hs256(Zeroizing::new(b"0123456789abcdef0123456789abcdef".to_vec())),
             issuer: None,
             audience: Some("toolhub".into()),
+            leeway: Duration::from_secs(30),
         }
+    }
+
+    fn sign(config: &JwtConfig, claims: serde_json::Value) -> String {
+        let JwtKey::Hs256(secret) = &config.key else {
+            unreachable!("the test configuration is HS256")
+        };
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap()
+    }
+
+    fn reason(result: Result<Caller, ApiError>) -> &'static str {
+        match result {
+            Err(ApiError::TokenRejected { reason, .. }) => reason,
+            other => panic!("expected a rejected token, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_audience_may_be_a_string_or_an_array() {
+        let config = config();
+        let verifier = Verifier::new(&config).unwrap();
+        let exp = chrono::Utc::now().timestamp() + 600;
+        for aud in [
+            serde_json::json!("toolhub"),
+            serde_json::json!(["billing", "toolhub"]),
+        ] {
+            let token = sign(
+                &config,
+                serde_json::json!({"sub": "ada", "org": "acme", "exp": exp, "aud": aud}),
+            );
+            assert!(verifier.verify(&token).is_ok(), "{aud}");
+        }
+        let token = sign(
+            &config,
+            serde_json::json!({"sub": "ada", "org": "acme", "exp": exp, "aud": ["billing"]}),
+        );
+        assert_eq!(reason(verifier.verify(&token)), "INVALID_AUDIENCE");
+    }
+
+    #[test]
+    fn nbf_and_exp_are_checked_with_the_configured_leeway() {
+        let mut config = config();
+        config.leeway = Duration::from_secs(60);
+        let verifier = Verifier::new(&config).unwrap();
+        let now = chrono::Utc::now().timestamp();
+        let claims = |exp: i64, nbf: i64| serde_json::json!({"sub": "ada", "org": "acme", "aud": "toolhub", "exp": exp, "nbf": nbf});
+        // Within the leeway on both sides.
+        let token = sign(&config, claims(now - 30, now + 30));
+        let caller = verifier.verify(&token).expect("within the leeway");
+        assert_eq!(caller.expires_at, (now - 30 + 60) as u64);
+        // Beyond it.
+        let token = sign(&config, claims(now + 600, now + 300));
+        assert_eq!(reason(verifier.verify(&token)), "TOKEN_NOT_YET_VALID");
+        let token = sign(&config, claims(now - 300, now - 600));
+        assert_eq!(reason(verifier.verify(&token)), "TOKEN_EXPIRED");
+        // Without leeway, a token that expired a second ago is refused.
+        config.leeway = Duration::ZERO;
+        let strict = Verifier::new(&config).unwrap();
+        let token = sign(&config, claims(now - 2, now - 600));
+        assert_eq!(reason(strict.verify(&token)), "TOKEN_EXPIRED");
     }
 
     #[test]

@@ -87,9 +87,16 @@ pub struct JwtConfig {
     pub key: JwtKey,
     /// The `iss` every token must carry, when set.
     pub issuer: Option<String>,
-    /// The `aud` every token must carry, when set.
+    /// The `aud` every token must carry, when set (a token's `aud` may be
+    /// one string or an array that contains it).
     pub audience: Option<String>,
+    /// How far the clocks of the token's issuer and this server may
+    /// disagree: `exp` and `nbf` are checked with this much tolerance.
+    pub leeway: Duration,
 }
+
+/// The default [`JwtConfig::leeway`].
+pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(30);
 
 /// Limits that protect the service from expensive requests.
 #[derive(Debug, Clone)]
@@ -107,9 +114,147 @@ pub struct Limits {
     pub ready_max_lag_events: u64,
     /// The oldest unapplied event `/health/ready` tolerates.
     pub ready_max_lag: Duration,
-    /// How long a subscription socket may stay open without sending
+    /// How long a subscription socket may stay open without completing
     /// `connection_init`; then it is closed with code 4408.
     pub ws_init_timeout: Duration,
+    /// The largest WebSocket message a client may send, in bytes; a larger
+    /// one closes the socket with 1009.
+    pub ws_max_message_bytes: usize,
+    /// How many messages a client may send before its `connection_init` is
+    /// acknowledged; one more closes the socket with 4400.
+    pub ws_init_buffer: usize,
+    /// How often the server sends a graphql-transport-ws `ping` on an idle
+    /// socket (proxies keep it open; a dead peer is noticed).
+    pub ws_keepalive: Duration,
+    /// How many subscriptions one socket may run at once.
+    pub ws_subscriptions_per_socket: usize,
+    /// How many subscriptions one caller (tenant and `sub`) may run at once
+    /// on this replica, over all their sockets.
+    pub ws_subscriptions_per_caller: usize,
+    /// The longest a `POST /graphql` request may take; then it is answered
+    /// with `TIMEOUT`.
+    pub request_timeout: Duration,
+    /// How many `POST /graphql` requests this replica serves at once; one
+    /// more is answered at once with `OVERLOADED`.
+    pub max_concurrent_requests: usize,
+    /// Whether the schema answers introspection (`__schema`, `__type`).
+    pub introspection: bool,
+    /// Request rates per caller and per client address.
+    pub rate: RateLimits,
+}
+
+/// A rate: so many operations per period, with bursts up to the same
+/// number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// How many operations.
+    pub count: u32,
+    /// In how long.
+    pub per: Duration,
+}
+
+impl Rate {
+    /// `count` operations per minute.
+    pub const fn per_minute(count: u32) -> Self {
+        Self {
+            count,
+            per: Duration::from_secs(60),
+        }
+    }
+
+    /// Parses `600/min`, `10/s`, `1000/h` or `50/30s`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let invalid = || format!("{text:?} is not a rate such as 600/min, 10/s or 1000/h");
+        let (count, per) = text.trim().split_once('/').ok_or_else(invalid)?;
+        let count: u32 = count.trim().parse().map_err(|_| invalid())?;
+        let per = match per.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            other => humantime::parse_duration(other).map_err(|_| invalid())?,
+        };
+        if count == 0 || per.is_zero() {
+            return Err(invalid());
+        }
+        Ok(Self { count, per })
+    }
+}
+
+/// Rates for each kind of operation, one set per caller and one per client
+/// address. `None` turns a limit off.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OperationRates {
+    /// GraphQL queries (`POST /graphql`).
+    pub queries: Option<Rate>,
+    /// GraphQL mutations.
+    pub mutations: Option<Rate>,
+    /// Subscriptions started (and, per address, WebSocket connections).
+    pub subscriptions: Option<Rate>,
+}
+
+impl OperationRates {
+    /// Parses `queries=1200/min,mutations=300/min,subscriptions=60/min`;
+    /// a kind left out keeps `defaults`' rate, `off` turns every limit of
+    /// the set off, and `kind=off` one of them.
+    pub fn parse(text: &str, defaults: &Self) -> Result<Self, String> {
+        let text = text.trim();
+        if text == "off" {
+            return Ok(Self::default());
+        }
+        let mut rates = defaults.clone();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (kind, rate) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?} is not kind=rate, such as queries=600/min"))?;
+            let rate = match rate.trim() {
+                "off" => None,
+                rate => Some(Rate::parse(rate)?),
+            };
+            match kind.trim() {
+                "queries" => rates.queries = rate,
+                "mutations" => rates.mutations = rate,
+                "subscriptions" => rates.subscriptions = rate,
+                other => {
+                    return Err(format!(
+                        "{other:?} is not queries, mutations or subscriptions"
+                    ))
+                }
+            }
+        }
+        Ok(rates)
+    }
+}
+
+/// The rate limits. Each replica counts on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimits {
+    /// Per caller (tenant and `sub`).
+    pub per_subject: OperationRates,
+    /// Per client address.
+    pub per_address: OperationRates,
+    /// A header that carries the client's address when the service is
+    /// behind a proxy (`x-forwarded-for`: its first address is taken); the
+    /// proxy must set it, never pass on the client's own. Unset: the
+    /// address of the TCP peer.
+    pub client_address_header: Option<String>,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            per_subject: OperationRates {
+                queries: Some(Rate::per_minute(3_000)),
+                mutations: Some(Rate::per_minute(600)),
+                subscriptions: Some(Rate::per_minute(300)),
+            },
+            per_address: OperationRates {
+                queries: Some(Rate::per_minute(6_000)),
+                mutations: Some(Rate::per_minute(1_200)),
+                subscriptions: Some(Rate::per_minute(600)),
+            },
+            client_address_header: None,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -117,11 +262,20 @@ impl Default for Limits {
         Self {
             body_bytes: 1024 * 1024,
             depth: 12,
-            complexity: 2_000,
+            complexity: 10_000,
             consistency_wait: Duration::from_secs(5),
             ready_max_lag_events: 10_000,
             ready_max_lag: Duration::from_secs(60),
             ws_init_timeout: Duration::from_secs(10),
+            ws_max_message_bytes: 64 * 1024,
+            ws_init_buffer: 16,
+            ws_keepalive: Duration::from_secs(15),
+            ws_subscriptions_per_socket: 50,
+            ws_subscriptions_per_caller: 200,
+            request_timeout: Duration::from_secs(30),
+            max_concurrent_requests: 512,
+            introspection: true,
+            rate: RateLimits::default(),
         }
     }
 }
@@ -169,6 +323,7 @@ impl Config {
                 key: JwtKey::Hs256(Zeroizing::new(jwt_secret.to_vec())),
                 issuer: None,
                 audience: None,
+                leeway: DEFAULT_JWT_LEEWAY,
             },
             master_key: MasterKey::generate(),
             cors_origins: Vec::new(),
@@ -205,6 +360,11 @@ impl Config {
             key: jwt_key(var, environment, &data_dir(var))?,
             issuer: var("TOOLHUB_JWT_ISSUER"),
             audience: var("TOOLHUB_JWT_AUDIENCE"),
+            leeway: match var("TOOLHUB_JWT_LEEWAY") {
+                // Zero is a valid leeway (clocks in sync).
+                Some(text) if text.trim() == "0" => Duration::ZERO,
+                _ => duration_var(var, "TOOLHUB_JWT_LEEWAY", DEFAULT_JWT_LEEWAY)?,
+            },
         })
     }
 
@@ -244,13 +404,7 @@ impl Config {
                     .collect()
             })
             .unwrap_or_default();
-        let mut limits = Limits::default();
-        if let Some(v) = var("TOOLHUB_READY_MAX_LAG_EVENTS") {
-            limits.ready_max_lag_events = v.trim().parse().map_err(|_| ConfigError::Invalid {
-                name: "TOOLHUB_READY_MAX_LAG_EVENTS",
-                reason: "expected a whole number of events".into(),
-            })?;
-        }
+        let limits = limits_from_lookup(&var, environment)?;
         let engine = engine_config(&var)?;
         let run_engine = match var("TOOLHUB_RUN_ENGINE").as_deref().map(str::trim) {
             None | Some("true") | Some("1") | Some("yes") => true,
@@ -320,6 +474,98 @@ fn database_options(
         dead_peer_timeout: optional("TOOLHUB_DB_DEAD_PEER_TIMEOUT", defaults.dead_peer_timeout)?,
         migrate: true,
     })
+}
+
+/// The request limits from the environment.
+fn limits_from_lookup(
+    var: &impl Fn(&str) -> Option<String>,
+    environment: Environment,
+) -> Result<Limits, ConfigError> {
+    let defaults = Limits::default();
+    let rate_defaults = RateLimits::default();
+    let rates = |name: &'static str, defaults: &OperationRates| match var(name) {
+        None => Ok(defaults.clone()),
+        Some(text) => OperationRates::parse(&text, defaults)
+            .map_err(|reason| ConfigError::Invalid { name, reason }),
+    };
+    let introspection = match var("TOOLHUB_GRAPHQL_INTROSPECTION")
+        .as_deref()
+        .map(str::trim)
+    {
+        // Off in production unless asked for: the schema is public in
+        // docs/schema.graphql, but a production API need not hand it out.
+        None => environment == Environment::Development,
+        Some(text) => bool_value(text).ok_or_else(|| ConfigError::Invalid {
+            name: "TOOLHUB_GRAPHQL_INTROSPECTION",
+            reason: format!("{text:?} is neither true nor false"),
+        })?,
+    };
+    Ok(Limits {
+        ready_max_lag_events: count_var(
+            var,
+            "TOOLHUB_READY_MAX_LAG_EVENTS",
+            defaults.ready_max_lag_events,
+        )?,
+        complexity: count_var(var, "TOOLHUB_GRAPHQL_MAX_COMPLEXITY", defaults.complexity)?,
+        ws_init_timeout: duration_var(var, "TOOLHUB_WS_INIT_TIMEOUT", defaults.ws_init_timeout)?,
+        ws_max_message_bytes: count_var(
+            var,
+            "TOOLHUB_WS_MAX_MESSAGE_BYTES",
+            defaults.ws_max_message_bytes,
+        )?,
+        ws_keepalive: duration_var(var, "TOOLHUB_WS_KEEPALIVE", defaults.ws_keepalive)?,
+        ws_subscriptions_per_socket: count_var(
+            var,
+            "TOOLHUB_WS_SUBSCRIPTIONS_PER_SOCKET",
+            defaults.ws_subscriptions_per_socket,
+        )?,
+        ws_subscriptions_per_caller: count_var(
+            var,
+            "TOOLHUB_WS_SUBSCRIPTIONS_PER_CALLER",
+            defaults.ws_subscriptions_per_caller,
+        )?,
+        request_timeout: duration_var(var, "TOOLHUB_REQUEST_TIMEOUT", defaults.request_timeout)?,
+        max_concurrent_requests: count_var(
+            var,
+            "TOOLHUB_MAX_CONCURRENT_REQUESTS",
+            defaults.max_concurrent_requests,
+        )?,
+        introspection,
+        rate: RateLimits {
+            per_subject: rates("TOOLHUB_RATE_LIMIT_SUBJECT", &rate_defaults.per_subject)?,
+            per_address: rates("TOOLHUB_RATE_LIMIT_ADDRESS", &rate_defaults.per_address)?,
+            client_address_header: var("TOOLHUB_CLIENT_ADDRESS_HEADER")
+                .map(|h| h.trim().to_ascii_lowercase()),
+        },
+        ..defaults
+    })
+}
+
+/// `true`/`false` and their usual spellings.
+fn bool_value(text: &str) -> Option<bool> {
+    match text {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// A positive whole-number variable.
+fn count_var<T: std::str::FromStr + PartialOrd + Default>(
+    var: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: T,
+) -> Result<T, ConfigError> {
+    let Some(text) = var(name) else {
+        return Ok(default);
+    };
+    match text.trim().parse::<T>() {
+        Ok(n) if n > T::default() => Ok(n),
+        _ => Err(ConfigError::Invalid {
+            name,
+            reason: format!("{:?} is not a positive whole number", text.trim()),
+        }),
+    }
 }
 
 /// A duration variable (`30s`, `5m`, `1h`, or a number of seconds).
@@ -667,5 +913,81 @@ mod tests {
         .expect("valid");
         assert_eq!(config.environment, Environment::Production);
         assert_eq!(config.cors_origins.len(), 2);
+    }
+
+    #[test]
+    fn introspection_is_off_in_production_unless_asked_for() {
+        let key = MasterKey::generate().to_base64();
+        let secret = "s".repeat(40);
+        let production = [
+            ("TOOLHUB_ENV", "production"),
+            ("TOOLHUB_JWT_SECRET", secret.as_str()),
+            ("TOOLHUB_MASTER_KEY", key.as_str()),
+        ];
+        let config = Config::from_lookup(lookup(&production)).expect("valid");
+        assert!(!config.limits.introspection);
+        let mut asked = production.to_vec();
+        asked.push(("TOOLHUB_GRAPHQL_INTROSPECTION", "true"));
+        let config = Config::from_lookup(lookup(&asked)).expect("valid");
+        assert!(config.limits.introspection);
+        let dir = temp_dir();
+        let development =
+            Config::from_lookup(lookup(&[("TOOLHUB_DATA_DIR", dir.to_str().unwrap())]))
+                .expect("valid");
+        assert!(development.limits.introspection);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn the_limits_are_read_from_the_environment() {
+        let dir = temp_dir();
+        let config = Config::from_lookup(lookup(&[
+            ("TOOLHUB_DATA_DIR", dir.to_str().unwrap()),
+            ("TOOLHUB_JWT_LEEWAY", "0"),
+            ("TOOLHUB_REQUEST_TIMEOUT", "5s"),
+            ("TOOLHUB_MAX_CONCURRENT_REQUESTS", "8"),
+            ("TOOLHUB_WS_SUBSCRIPTIONS_PER_SOCKET", "3"),
+            ("TOOLHUB_WS_KEEPALIVE", "1m"),
+            ("TOOLHUB_RATE_LIMIT_SUBJECT", "mutations=10/s"),
+            ("TOOLHUB_RATE_LIMIT_ADDRESS", "off"),
+            ("TOOLHUB_CLIENT_ADDRESS_HEADER", "X-Forwarded-For"),
+        ]))
+        .expect("valid");
+        assert_eq!(config.jwt.leeway, Duration::ZERO);
+        assert_eq!(config.limits.request_timeout, Duration::from_secs(5));
+        assert_eq!(config.limits.max_concurrent_requests, 8);
+        assert_eq!(config.limits.ws_subscriptions_per_socket, 3);
+        assert_eq!(config.limits.ws_keepalive, Duration::from_secs(60));
+        let subject = &config.limits.rate.per_subject;
+        assert_eq!(
+            subject.mutations,
+            Some(Rate {
+                count: 10,
+                per: Duration::from_secs(1)
+            })
+        );
+        assert_eq!(
+            subject.queries,
+            RateLimits::default().per_subject.queries,
+            "a kind left out keeps its default"
+        );
+        assert_eq!(config.limits.rate.per_address, OperationRates::default());
+        assert_eq!(
+            config.limits.rate.client_address_header.as_deref(),
+            Some("x-forwarded-for")
+        );
+        for (name, value) in [
+            ("TOOLHUB_MAX_CONCURRENT_REQUESTS", "0"),
+            ("TOOLHUB_RATE_LIMIT_SUBJECT", "queries=lots"),
+            ("TOOLHUB_GRAPHQL_INTROSPECTION", "maybe"),
+        ] {
+            let err = Config::from_lookup(lookup(&[
+                ("TOOLHUB_DATA_DIR", dir.to_str().unwrap()),
+                (name, value),
+            ]))
+            .unwrap_err();
+            assert!(err.to_string().starts_with(name), "{err}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

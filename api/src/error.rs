@@ -1,9 +1,11 @@
 //! The one error type of the API, and how every error below it maps onto the
 //! GraphQL error codes.
 //!
-//! Clients see `extensions.code` — `UNAUTHENTICATED`, `FORBIDDEN`,
-//! `NOT_FOUND`, `CONFLICT`, `VALIDATION` (with `field` and `reason`) or
-//! `INTERNAL` — and a message written for them. An internal fault is logged
+//! Clients see `extensions.code` — `UNAUTHENTICATED` (with a `reason` when a
+//! token was refused, such as `TOKEN_EXPIRED`), `FORBIDDEN`, `NOT_FOUND`,
+//! `CONFLICT`, `VALIDATION` (with `field` and `reason`), `RATE_LIMITED`
+//! (with `reason`, and `retryAfter` in seconds when waiting helps),
+//! `TIMEOUT`, `OVERLOADED` or `INTERNAL` — and a message written for them. An internal fault is logged
 //! here, with the request id of the span it happens in, and the client gets
 //! nothing of it but the request id.
 
@@ -27,6 +29,28 @@ use crate::read::{ReadError, WaitError};
 pub enum ApiError {
     /// No valid token.
     Unauthenticated(&'static str),
+    /// A token was presented and refused.
+    TokenRejected {
+        /// A machine-readable reason (`TOKEN_EXPIRED`, `TOKEN_NOT_YET_VALID`,
+        /// `INVALID_AUDIENCE`, …).
+        reason: &'static str,
+        /// For people.
+        message: &'static str,
+    },
+    /// Too many operations: a rate limit, or a limit on how many
+    /// subscriptions may run at once.
+    RateLimited {
+        /// Which limit (`SUBJECT_RATE`, `ADDRESS_RATE`,
+        /// `SUBSCRIPTIONS_PER_SOCKET`, `SUBSCRIPTIONS_PER_CALLER`).
+        reason: &'static str,
+        /// How long to wait before trying again, in whole seconds, when
+        /// waiting is what helps.
+        retry_after: Option<u64>,
+    },
+    /// The request took longer than the server allows.
+    Timeout,
+    /// The server is serving as many requests as it allows.
+    Overloaded,
     /// A valid token without the role the operation needs.
     Forbidden {
         /// The least role that would do.
@@ -83,6 +107,23 @@ impl ApiError {
     pub fn message(&self) -> String {
         match self {
             Self::Unauthenticated(why) => (*why).to_string(),
+            Self::TokenRejected { message, .. } => (*message).to_string(),
+            Self::RateLimited {
+                reason,
+                retry_after,
+            } => match (*reason, retry_after) {
+                ("SUBSCRIPTIONS_PER_SOCKET", _) => {
+                    "this socket runs as many subscriptions as it may; complete one first"
+                        .to_string()
+                }
+                ("SUBSCRIPTIONS_PER_CALLER", _) => {
+                    "you run as many subscriptions as you may; complete one first".to_string()
+                }
+                (_, Some(seconds)) => format!("too many requests; retry in {seconds} s"),
+                (_, None) => "too many requests".to_string(),
+            },
+            Self::Timeout => "the request took longer than the server allows".to_string(),
+            Self::Overloaded => "the server is busy; retry shortly".to_string(),
             Self::Forbidden { required } => format!("this operation needs the {required} role"),
             Self::NotFound => "not found".to_string(),
             Self::Conflict { message, .. } => message.clone(),
@@ -94,7 +135,10 @@ impl ApiError {
     /// The GraphQL error code.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::Unauthenticated(_) => "UNAUTHENTICATED",
+            Self::Unauthenticated(_) | Self::TokenRejected { .. } => "UNAUTHENTICATED",
+            Self::RateLimited { .. } => "RATE_LIMITED",
+            Self::Timeout => "TIMEOUT",
+            Self::Overloaded => "OVERLOADED",
             Self::Forbidden { .. } => "FORBIDDEN",
             Self::NotFound => "NOT_FOUND",
             Self::Conflict { .. } => "CONFLICT",
@@ -108,20 +152,51 @@ impl ApiError {
         if let Self::Internal { detail } = self {
             tracing::error!(%detail, "internal error");
         }
-        let code = self.code();
         let error = async_graphql::Error::new(self.message());
         error.extend_with(|_, ext| {
-            ext.set("code", code);
-            match self {
-                Self::Validation { field, reason } => {
-                    ext.set("field", field.as_str());
-                    ext.set("reason", reason.as_str());
-                }
-                Self::Conflict { reason, .. } => ext.set("reason", *reason),
-                Self::Forbidden { required } => ext.set("requiredRole", *required),
-                _ => {}
+            for (key, value) in self.extensions() {
+                ext.set(key, value);
             }
         })
+    }
+
+    /// The error's `extensions`: its code and what goes with it.
+    pub fn extensions(&self) -> Vec<(&'static str, async_graphql::Value)> {
+        use async_graphql::Value;
+        let mut out = vec![("code", Value::from(self.code()))];
+        match self {
+            Self::Validation { field, reason } => {
+                out.push(("field", Value::from(field.as_str())));
+                out.push(("reason", Value::from(reason.as_str())));
+            }
+            Self::Conflict { reason, .. } | Self::TokenRejected { reason, .. } => {
+                out.push(("reason", Value::from(*reason)))
+            }
+            Self::RateLimited {
+                reason,
+                retry_after,
+            } => {
+                out.push(("reason", Value::from(*reason)));
+                if let Some(seconds) = retry_after {
+                    out.push(("retryAfter", Value::from(*seconds)));
+                }
+            }
+            Self::Forbidden { required } => out.push(("requiredRole", Value::from(*required))),
+            _ => {}
+        }
+        out
+    }
+
+    /// The error as one GraphQL error object (`message`, `extensions`), for
+    /// answers written outside the executor.
+    pub fn to_json(&self) -> serde_json::Value {
+        let shown = self.to_graphql();
+        let extensions: serde_json::Map<String, serde_json::Value> = self
+            .extensions()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.into_json().unwrap_or_default()))
+            .collect();
+        serde_json::json!({ "message": shown.message, "extensions": extensions })
     }
 }
 

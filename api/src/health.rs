@@ -2,8 +2,10 @@
 //!
 //! Liveness says the process answers. Readiness says it can serve: the
 //! database answers, no projector is stopped at an event it cannot decode
-//! or apply, and every projector is within the configured lag. Its
-//! JSON body names each check, so an operator sees which one failed.
+//! or apply, and every projector is within the configured lag. Its JSON
+//! body names each check, so an operator sees which one failed. Both
+//! readiness and metrics answer from memory ([`crate::standing`]): a probe
+//! or a scrape never queries the database.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,52 +23,54 @@ pub async fn live() -> Json<Value> {
     Json(json!({ "status": "live" }))
 }
 
-/// `GET /health/ready`.
+/// A database check older than this counts as failed: the task that checks
+/// is stuck or gone.
+const STALE_CHECK: Duration = Duration::from_secs(10);
+
+/// `GET /health/ready`, from what [`crate::standing`] keeps in memory: it
+/// never queries the database itself.
 pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    let database = match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
-        Ok(Ok(())) => json!({ "ok": true }),
-        Ok(Err(error)) => {
-            tracing::warn!(%error, "readiness: the database does not answer");
-            json!({ "ok": false, "detail": "the database does not answer" })
-        }
-        Err(_) => json!({ "ok": false, "detail": "the database did not answer within 2s" }),
+    let standing = state.standing.snapshot();
+    let database = match standing.database {
+        Some((true, age)) if age <= STALE_CHECK => json!({ "ok": true }),
+        Some((false, _)) => json!({ "ok": false, "detail": "the database does not answer" }),
+        Some((true, age)) => json!({
+            "ok": false,
+            "detail": format!("no database check for {} s", age.as_secs()),
+        }),
+        None => json!({ "ok": false, "detail": "the database has not been checked yet" }),
     };
-    let projections = match tokio::time::timeout(Duration::from_secs(2), state.read.lag()).await {
-        Ok(Ok(lags)) => {
-            let max_events = state.limits.ready_max_lag_events;
-            let max_ms = state.limits.ready_max_lag.as_millis() as u64;
-            let behind: Vec<Value> = lags
-                .iter()
-                .filter(|l| {
-                    l.behind > max_events || l.oldest_unapplied_ms.is_some_and(|ms| ms > max_ms)
-                })
-                .map(|l| {
-                    json!({
-                        "projection": l.projection,
-                        "behind": l.behind,
-                        "oldestUnappliedMs": l.oldest_unapplied_ms,
-                    })
-                })
-                .collect();
-            if behind.is_empty() {
-                json!({ "ok": true })
-            } else {
-                json!({
-                    "ok": false,
-                    "detail": format!("projectors are more than {max_events} events or {max_ms} ms behind"),
-                    "behind": behind,
-                })
-            }
-        }
-        Ok(Err(error)) => {
-            tracing::warn!(%error, "readiness: could not read the projector lag");
-            json!({ "ok": false, "detail": "could not read the projector lag" })
-        }
-        Err(_) => json!({ "ok": false, "detail": "the projector lag did not answer within 2s" }),
+    let max_events = state.limits.ready_max_lag_events;
+    let max_ms = state.limits.ready_max_lag.as_millis() as u64;
+    let oldest_ms = standing.oldest_unapplied.map(|d| d.as_millis() as u64);
+    let lag = json!({
+        "behind": standing.behind,
+        "oldestUnappliedMs": oldest_ms,
+        "applied": standing.applied.to_string(),
+        "head": standing.head.to_string(),
+    });
+    let projections = if standing.applied_age.is_none_or(|age| age > STALE_CHECK) {
+        json!({ "ok": false, "detail": "the projectors' checkpoints have not been read recently", "lag": lag })
+    } else if standing.behind > max_events || oldest_ms.is_some_and(|ms| ms > max_ms) {
+        json!({
+            "ok": false,
+            "detail": format!("the read models are more than {max_events} events or {max_ms} ms behind"),
+            "lag": lag,
+        })
+    } else {
+        json!({ "ok": true, "lag": lag })
     };
-    let stalled = match tokio::time::timeout(Duration::from_secs(2), state.read.stalls()).await {
-        Ok(Ok(stalls)) if stalls.is_empty() => json!({ "ok": true }),
-        Ok(Ok(stalls)) => json!({
+    let stalled = match &standing.stalls {
+        Some((stalls, age)) if *age > STALE_CHECK => json!({
+            "ok": false,
+            "detail": format!(
+                "the projectors' stalls were last read {} s ago ({} then)",
+                age.as_secs(),
+                stalls.len()
+            ),
+        }),
+        Some((stalls, _)) if stalls.is_empty() => json!({ "ok": true }),
+        Some((stalls, _)) => json!({
             "ok": false,
             "detail": stalls
                 .iter()
@@ -86,13 +90,7 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
                 }))
                 .collect::<Vec<_>>(),
         }),
-        Ok(Err(error)) => {
-            tracing::warn!(%error, "readiness: could not read the projectors' stalls");
-            json!({ "ok": false, "detail": "could not read the projectors' stalls" })
-        }
-        Err(_) => {
-            json!({ "ok": false, "detail": "the projectors' stalls did not answer within 2s" })
-        }
+        None => json!({ "ok": false, "detail": "the projectors' stalls have not been read yet" }),
     };
     let ok = database["ok"] == json!(true)
         && projections["ok"] == json!(true)
@@ -119,22 +117,10 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// `GET /metrics`, in Prometheus text format.
+/// `GET /metrics`, in Prometheus text format, from memory.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     state.metrics.observe_engine(&state.engine.stats());
-    if let Ok(Ok(lags)) = tokio::time::timeout(Duration::from_secs(2), state.read.lag()).await {
-        for lag in lags {
-            state
-                .metrics
-                .projector_lag
-                .with_label_values(&[lag.projection.as_str()])
-                .set(i64::try_from(lag.behind).unwrap_or(i64::MAX));
-        }
-    }
-    if let Ok(Ok(stalls)) = tokio::time::timeout(Duration::from_secs(2), state.read.stalls()).await
-    {
-        state.metrics.observe_stalls(&stalls);
-    }
+    state.metrics.observe_standing(&state.standing.snapshot());
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

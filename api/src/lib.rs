@@ -11,7 +11,11 @@
 //!   storage error onto the GraphQL error codes;
 //! - [`graphql`]: the schema, one module per feature;
 //! - [`server`]: the router, limits, CORS, request ids, graceful shutdown;
-//! - [`health`]: liveness, readiness and Prometheus metrics;
+//! - [`ws`]: graphql-transport-ws with its limits (initialisation, message
+//!   size, subscriptions per socket and caller, token expiry, keep-alive);
+//! - [`throttle`]: rate limits per caller and client address;
+//! - [`health`]: liveness, readiness and Prometheus metrics, answered from
+//!   [`standing`], what a background task keeps in memory;
 //! - [`metrics`]: the metric registry;
 //! - [`telemetry`]: the log filter every entry point installs.
 //!
@@ -27,8 +31,11 @@ pub mod health;
 pub mod metrics;
 pub mod read;
 pub mod server;
+pub mod standing;
 pub mod state;
 pub mod telemetry;
+pub mod throttle;
+pub mod ws;
 
 pub use config::Config;
 pub use server::{spawn, spawn_worker, Running, StartError, Worker};

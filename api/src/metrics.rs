@@ -24,14 +24,18 @@ pub struct Metrics {
     pub conflicts: IntCounterVec,
     /// Events appended by this process.
     pub events_appended: IntCounter,
-    /// Events each projector is behind the log head.
-    pub projector_lag: IntGaugeVec,
     /// 1 for a projection stopped at an event it cannot decode or apply,
     /// else 0, by projection.
     pub projection_stalled: IntGaugeVec,
     /// The global position a stopped projection is at (0 when running), by
     /// projection.
     pub projection_stalled_position: IntGaugeVec,
+    /// Events the slowest read model is behind the log head.
+    pub read_model_lag: IntGauge,
+    /// How long the oldest unapplied event has waited, in seconds.
+    pub read_model_lag_seconds: prometheus::Gauge,
+    /// 1 when the database answered its last check.
+    pub database_up: IntGauge,
     /// Open GraphQL subscriptions.
     pub active_subscriptions: IntGauge,
     /// The engine's counters in this process (started, finished, steps
@@ -85,12 +89,19 @@ impl Metrics {
         let events_appended =
             IntCounter::new("events_appended_total", "Events appended by this process")
                 .expect("valid metric");
-        let projector_lag = IntGaugeVec::new(
-            Opts::new(
-                "projector_lag_events",
-                "Events a projector is behind the log",
-            ),
-            &["projection"],
+        let read_model_lag = IntGauge::new(
+            "read_model_lag_events",
+            "Events the slowest read model is behind the head of the log (an upper bound on PostgreSQL)",
+        )
+        .expect("valid metric");
+        let read_model_lag_seconds = prometheus::Gauge::new(
+            "read_model_lag_seconds",
+            "How long the oldest event not yet in every read model has waited",
+        )
+        .expect("valid metric");
+        let database_up = IntGauge::new(
+            "database_up",
+            "1 when the database answered its last check (every second)",
         )
         .expect("valid metric");
         let projection_stalled = IntGaugeVec::new(
@@ -134,9 +145,11 @@ impl Metrics {
             Box::new(commands.clone()),
             Box::new(conflicts.clone()),
             Box::new(events_appended.clone()),
-            Box::new(projector_lag.clone()),
             Box::new(projection_stalled.clone()),
             Box::new(projection_stalled_position.clone()),
+            Box::new(read_model_lag.clone()),
+            Box::new(read_model_lag_seconds.clone()),
+            Box::new(database_up.clone()),
             Box::new(active_subscriptions.clone()),
             Box::new(engine.clone()),
             Box::new(mcp_health.clone()),
@@ -152,9 +165,11 @@ impl Metrics {
             commands,
             conflicts,
             events_appended,
-            projector_lag,
             projection_stalled,
             projection_stalled_position,
+            read_model_lag,
+            read_model_lag_seconds,
+            database_up,
             active_subscriptions,
             engine,
             mcp_health,
@@ -198,6 +213,23 @@ impl Metrics {
             self.projection_stalled_position
                 .with_label_values(&[name])
                 .set(stall.map_or(0, |s| s.position.global));
+        }
+    }
+
+    /// Copies where the database and the read models stand (kept in
+    /// memory by a background task) into the gauges.
+    pub fn observe_standing(&self, standing: &crate::standing::Snapshot) {
+        self.read_model_lag
+            .set(i64::try_from(standing.behind).unwrap_or(i64::MAX));
+        self.read_model_lag_seconds.set(
+            standing
+                .oldest_unapplied
+                .map_or(0.0, |age| age.as_secs_f64()),
+        );
+        self.database_up
+            .set(i64::from(standing.database.is_some_and(|(ok, _)| ok)));
+        if let Some((stalls, _)) = &standing.stalls {
+            self.observe_stalls(stalls);
         }
     }
 

@@ -11,22 +11,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_graphql::http::{GraphiQLSource, ALL_WEBSOCKET_PROTOCOLS};
-use async_graphql::parser::types::ExecutableDocument;
-use async_graphql::Data;
-use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
+use async_graphql::parser::types::{DocumentOperations, ExecutableDocument, OperationType};
 use axum::body::Bytes;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::ws::{CloseFrame, Message as WsFrame};
-use axum::extract::{MatchedPath, Request, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
-use futures::{SinkExt, StreamExt};
+use axum::{BoxError, Router};
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -39,7 +37,9 @@ use crate::error::ApiError;
 use crate::graphql::{build_schema, Loaders, RequestData, ToolhubSchema};
 use crate::metrics::Metrics;
 use crate::read::{ProjectorRunner, ReadModels, RunnerHandle, RunnerOptions};
-use crate::state::{follow_projections, AppState};
+use crate::standing::Standing;
+use crate::state::{follow_projections, prime_standing, AppState};
+use crate::throttle::{Kind, Throttle};
 use toolhub_engine::{Engine, EngineHandle};
 use toolhub_eventstore::{CommandBus, KeyStore, Position, SecretVault, StoreError};
 
@@ -153,10 +153,13 @@ pub async fn spawn(config: Config) -> Result<Running, StartError> {
         .then(|| ProjectorRunner::start(store.clone(), RunnerOptions::default()));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (projected_tx, projected_rx) = watch::channel(Position::ZERO);
+    let standing = Arc::new(Standing::default());
+    prime_standing(&store, &read, &standing).await;
     let follower = tokio::spawn(follow_projections(
         store.clone(),
         read.clone(),
         projected_tx,
+        standing.clone(),
         shutdown_rx.clone(),
     ));
     let keys = KeyStore::new(store.db().clone(), config.master_key.clone());
@@ -184,12 +187,15 @@ pub async fn spawn(config: Config) -> Result<Running, StartError> {
         read,
         verifier,
         metrics: Metrics::new(),
+        throttle: Throttle::new(&config.limits),
         limits: config.limits.clone(),
         projected: projected_rx,
         shutdown: shutdown_rx.clone(),
         fanout: Default::default(),
+        standing,
     });
     let schema = build_schema(Some(state.clone()), &config.limits);
+    tokio::spawn(sweep_throttle(state.clone(), shutdown_rx.clone()));
     let app = router(state, schema, &config);
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -204,11 +210,14 @@ pub async fn spawn(config: Config) -> Result<Running, StartError> {
     })?;
     let mut stop = shutdown_rx;
     let server = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|stopped| *stopped).await;
-            })
-            .await;
+        let served = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        })
+        .await;
         if let Err(error) = served {
             tracing::error!(%error, "the server failed");
         }
@@ -222,6 +231,17 @@ pub async fn spawn(config: Config) -> Result<Running, StartError> {
         follower,
         engine: engine_handle,
     })
+}
+
+/// Forgets idle keys of the rate limiters every minute, until shutdown.
+async fn sweep_throttle(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => state.throttle.sweep(),
+        }
+    }
 }
 
 /// A running engine without the HTTP server (`toolhub worker`).
@@ -324,8 +344,21 @@ fn router(state: Arc<AppState>, schema: ToolhubSchema, config: &Config) -> Route
         schema,
         documents: Arc::new(DocumentCache::new()),
     };
+    // A request over the time limit is dropped and answered `TIMEOUT`; one
+    // beyond the concurrency limit is answered `OVERLOADED` at once rather
+    // than queued.
+    let bounded = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(bounded_errors))
+        .load_shed()
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            config.limits.max_concurrent_requests,
+        ))
+        .timeout(config.limits.request_timeout);
     let graphql = Router::new()
-        .route("/graphql", get(graphiql).post(graphql_http))
+        .route(
+            "/graphql",
+            get(graphiql).post(graphql_http).route_layer(bounded),
+        )
         .route("/graphql/ws", get(graphql_ws))
         .with_state(app);
     let ops = Router::new()
@@ -394,22 +427,49 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
 
 /// A GraphQL-shaped error response.
 fn error_response(status: StatusCode, error: &ApiError) -> Response {
-    let mut extensions = json!({ "code": error.code() });
-    if let ApiError::Validation { field, reason } = error {
-        extensions["field"] = json!(field);
-        extensions["reason"] = json!(reason);
-    }
-    let body = json!({
-        "data": null,
-        "errors": [{ "message": error.message(), "extensions": extensions }],
-    });
+    let body = json!({ "data": null, "errors": [error.to_json()] });
     let mut response = (status, axum::Json(body)).into_response();
     if status == StatusCode::UNAUTHORIZED {
         response
             .headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
+    let retry_after = match error {
+        ApiError::RateLimited {
+            retry_after: Some(seconds),
+            ..
+        } => Some(*seconds),
+        ApiError::Overloaded => Some(1),
+        _ => None,
+    };
+    if let Some(seconds) = retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
     response
+}
+
+/// The HTTP status of an error answered outside the executor.
+fn status_of(error: &ApiError) -> StatusCode {
+    match error {
+        ApiError::Unauthenticated(_) | ApiError::TokenRejected { .. } => StatusCode::UNAUTHORIZED,
+        ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+        ApiError::Timeout | ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+/// Answers the time and concurrency limits' refusals as GraphQL errors.
+async fn bounded_errors(error: BoxError) -> Response {
+    let error = if error.is::<tower::timeout::error::Elapsed>() {
+        ApiError::Timeout
+    } else if error.is::<tower::load_shed::error::Overloaded>() {
+        ApiError::Overloaded
+    } else {
+        ApiError::internal(error)
+    };
+    error_response(status_of(&error), &error)
 }
 
 async fn not_found() -> Response {
@@ -476,22 +536,45 @@ async fn graphiql() -> Html<String> {
     )
 }
 
-/// What kind of operation a request is, for the latency metric (a cheap
-/// guess from the document; anything unclear counts as a query).
-fn operation_kind(query: &str) -> &'static str {
-    let trimmed = query.trim_start();
-    if trimmed.starts_with("mutation") {
-        "mutation"
-    } else if trimmed.starts_with("subscription") {
-        "subscription"
-    } else {
-        "query"
+/// What kind of operation a request runs, from its parsed document (a
+/// document that does not parse, or names no operation it has, counts as
+/// a query: the executor refuses it anyway).
+fn operation_kind(request: &mut async_graphql::Request) -> Kind {
+    let name = request.operation_name.clone();
+    let Ok(document) = request.parsed_query() else {
+        return Kind::Query;
+    };
+    let operation = match (&document.operations, name) {
+        (DocumentOperations::Single(op), _) => Some(op.node.ty),
+        (DocumentOperations::Multiple(ops), Some(name)) => ops
+            .iter()
+            .find(|(n, _)| n.as_str() == name)
+            .map(|(_, op)| op.node.ty),
+        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => {
+            ops.values().next().map(|op| op.node.ty)
+        }
+        _ => None,
+    };
+    match operation {
+        Some(OperationType::Mutation) => Kind::Mutation,
+        Some(OperationType::Subscription) => Kind::Subscription,
+        _ => Kind::Query,
     }
+}
+
+/// The client's address, as the rate limits see it.
+fn client_address(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Option<std::net::IpAddr> {
+    state.throttle.client_address(headers, Some(peer))
 }
 
 /// `POST /graphql`.
 async fn graphql_http(
     State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -501,7 +584,7 @@ async fn graphql_http(
         .and_then(|v| v.to_str().ok());
     let caller = match app.state.verifier.verify_header(authorization) {
         Ok(caller) => caller,
-        Err(error) => return error_response(StatusCode::UNAUTHORIZED, &error),
+        Err(error) => return error_response(status_of(&error), &error),
     };
     let body = match body {
         Ok(body) => body,
@@ -527,8 +610,22 @@ async fn graphql_http(
             )
         }
     };
-    let kind = operation_kind(&request.query);
-    let request = app.documents.attach(request);
+    let mut request = app.documents.attach(request);
+    let kind = operation_kind(&mut request);
+    let address = client_address(&app.state, &headers, peer);
+    let admitted = app
+        .state
+        .throttle
+        .check_address(kind, address)
+        .and_then(|()| app.state.throttle.check_subject(kind, &caller));
+    if let Err(error) = admitted {
+        return error_response(status_of(&error), &error);
+    }
+    let kind = match kind {
+        Kind::Query => "query",
+        Kind::Mutation => "mutation",
+        Kind::Subscription => "subscription",
+    };
     let loaders = Loaders::new(&app.state, &caller);
     let request = request.data(RequestData {
         caller,
@@ -558,68 +655,47 @@ async fn graphql_http(
     axum::Json(response).into_response()
 }
 
-/// `GET /graphql/ws`: graphql-transport-ws. The token comes in
-/// `connection_init` as `{"authorization": "Bearer …"}`; without a valid one
-/// the socket is closed, and a socket that sends nothing is closed with
-/// 4408 (connection initialisation timeout) after `ws_init_timeout`.
+/// `GET /graphql/ws`: graphql-transport-ws (see [`crate::ws`] for its
+/// limits). The token comes in `connection_init` as `{"authorization":
+/// "Bearer …"}`. Opening a socket counts against the client address's
+/// subscription rate.
 async fn graphql_ws(
     State(app): State<App>,
-    protocol: GraphQLProtocol,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     upgrade: WebSocketUpgrade,
     headers: HeaderMap,
 ) -> Response {
     let request_id = request_id(&headers);
+    let requested = headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok());
+    let Some(protocol) = crate::ws::protocol(requested) else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            &ApiError::validation("Sec-WebSocket-Protocol", "expected graphql-transport-ws"),
+        );
+    };
+    let address = client_address(&app.state, &headers, peer);
+    if let Err(error) = app
+        .state
+        .throttle
+        .check_address(Kind::Subscription, address)
+    {
+        return error_response(status_of(&error), &error);
+    }
+    let max = app.state.limits.ws_max_message_bytes;
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |socket| async move {
-            let state = app.state.clone();
-            let span = tracing::info_span!("subscription", request_id = %request_id);
-            let (mut sink, mut stream) = socket.split();
-            // Hold the socket until the client says something: an idle
-            // socket that never authenticates must not live forever.
-            let deadline = tokio::time::Instant::now() + state.limits.ws_init_timeout;
-            let mut early = Vec::new();
-            loop {
-                match tokio::time::timeout_at(deadline, stream.next()).await {
-                    Err(_) => {
-                        let close = CloseFrame {
-                            code: 4408,
-                            reason: "Connection initialisation timeout".into(),
-                        };
-                        let _ = sink.send(WsFrame::Close(Some(close))).await;
-                        return;
-                    }
-                    Ok(None) | Ok(Some(Err(_))) => return,
-                    Ok(Some(Ok(frame))) => {
-                        let said_something = matches!(
-                            frame,
-                            WsFrame::Text(_) | WsFrame::Binary(_) | WsFrame::Close(_)
-                        );
-                        early.push(Ok(frame));
-                        if said_something {
-                            break;
-                        }
-                    }
-                }
-            }
-            let stream = futures::stream::iter(early).chain(stream);
-            GraphQLWebSocket::new_with_pair(sink, stream, app.schema.clone(), protocol)
-                .on_connection_init(move |payload| async move {
-                    let authorization = ["authorization", "Authorization"]
-                        .iter()
-                        .find_map(|k| payload.get(*k))
-                        .and_then(|v| v.as_str());
-                    let caller = state
-                        .verifier
-                        .verify_header(authorization)
-                        .map_err(|e| async_graphql::Error::new(e.message()))?;
-                    let mut data = Data::default();
-                    data.insert(Loaders::new(&state, &caller));
-                    data.insert(RequestData { caller, request_id });
-                    Ok(data)
-                })
-                .serve()
-                .instrument(span)
-                .await
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| {
+            crate::ws::serve(
+                app.state.clone(),
+                app.schema.clone(),
+                socket,
+                protocol,
+                request_id,
+                address,
+            )
         })
 }

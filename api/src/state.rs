@@ -20,6 +20,8 @@ use crate::config::Limits;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::read::{AuditEntryView, AuditFilter, ReadModels};
+use crate::standing::Standing;
+use crate::throttle::Throttle;
 
 /// The shared state of one running server.
 pub struct AppState {
@@ -43,6 +45,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Request limits and bounded waits.
     pub limits: Limits,
+    /// The rate limiters and the subscription counts.
+    pub throttle: Throttle,
     /// A position the read models are known to have reached; it moves each
     /// time the log grows and the projectors catch up. Subscriptions wake on
     /// it instead of each waiting for the projectors on their own.
@@ -51,6 +55,9 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// Shares identical log reads between subscriptions.
     pub fanout: Fanout,
+    /// Where the database and the read models stand, kept in memory for
+    /// `/health/ready` and `/metrics`.
+    pub standing: Arc<Standing>,
 }
 
 /// A batch of entries, each shared by every subscriber that receives it.
@@ -140,16 +147,22 @@ impl AppState {
 
 /// Moves `projected` forward each time the read models do: woken by the
 /// projectors' announcements (from this process or, on PostgreSQL, any
-/// other), and polling as a fallback, because announcements are hints.
+/// other), and polling as a fallback, because announcements are hints. Also
+/// keeps `standing` up to date: each second, a database check and a read of
+/// the head (the mutations of this process also move the head as they
+/// commit).
 pub async fn follow_projections(
     store: EventStore,
     read: ReadModels,
     projected: watch::Sender<Position>,
+    standing: Arc<Standing>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut moved = store.projected();
     let mut poll = tokio::time::interval(Duration::from_millis(500));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut check = tokio::time::interval(CHECK_INTERVAL);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
@@ -157,9 +170,15 @@ pub async fn follow_projections(
                 return;
             },
             _ = poll.tick() => {}
+            _ = check.tick() => {
+                check_database(&store, &standing).await;
+                check_stalls(&read, &standing).await;
+                continue;
+            }
         }
-        match read.applied().await {
-            Ok(applied) => {
+        match tokio::time::timeout(CHECK_TIMEOUT, read.applied()).await {
+            Ok(Ok(applied)) => {
+                standing.saw_applied(applied);
                 projected.send_if_modified(|p| {
                     if applied > *p {
                         *p = applied;
@@ -169,7 +188,51 @@ pub async fn follow_projections(
                     }
                 });
             }
-            Err(error) => tracing::debug!(%error, "could not read the projectors' checkpoints"),
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "could not read the projectors' checkpoints")
+            }
+            Err(_) => tracing::debug!("the projectors' checkpoints did not answer in time"),
+        }
+    }
+}
+
+/// The first check of the database and the read models, before the server
+/// answers its first probe.
+pub async fn prime_standing(store: &EventStore, read: &ReadModels, standing: &Standing) {
+    check_database(store, standing).await;
+    check_stalls(read, standing).await;
+    if let Ok(Ok(applied)) = tokio::time::timeout(CHECK_TIMEOUT, read.applied()).await {
+        standing.saw_applied(applied);
+    }
+}
+
+/// How often the database is checked and the head read for `standing`.
+const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long one check may take.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Reads which projectors are stopped at an event; a read that fails or
+/// does not answer in time keeps the last one (its age tells).
+async fn check_stalls(read: &ReadModels, standing: &Standing) {
+    match tokio::time::timeout(CHECK_TIMEOUT, read.stalls()).await {
+        Ok(Ok(stalls)) => standing.saw_stalls(stalls),
+        Ok(Err(error)) => tracing::debug!(%error, "could not read the projectors' stalls"),
+        Err(_) => tracing::debug!("the projectors' stalls did not answer in time"),
+    }
+}
+
+/// One database check: does it answer, and where is the head of the log.
+/// A head that does not answer in time (a locked log) keeps the last one.
+async fn check_database(store: &EventStore, standing: &Standing) {
+    let answered = matches!(
+        tokio::time::timeout(CHECK_TIMEOUT, store.ping()).await,
+        Ok(Ok(()))
+    );
+    standing.saw_database(answered);
+    if answered {
+        if let Ok(Ok(head)) = tokio::time::timeout(CHECK_TIMEOUT, store.head()).await {
+            standing.saw_head(head);
         }
     }
 }

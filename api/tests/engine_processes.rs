@@ -143,6 +143,7 @@ fn token() -> String {
         key: JwtKey::Hs256(zeroize::Zeroizing::new(SECRET.to_vec())),
         issuer: None,
         audience: None,
+        leeway: toolhub_api::config::DEFAULT_JWT_LEEWAY,
     };
     toolhub_api::auth::mint(
         &config,

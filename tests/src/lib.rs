@@ -62,6 +62,7 @@ pub fn token_with(
         key: JwtKey::Hs256(zeroize::Zeroizing::new(SECRET.to_vec())),
         issuer: None,
         audience: audience.map(str::to_string),
+        leeway: toolhub_api::config::DEFAULT_JWT_LEEWAY,
     };
     toolhub_api::auth::mint(
         &config,
@@ -157,6 +158,36 @@ impl TestServer {
         let status = response.status().as_u16();
         let body = response.json().await.expect("a JSON body");
         (status, body)
+    }
+
+    /// Posts a GraphQL request with extra headers; returns the status, the
+    /// `Retry-After` header if any, and the JSON body.
+    pub async fn post_with(
+        &self,
+        token: Option<&str>,
+        query: &str,
+        variables: Value,
+        headers: &[(&str, &str)],
+    ) -> (u16, Option<String>, Value) {
+        let mut request = self
+            .http
+            .post(format!("{}/graphql", self.url))
+            .json(&json!({ "query": query, "variables": variables }));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("the server answers");
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = response.json().await.expect("a JSON body");
+        (status, retry_after, body)
     }
 
     /// Runs a GraphQL operation that must succeed, returning `data`.
@@ -270,6 +301,40 @@ impl WsClient {
             .expect("send ping");
     }
 
+    /// Sends a text message as it is.
+    pub async fn send_text(&mut self, text: String) {
+        self.socket
+            .send(Message::text(text))
+            .await
+            .expect("send a message");
+    }
+
+    /// The next JSON message, pings included, or `None` when the socket
+    /// closes. Fails the test after 20 s of silence.
+    pub async fn next_any(&mut self) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let message = tokio::time::timeout_at(deadline, self.socket.next())
+                .await
+                .expect("a message within 20s")?;
+            match message.ok()? {
+                Message::Text(text) => return Some(serde_json::from_str(&text).expect("JSON")),
+                Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// Completes (stops) the subscription `id`.
+    pub async fn complete(&mut self, id: &str) {
+        self.socket
+            .send(Message::text(
+                json!({ "id": id, "type": "complete" }).to_string(),
+            ))
+            .await
+            .expect("send complete");
+    }
+
     /// Starts a subscription with id `id`.
     pub async fn subscribe(&mut self, id: &str, query: &str, variables: Value) {
         self.socket
@@ -286,10 +351,12 @@ impl WsClient {
     }
 
     /// The next JSON message (pings are answered and skipped), or `None`
-    /// when the socket closes. Fails the test after 20 s of silence.
+    /// when the socket closes. Fails the test after 20 s without one (the
+    /// server's keep-alive pings do not count).
     pub async fn next_json(&mut self) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
-            let message = tokio::time::timeout(Duration::from_secs(20), self.socket.next())
+            let message = tokio::time::timeout_at(deadline, self.socket.next())
                 .await
                 .expect("a message within 20s")?;
             match message.ok()? {
@@ -346,8 +413,9 @@ impl WsClient {
 
     /// Waits until the server closes the socket, and says how.
     pub async fn closed(&mut self) -> WsEnd {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
-            let message = tokio::time::timeout(Duration::from_secs(20), self.socket.next())
+            let message = tokio::time::timeout_at(deadline, self.socket.next())
                 .await
                 .expect("the server closes the socket within 20s");
             match message {

@@ -7,9 +7,10 @@ use async_graphql::connection::{Connection, EmptyFields};
 use async_graphql::{Context, InputObject, Object, ID};
 use chrono::{DateTime, Utc};
 use toolhub_domain::Role;
+use toolhub_eventstore::Position;
 
 use super::scalars::{AggregateType, Json};
-use super::{caller, connection, page_request, state, wait_for, Consistency};
+use super::{caller, connection, page_request, parse_position, state, wait_for, Consistency};
 use crate::error::ApiError;
 use crate::read::{AuditEntryView, AuditFilter};
 
@@ -99,6 +100,9 @@ pub struct AuditQuery;
 #[Object]
 impl AuditQuery {
     /// The tenant's log, oldest first.
+    #[graphql(
+        complexity = "crate::graphql::page_cost(first, crate::read::MAX_PAGE, child_complexity)"
+    )]
     async fn audit_log(
         &self,
         ctx: &Context<'_>,
@@ -121,24 +125,43 @@ impl AuditQuery {
         Ok(connection(page, had_cursor, |v| AuditEntry(Arc::new(v))))
     }
 
-    /// Every event of one entity, in order. Another tenant's entity is
+    /// The events of one entity, in order, at most `first` (default 20,
+    /// at most 100) after the position `after`: pass the last entry's
+    /// `position` to read the next page. Another tenant's entity is
     /// `NOT_FOUND`.
+    #[graphql(
+        complexity = "crate::graphql::page_cost(first, crate::read::MAX_PAGE, child_complexity)"
+    )]
     async fn history(
         &self,
         ctx: &Context<'_>,
         aggregate_type: AggregateType,
         aggregate_id: ID,
+        first: Option<i32>,
+        after: Option<String>,
         consistency: Option<Consistency>,
     ) -> async_graphql::Result<Vec<AuditEntry>> {
         let caller = caller(ctx, Role::Admin)?;
         let state = state(ctx)?;
         wait_for(state, consistency).await?;
+        let limit = page_request(first, None)?.first;
+        let from = match &after {
+            Some(text) => parse_position(text, "after")?,
+            None => Position::ZERO,
+        };
+        let filter = AuditFilter {
+            aggregate_type: Some(aggregate_type.as_str().to_string()),
+            aggregate_id: Some(aggregate_id.0),
+            ..AuditFilter::default()
+        };
+        // One entity's events are in position order what they are in
+        // sequence order: each commits after the one before it.
         let entries = state
             .read
-            .history(&caller.tenant, aggregate_type.as_str(), &aggregate_id)
+            .audit_after(&caller.tenant, from, &filter, limit)
             .await
             .map_err(ApiError::from)?;
-        if entries.is_empty() {
+        if entries.is_empty() && after.is_none() {
             return Err(ApiError::NotFound.into());
         }
         Ok(entries

@@ -185,16 +185,48 @@ impl Execution {
             })
             .collect())
     }
-    /// Every attempt of every node, in order.
-    async fn steps(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ExecutionStep>> {
+    /// The attempts of the nodes, in order: at most `first` (default 100,
+    /// at most 500) from the `offset`-th (default 0). Steps are only ever
+    /// added at the end, so paging by offset is stable.
+    #[graphql(complexity = "crate::graphql::steps_cost(first, child_complexity)")]
+    async fn steps(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        offset: Option<i32>,
+    ) -> async_graphql::Result<Vec<ExecutionStep>> {
         caller(ctx, Role::Viewer)?;
+        let first = match first {
+            None => DEFAULT_STEPS,
+            Some(n) if n < 1 => {
+                return Err(ApiError::validation("first", "must be at least 1").into())
+            }
+            Some(n) => (n as usize).min(MAX_STEPS),
+        };
+        let offset = match offset {
+            None => 0,
+            Some(n) if n < 0 => {
+                return Err(ApiError::validation("offset", "must not be negative").into())
+            }
+            Some(n) => n as usize,
+        };
         Ok(loaders(ctx)?
             .steps
             .load_one(self.0.id.clone())
             .await?
-            .unwrap_or_default())
+            .unwrap_or_default()
+            .into_iter()
+            .skip(offset)
+            .take(first)
+            .collect())
     }
 }
+
+/// How many steps `steps` returns when `first` is not given.
+pub(crate) const DEFAULT_STEPS: usize = 100;
+
+/// The most steps one `steps` returns.
+pub(crate) const MAX_STEPS: usize = 500;
 
 /// Where a node of an execution stands.
 #[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
@@ -341,6 +373,9 @@ impl ReadBack for Execution {
 #[Object]
 impl ExecutionQuery {
     /// The tenant's executions, newest first.
+    #[graphql(
+        complexity = "crate::graphql::page_cost(first, crate::read::MAX_PAGE, child_complexity)"
+    )]
     async fn executions(
         &self,
         ctx: &Context<'_>,

@@ -205,6 +205,9 @@ pub struct McpServerQuery;
 #[Object]
 impl McpServerQuery {
     /// The tenant's MCP servers.
+    #[graphql(
+        complexity = "crate::graphql::page_cost(first, crate::read::MAX_PAGE, child_complexity)"
+    )]
     async fn mcp_servers(
         &self,
         ctx: &Context<'_>,
@@ -228,6 +231,9 @@ impl McpServerQuery {
     /// Tool discovery across the tenant: every tool of every enabled
     /// server whose name or description contains `search` (any case), by
     /// name.
+    #[graphql(
+        complexity = "crate::graphql::page_cost(first, crate::read::MAX_PAGE, child_complexity)"
+    )]
     async fn mcp_tools(
         &self,
         ctx: &Context<'_>,

@@ -72,6 +72,11 @@ pub fn build_schema(state: Option<Arc<AppState>>, limits: &Limits) -> ToolhubSch
     .limit_complexity(limits.complexity)
     .limit_recursive_depth(64)
     .limit_directives(16);
+    let builder = if limits.introspection {
+        builder
+    } else {
+        builder.disable_introspection()
+    };
     match state {
         Some(state) => builder.data(state).finish(),
         None => builder.finish(),
@@ -182,13 +187,34 @@ pub(crate) fn parse_position(text: &str, field: &str) -> Result<Position, ApiErr
         .map_err(|_| ApiError::validation(field, "not a position returned by this API"))
 }
 
+/// The cost of a list field that returns `first` items (the default page
+/// when absent), each costing `child`: what `#[graphql(complexity)]` on
+/// every paginated field computes, so that the complexity limit counts what
+/// a query can really return. `first` is clamped as [`page_request`] clamps
+/// it, so that a refused value costs no more than the largest page.
+pub(crate) fn page_cost(first: Option<i32>, max: u32, child: usize) -> usize {
+    let items = first.unwrap_or(DEFAULT_PAGE as i32).clamp(1, max as i32) as usize;
+    items.saturating_mul(child).saturating_add(1)
+}
+
+/// The cost of an execution's `steps(first:)`.
+pub(crate) fn steps_cost(first: Option<i32>, child: usize) -> usize {
+    let items = first
+        .unwrap_or(executions::DEFAULT_STEPS as i32)
+        .clamp(1, executions::MAX_STEPS as i32) as usize;
+    items.saturating_mul(child).saturating_add(1)
+}
+
+/// How many items a page has when `first` is not given.
+pub(crate) const DEFAULT_PAGE: u32 = 20;
+
 /// Checks and converts `first` / `after`.
 pub(crate) fn page_request(
     first: Option<i32>,
     after: Option<String>,
 ) -> Result<PageRequest, ApiError> {
     let first = match first {
-        None => 20,
+        None => DEFAULT_PAGE,
         Some(n) if n < 1 => {
             return Err(ApiError::validation("first", "must be at least 1"));
         }
@@ -326,6 +352,9 @@ pub(crate) fn observe(
     };
     let events = result.as_ref().map_or(0, |c| c.events);
     state.metrics.command(aggregate, outcome, events);
+    if let Some(position) = result.as_ref().ok().and_then(|c| c.position) {
+        state.standing.saw_head(position);
+    }
     result
 }
 

@@ -122,6 +122,9 @@ pub struct SecretQuery;
 #[Object]
 impl SecretQuery {
     /// The tenant's secrets (metadata only).
+    #[graphql(
+        complexity = "crate::graphql::page_cost(first, crate::read::MAX_PAGE, child_complexity)"
+    )]
     async fn secrets(
         &self,
         ctx: &Context<'_>,

@@ -95,6 +95,9 @@ impl Workflow {
         self.0.updated_at
     }
     /// Every version of the definition, newest first.
+    #[graphql(
+        complexity = "crate::graphql::page_cost(first, crate::read::MAX_PAGE, child_complexity)"
+    )]
     async fn versions(
         &self,
         ctx: &Context<'_>,
@@ -369,6 +372,9 @@ pub struct WorkflowQuery;
 #[Object]
 impl WorkflowQuery {
     /// The tenant's workflows, by name.
+    #[graphql(
+        complexity = "crate::graphql::page_cost(first, crate::read::MAX_PAGE, child_complexity)"
+    )]
     async fn workflows(
         &self,
         ctx: &Context<'_>,
