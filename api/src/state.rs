@@ -158,23 +158,28 @@ pub async fn follow_projections(
     standing: Arc<Standing>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // The checks run on their own, so that a slow database check never
+    // holds back a subscription's wake-up.
+    let checker = tokio::spawn(keep_checking(
+        store.clone(),
+        read.clone(),
+        standing.clone(),
+        shutdown.clone(),
+    ));
     let mut moved = store.projected();
     let mut poll = tokio::time::interval(Duration::from_millis(500));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut check = tokio::time::interval(CHECK_INTERVAL);
-    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => {
+                checker.abort();
+                return;
+            }
             changed = moved.changed() => if changed.is_err() {
+                checker.abort();
                 return;
             },
             _ = poll.tick() => {}
-            _ = check.tick() => {
-                check_database(&store, &standing).await;
-                check_stalls(&read, &standing).await;
-                continue;
-            }
         }
         match tokio::time::timeout(CHECK_TIMEOUT, read.applied()).await {
             Ok(Ok(applied)) => {
@@ -192,6 +197,27 @@ pub async fn follow_projections(
                 tracing::debug!(%error, "could not read the projectors' checkpoints")
             }
             Err(_) => tracing::debug!("the projectors' checkpoints did not answer in time"),
+        }
+    }
+}
+
+/// Each second: a database check, the head of the log, and the projectors'
+/// stalls, into `standing`.
+async fn keep_checking(
+    store: EventStore,
+    read: ReadModels,
+    standing: Arc<Standing>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut check = tokio::time::interval(CHECK_INTERVAL);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = check.tick() => {
+                check_database(&store, &standing).await;
+                check_stalls(&read, &standing).await;
+            }
         }
     }
 }
