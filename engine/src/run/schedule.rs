@@ -163,12 +163,6 @@ impl Scheduler {
             if schedules.is_empty() {
                 continue;
             }
-            if workflow.archived {
-                // Fires pass unstarted while it is archived: a restore
-                // resumes with the next one.
-                advance_cron_cursor(db, id, workflow.tenant.as_str(), now).await?;
-                continue;
-            }
             let since = cursors
                 .get(id)
                 .map_or(workflow.since, |c| (*c).max(workflow.since));
@@ -178,6 +172,17 @@ impl Scheduler {
                 if let Some(at) = schedule.due(since, now, late_after) {
                     due.entry(at).or_insert(trigger);
                 }
+            }
+            // The cursor is written only when a fire passes, not at every
+            // tick: nothing due leaves the database alone.
+            if due.is_empty() {
+                continue;
+            }
+            if workflow.archived {
+                // Fires pass unstarted while it is archived: a restore
+                // resumes with the next one.
+                advance_cron_cursor(db, id, workflow.tenant.as_str(), now).await?;
+                continue;
             }
             let mut done = true;
             for (at, trigger) in due {
