@@ -359,6 +359,21 @@ async fn invalid_triggers_are_validation_errors_naming_the_field_and_next_runs_a
             json!([{"cron": {"schedule": "0 9 * * *", "input": [1]}}]),
             "input.triggers[0].input",
         ),
+        // Long strings within the request body limit, a NUL in a zone;
+        // a megabyte is refused at the door, as the request's body.
+        (
+            json!([{"cron": {"schedule": "1".repeat(100_000)}}]),
+            "input.triggers[0].schedule",
+        ),
+        (
+            json!([{"cron": {"schedule": "0 9 * * *", "input": {"a": "x".repeat(100_000)}}}]),
+            "input.triggers[0].input",
+        ),
+        (json!([{"cron": {"schedule": "1".repeat(1 << 20)}}]), "body"),
+        (
+            json!([{"cron": {"schedule": "0 9 * * *", "timezone": "Europe/Paris\u{0}"}}]),
+            "input.triggers[0].timezone",
+        ),
     ] {
         let (_, body) = server
             .post(Some(&editor()), SET_TRIGGERS, set(triggers))
