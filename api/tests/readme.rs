@@ -1,21 +1,22 @@
-//! The README's engine example, run as written against a fresh `toolhub
-//! serve` on the embedded database: if the example drifts from the API,
-//! this fails.
+//! The README's examples, each run as written against a fresh `toolhub
+//! serve` on the embedded database: if an example drifts from the API, its
+//! test fails.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// The shell block between `<!-- example:engine -->` and its end marker.
-fn example() -> String {
+/// The shell block between `<!-- example:NAME -->` and its end marker.
+fn example(name: &str) -> String {
     let readme =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
             .expect("the README");
+    let open_marker = format!("<!-- example:{name} -->");
     let start = readme
-        .find("<!-- example:engine -->")
-        .expect("the README marks its engine example");
+        .find(&open_marker)
+        .unwrap_or_else(|| panic!("the README marks its {name} example"));
     let end = readme[start..]
-        .find("<!-- /example:engine -->")
+        .find(&format!("<!-- /example:{name} -->"))
         .expect("the example's end marker")
         + start;
     let block = &readme[start..end];
@@ -24,8 +25,11 @@ fn example() -> String {
     block[open..close].to_string()
 }
 
-#[tokio::test]
-async fn the_readme_engine_example_runs_as_written() {
+/// Runs the README's example `name` with bash against a fresh `toolhub
+/// serve` (SQLite, its own data directory and port), with `TOOLHUB`, `API`
+/// and `BASE` set to reach it. Returns what bash printed; fails the test
+/// when the example fails.
+fn run_example(name: &str) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("..")
         .canonicalize()
@@ -51,27 +55,34 @@ async fn the_readme_engine_example_runs_as_written() {
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "toolhub serve did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        std::thread::sleep(Duration::from_millis(100));
     }
-    let script = format!("set -euo pipefail\n{}", example());
-    let out = Command::new("bash")
+    let script = format!("set -euo pipefail\n{}", example(name));
+    let out: Output = Command::new("bash")
         .arg("-c")
         .arg(&script)
         .current_dir(&root)
         .env("TOOLHUB", toolhub)
         .env("TOOLHUB_DATA_DIR", &data)
+        .env("BASE", format!("http://127.0.0.1:{port}"))
         .env("API", format!("http://127.0.0.1:{port}/graphql"))
         .output()
         .expect("bash runs the example");
     let _ = serve.kill();
     let _ = serve.wait();
     let _ = std::fs::remove_dir_all(&data);
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "the example failed:\n{stdout}\n{stderr}"
+        "the {name} example failed:\n{stdout}\n{stderr}"
     );
+    stdout
+}
+
+#[test]
+fn the_readme_engine_example_runs_as_written() {
+    let stdout = run_example("engine");
     assert!(
         stdout.contains("\"get-sum\""),
         "the tools were listed: {stdout}"
