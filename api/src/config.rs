@@ -141,6 +141,31 @@ pub struct Limits {
     pub introspection: bool,
     /// Request rates per caller and per client address.
     pub rate: RateLimits,
+    /// The largest body a webhook delivery may carry, in bytes (at most
+    /// `body_bytes`, which bounds every request).
+    pub webhook_body_bytes: usize,
+    /// Deliveries per webhook; `None` turns the limit off.
+    pub webhook_rate: Option<Rate>,
+}
+
+/// Incoming webhooks.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// The service's address as senders reach it (`https://hooks.example.com`),
+    /// from which webhook URLs are made; `None` uses the listening address.
+    pub public_url: Option<String>,
+    /// How long a rotated-out secret stays valid when `rotateWebhookSecret`
+    /// is not told.
+    pub grace: Duration,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            public_url: None,
+            grace: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 /// A rate: so many operations per period, with bursts up to the same
@@ -276,6 +301,8 @@ impl Default for Limits {
             max_concurrent_requests: 512,
             introspection: true,
             rate: RateLimits::default(),
+            webhook_body_bytes: 256 * 1024,
+            webhook_rate: Some(Rate::per_minute(600)),
         }
     }
 }
@@ -309,6 +336,8 @@ pub struct Config {
     /// connections (statement and idle-in-transaction timeouts, dead-peer
     /// detection).
     pub database: toolhub_eventstore::StoreOptions,
+    /// Incoming webhooks.
+    pub webhooks: WebhookConfig,
 }
 
 impl Config {
@@ -338,6 +367,7 @@ impl Config {
                 ..EngineConfig::default()
             },
             database: toolhub_eventstore::StoreOptions::default(),
+            webhooks: WebhookConfig::default(),
         }
     }
 
@@ -417,7 +447,32 @@ impl Config {
             }
         };
         let database = database_options(&var)?;
+        let webhooks = WebhookConfig {
+            public_url: match var("TOOLHUB_PUBLIC_URL") {
+                None => None,
+                Some(text) => {
+                    let text = text.trim().trim_end_matches('/').to_string();
+                    match url::Url::parse(&text) {
+                        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+                            Some(text)
+                        }
+                        _ => {
+                            return Err(ConfigError::Invalid {
+                                name: "TOOLHUB_PUBLIC_URL",
+                                reason: format!("{text:?} is not an http(s) URL"),
+                            })
+                        }
+                    }
+                }
+            },
+            grace: duration_var(
+                &var,
+                "TOOLHUB_WEBHOOK_GRACE",
+                WebhookConfig::default().grace,
+            )?,
+        };
         Ok(Self {
+            webhooks,
             database,
             environment,
             listen,
@@ -536,6 +591,31 @@ fn limits_from_lookup(
             per_address: rates("TOOLHUB_RATE_LIMIT_ADDRESS", &rate_defaults.per_address)?,
             client_address_header: var("TOOLHUB_CLIENT_ADDRESS_HEADER")
                 .map(|h| h.trim().to_ascii_lowercase()),
+        },
+        webhook_body_bytes: match count_var(
+            var,
+            "TOOLHUB_WEBHOOK_MAX_BODY",
+            defaults.webhook_body_bytes,
+        )? {
+            // Every request is bounded by the body limit first.
+            n if n > defaults.body_bytes => {
+                return Err(ConfigError::Invalid {
+                    name: "TOOLHUB_WEBHOOK_MAX_BODY",
+                    reason: format!(
+                        "{n} is more than the body limit, {} bytes",
+                        defaults.body_bytes
+                    ),
+                })
+            }
+            n => n,
+        },
+        webhook_rate: match var("TOOLHUB_WEBHOOK_RATE_LIMIT").as_deref().map(str::trim) {
+            None => defaults.webhook_rate,
+            Some("off") => None,
+            Some(text) => Some(Rate::parse(text).map_err(|reason| ConfigError::Invalid {
+                name: "TOOLHUB_WEBHOOK_RATE_LIMIT",
+                reason,
+            })?),
         },
         ..defaults
     })

@@ -323,6 +323,12 @@ impl DomainErrorCode for WorkflowError {
                 invalid_text(e)
             }
             Self::InvalidDefinition(e) => ApiError::validation("input.definition", e.to_string()),
+            Self::WebhookNotFound => ApiError::NotFound,
+            Self::WebhookExists => ApiError::conflict("ALREADY_EXISTS", reason),
+            Self::TooManyWebhooks => ApiError::conflict("TOO_MANY_WEBHOOKS", reason),
+            Self::InvalidWebhookDescription => ApiError::validation("input.description", reason),
+            Self::StaleGeneration => conflict_of(ConflictKind::LostRace),
+            Self::InvalidGrace => ApiError::validation("input.gracePeriodSeconds", reason),
         }
     }
 }

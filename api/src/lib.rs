@@ -28,6 +28,7 @@ pub mod config;
 pub mod error;
 pub mod graphql;
 pub mod health;
+pub mod hooks;
 pub mod metrics;
 pub mod read;
 pub mod server;

@@ -3,8 +3,8 @@
 
 pub use toolhub_projections::views::{
     AuditEntryView, AuditFilter, Cursor, ExecutionFilter, ExecutionStepView, ExecutionView,
-    McpServerView, McpToolView, Page, PageRequest, SecretView, WorkflowFilter, WorkflowVersionView,
-    WorkflowView, MAX_PAGE,
+    McpServerView, McpToolView, Page, PageRequest, SecretView, WebhookView, WorkflowFilter,
+    WorkflowVersionView, WorkflowView, MAX_PAGE,
 };
 pub use toolhub_projections::{
     ProjectorLag, ProjectorRunner, ReadError, ReadModels, RunnerHandle, RunnerOptions, WaitError,

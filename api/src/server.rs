@@ -19,7 +19,7 @@ use axum::extract::{ConnectInfo, MatchedPath, Request, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{BoxError, Router};
 use serde_json::json;
 use tokio::sync::watch;
@@ -41,7 +41,7 @@ use crate::standing::Standing;
 use crate::state::{follow_projections, prime_standing, AppState};
 use crate::throttle::{Kind, Throttle};
 use toolhub_engine::{Engine, EngineHandle};
-use toolhub_eventstore::{CommandBus, KeyStore, Position, SecretVault, StoreError};
+use toolhub_eventstore::{CommandBus, KeyStore, Position, SecretVault, StoreError, Webhooks};
 
 /// The request id header.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -166,7 +166,10 @@ pub async fn spawn(config: Config) -> Result<Running, StartError> {
     let workflows = Arc::new(CommandBus::new(store.clone()));
     let mcp_servers = Arc::new(CommandBus::new(store.clone()));
     let executions = Arc::new(CommandBus::new(store.clone()));
-    let secrets = Arc::new(SecretVault::new(CommandBus::new(store.clone()), keys));
+    let secrets = Arc::new(SecretVault::new(
+        CommandBus::new(store.clone()),
+        keys.clone(),
+    ));
     let engine = Engine::new(
         store.clone(),
         executions.clone(),
@@ -176,8 +179,34 @@ pub async fn spawn(config: Config) -> Result<Running, StartError> {
         config.engine.clone(),
     )
     .map_err(|e| StartError::Engine(e.to_string()))?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
     let engine_handle = config.run_engine.then(|| engine.spawn());
+    let hooks_base = format!(
+        "{}/hooks/",
+        config
+            .webhooks
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"))
+    );
+    let webhooks = Arc::new(Webhooks::new(
+        workflows.clone(),
+        keys.clone(),
+        store.db().clone(),
+    ));
     let state = Arc::new(AppState {
+        webhooks,
+        hooks_base,
+        webhook_grace: config.webhooks.grace,
         workflows,
         mcp_servers,
         executions,
@@ -198,16 +227,6 @@ pub async fn spawn(config: Config) -> Result<Running, StartError> {
     tokio::spawn(sweep_throttle(state.clone(), shutdown_rx.clone()));
     let app = router(state, schema, &config);
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Bind {
-        addr: config.listen,
-        source,
-    })?;
     let mut stop = shutdown_rx;
     let server = tokio::spawn(async move {
         let served = axum::serve(
@@ -357,10 +376,18 @@ fn router(state: Arc<AppState>, schema: ToolhubSchema, config: &Config) -> Route
     let graphql = Router::new()
         .route(
             "/graphql",
-            get(graphiql).post(graphql_http).route_layer(bounded),
+            get(graphiql)
+                .post(graphql_http)
+                .route_layer(bounded.clone()),
         )
         .route("/graphql/ws", get(graphql_ws))
         .with_state(app);
+    let hooks = Router::new()
+        .route(
+            "/hooks/{id}",
+            post(crate::hooks::deliver).route_layer(bounded),
+        )
+        .with_state(state.clone());
     let ops = Router::new()
         .route("/health/live", get(crate::health::live))
         .route("/health/ready", get(crate::health::ready))
@@ -381,6 +408,7 @@ fn router(state: Arc<AppState>, schema: ToolhubSchema, config: &Config) -> Route
         )
     });
     let mut router = graphql
+        .merge(hooks)
         .merge(ops)
         .fallback(not_found)
         // The limit answers early (from Content-Length) with plain text; the

@@ -13,7 +13,7 @@ use toolhub_domain::mcp_server::McpServer;
 use toolhub_domain::workflow::Workflow;
 use toolhub_domain::TenantId;
 use toolhub_engine::Engine;
-use toolhub_eventstore::{CommandBus, EventStore, Position, SecretVault};
+use toolhub_eventstore::{CommandBus, EventStore, Position, SecretVault, Webhooks};
 
 use crate::auth::Verifier;
 use crate::config::Limits;
@@ -37,6 +37,12 @@ pub struct AppState {
     pub executions: Arc<CommandBus<Execution>>,
     /// Secret commands, with their key handling.
     pub secrets: Arc<SecretVault>,
+    /// Webhook commands, and the secrets deliveries are checked with.
+    pub webhooks: Arc<Webhooks>,
+    /// What webhook URLs start with: `<public URL>/hooks/`.
+    pub hooks_base: String,
+    /// How long a rotated-out webhook secret stays valid by default.
+    pub webhook_grace: std::time::Duration,
     /// Runs executions: starts, stops, resumes; MCP discovery and health.
     pub engine: Engine,
     /// Token verification.

@@ -106,6 +106,8 @@ pub struct Throttle {
     running: Arc<Mutex<HashMap<String, usize>>>,
     /// The most a caller may run at once.
     per_caller: usize,
+    /// Deliveries per webhook; `None` when that limit is off.
+    hooks: Option<DefaultKeyedRateLimiter<String>>,
 }
 
 impl Throttle {
@@ -118,6 +120,9 @@ impl Throttle {
             clock: DefaultClock::default(),
             running: Arc::default(),
             per_caller: limits.ws_subscriptions_per_caller,
+            hooks: limits
+                .webhook_rate
+                .map(|rate| DefaultKeyedRateLimiter::keyed(quota(rate))),
         }
     }
 
@@ -154,6 +159,18 @@ impl Throttle {
             .map_err(|wait| limited("SUBJECT_RATE", wait))
     }
 
+    /// Counts one delivery to webhook `id`; `RATE_LIMITED` when over its
+    /// rate. Counted before the webhook is looked up, so that a flood of
+    /// requests to one URL costs no database reads.
+    pub fn check_hook(&self, id: &str) -> Result<(), ApiError> {
+        match &self.hooks {
+            None => Ok(()),
+            Some(limiter) => limiter.check_key(&id.to_string()).map_err(|not_until| {
+                limited("WEBHOOK_RATE", not_until.wait_time_from(self.clock.now()))
+            }),
+        }
+    }
+
     /// Takes one of `caller`'s subscription slots, given back when the
     /// returned guard is dropped; `RATE_LIMITED` when they run as many as
     /// they may.
@@ -178,6 +195,10 @@ impl Throttle {
     pub fn sweep(&self) {
         self.subjects.sweep();
         self.addresses.sweep();
+        if let Some(hooks) = &self.hooks {
+            hooks.retain_recent();
+            hooks.shrink_to_fit();
+        }
     }
 }
 

@@ -68,6 +68,20 @@ uuid_id!(
     /// Identifies an MCP server aggregate.
     McpServerId
 );
+uuid_id!(
+    /// Identifies a webhook of a workflow. Webhook ids are the unguessable
+    /// part of a webhook's URL, so they are made with
+    /// [`WebhookId::random`], never the time-ordered [`WebhookId::new`].
+    WebhookId
+);
+
+impl WebhookId {
+    /// A new id of 122 random bits (UUIDv4): nothing about it, not even
+    /// when it was made, can be guessed from other ids.
+    pub fn random() -> Self {
+        Self(Uuid::new_v4())
+    }
+}
 
 /// The organisation that owns an aggregate (the JWT `org` claim).
 ///

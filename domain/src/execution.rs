@@ -297,6 +297,9 @@ pub enum ExecutionCommand {
         input: Value,
         /// What started it: `manual`, `cron`, `webhook` or `mcp`.
         trigger: String,
+        /// Which one of its kind started it, when there are several: the
+        /// webhook's id for `webhook`.
+        source: Option<String>,
         /// The nodes to pause at, for debugging.
         breakpoints: Vec<NodeId>,
         /// When the whole run times out, if ever.
@@ -431,6 +434,11 @@ pub enum ExecutionEvent {
         input: Value,
         /// `manual`, `cron`, `webhook` or `mcp`.
         trigger: String,
+        /// Which one of its kind started it: the webhook's id for
+        /// `webhook`; absent otherwise, and in events recorded before it
+        /// existed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source: Option<String>,
         /// The nodes to pause at.
         breakpoints: Vec<NodeId>,
         /// When the whole run times out; absent in events recorded before
@@ -688,6 +696,7 @@ impl Execution {
             workflow_version,
             input,
             trigger,
+            source,
             breakpoints,
             deadline,
         } = command
@@ -702,12 +711,16 @@ impl Execution {
                 return Err(E::InvalidWorkflowVersion);
             }
             crate::text::check_json("input", &input)?;
+            if let Some(source) = &source {
+                crate::text::check_name("source", source)?;
+            }
             return Ok(vec![V::ExecutionStarted {
                 tenant,
                 workflow_id,
                 workflow_version,
                 input,
                 trigger,
+                source,
                 breakpoints,
                 deadline,
             }]);
@@ -934,6 +947,7 @@ impl Execution {
                 trigger,
                 breakpoints,
                 deadline,
+                ..
             } => {
                 self.tenant = Some(tenant);
                 self.workflow_id = Some(workflow_id);

@@ -19,5 +19,5 @@ pub mod workflow;
 
 pub use common::{
     AggregateRoot, CommandTraits, ExecutionId, McpServerId, NameChange, Role, SecretId, TenantId,
-    WorkflowId,
+    WebhookId, WorkflowId,
 };

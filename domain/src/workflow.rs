@@ -11,11 +11,19 @@
 //! Archiving hides a workflow and freezes it; restoring undoes that. A
 //! workflow is never deleted, because executions and the audit log refer to
 //! it.
+//!
+//! A workflow also owns its webhooks: the URLs that start it when a signed
+//! request arrives. The log records that a webhook exists, its description,
+//! and which generations of its signing secret are valid until when; the
+//! secrets themselves are sealed outside the log, by the key store.
 
-use crate::common::{AggregateRoot, CommandTraits, Role, TenantId};
+use std::collections::BTreeMap;
+
+use crate::common::{AggregateRoot, CommandTraits, Role, TenantId, WebhookId};
 use crate::definition::{DefinitionError, WorkflowDefinition};
 use crate::schedule::{parse_timezone, MissedFires};
 use crate::text::{self, InvalidText};
+use chrono::{DateTime, Utc};
 use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -31,6 +39,12 @@ pub const MAX_VERSION_COMMENT_LEN: usize = 2_000;
 
 /// The most triggers a workflow may have.
 pub const MAX_TRIGGERS: usize = 20;
+
+/// The most webhooks a workflow may have at once.
+pub const MAX_WEBHOOKS: usize = 20;
+
+/// The longest webhook description, in characters.
+pub const MAX_WEBHOOK_DESCRIPTION_LEN: usize = 500;
 
 /// The longest webhook key, in characters.
 pub const MAX_WEBHOOK_KEY_LEN: usize = 128;
@@ -191,6 +205,44 @@ pub struct Workflow {
     archived: bool,
     /// What starts executions automatically.
     triggers: Vec<Trigger>,
+    /// The webhooks that exist now (a deleted one is removed). Absent from
+    /// snapshots taken before webhooks existed.
+    #[serde(default)]
+    webhooks: BTreeMap<WebhookId, Webhook>,
+}
+
+/// A webhook of a workflow, as the log records it: no secret, only which
+/// generations of its secret are valid until when.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Webhook {
+    /// What it is for.
+    pub description: String,
+    /// The newest generation of its secret, from 1.
+    pub generation: u32,
+    /// The generations that may still be valid, oldest first: the newest has
+    /// no end; an older one is valid until the end its rotation gave it.
+    pub secrets: Vec<SecretGeneration>,
+}
+
+/// One generation of a webhook's signing secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretGeneration {
+    /// The generation, from 1.
+    pub generation: u32,
+    /// Until when a signature made with it is accepted; `None` for the
+    /// newest.
+    pub valid_until: Option<DateTime<Utc>>,
+}
+
+impl Webhook {
+    /// The generations whose signatures are accepted at `now`.
+    pub fn valid_generations(&self, now: DateTime<Utc>) -> Vec<u32> {
+        self.secrets
+            .iter()
+            .filter(|s| s.valid_until.is_none_or(|until| until > now))
+            .map(|s| s.generation)
+            .collect()
+    }
 }
 
 impl Workflow {
@@ -233,6 +285,16 @@ impl Workflow {
     /// What starts executions automatically.
     pub fn triggers(&self) -> &[Trigger] {
         &self.triggers
+    }
+
+    /// A webhook of the workflow, unless it never existed or was deleted.
+    pub fn webhook(&self, id: WebhookId) -> Option<&Webhook> {
+        self.webhooks.get(&id)
+    }
+
+    /// The webhooks that exist now.
+    pub fn webhooks(&self) -> &BTreeMap<WebhookId, Webhook> {
+        &self.webhooks
     }
 }
 
@@ -277,6 +339,33 @@ pub enum WorkflowCommand {
         to_version: u64,
         /// Why, shown in the version history.
         comment: Option<String>,
+    },
+    /// Adds a webhook; its first secret (generation 1) is sealed by the
+    /// caller under the id before the command runs.
+    CreateWebhook {
+        /// The new webhook's id ([`WebhookId::random`]).
+        webhook_id: WebhookId,
+        /// What it is for, at most 500 characters.
+        description: String,
+    },
+    /// Starts a new generation of a webhook's secret; the ones before stay
+    /// valid until `previous_valid_until` (at the latest).
+    RotateWebhookSecret {
+        /// The webhook.
+        webhook_id: WebhookId,
+        /// The new generation, whose secret the caller sealed: the current
+        /// one plus one.
+        generation: u32,
+        /// When the rotation happens.
+        at: DateTime<Utc>,
+        /// Until when the older generations stay valid (`at` revokes them
+        /// at once).
+        previous_valid_until: DateTime<Utc>,
+    },
+    /// Removes a webhook: requests to it are refused from now on.
+    DeleteWebhook {
+        /// The webhook.
+        webhook_id: WebhookId,
     },
 }
 
@@ -351,6 +440,31 @@ pub enum WorkflowEvent {
         /// Why.
         comment: Option<String>,
     },
+    /// A webhook was added, with generation 1 of its secret (emitted by
+    /// [`WorkflowCommand::CreateWebhook`]). The secret is not in the event.
+    WebhookCreated {
+        /// The webhook's id: the last segment of its URL.
+        webhook_id: WebhookId,
+        /// What it is for.
+        description: String,
+    },
+    /// A new generation of a webhook's secret (emitted by
+    /// [`WorkflowCommand::RotateWebhookSecret`]).
+    WebhookSecretRotated {
+        /// The webhook.
+        webhook_id: WebhookId,
+        /// The new generation.
+        generation: u32,
+        /// When it was rotated.
+        at: DateTime<Utc>,
+        /// Until when the older generations stay valid.
+        previous_valid_until: DateTime<Utc>,
+    },
+    /// A webhook was removed (emitted by [`WorkflowCommand::DeleteWebhook`]).
+    WebhookDeleted {
+        /// The webhook.
+        webhook_id: WebhookId,
+    },
 }
 
 impl DomainEvent for WorkflowEvent {
@@ -363,6 +477,9 @@ impl DomainEvent for WorkflowEvent {
             Self::WorkflowArchived => "WorkflowArchived",
             Self::WorkflowRestored => "WorkflowRestored",
             Self::WorkflowReverted { .. } => "WorkflowReverted",
+            Self::WebhookCreated { .. } => "WebhookCreated",
+            Self::WebhookSecretRotated { .. } => "WebhookSecretRotated",
+            Self::WebhookDeleted { .. } => "WebhookDeleted",
         }
         .to_string()
     }
@@ -422,6 +539,25 @@ pub enum WorkflowError {
     /// Rename to the current name.
     #[error("the workflow already has that name")]
     Unchanged,
+    /// A webhook command names a webhook the workflow does not have (never
+    /// had, or deleted).
+    #[error("the workflow has no such webhook")]
+    WebhookNotFound,
+    /// CreateWebhook with an id the workflow already has.
+    #[error("the webhook already exists")]
+    WebhookExists,
+    /// CreateWebhook on a workflow with the most webhooks it may have.
+    #[error("a workflow has at most {MAX_WEBHOOKS} webhooks")]
+    TooManyWebhooks,
+    /// A webhook description longer than 500 characters.
+    #[error("a webhook description is at most {MAX_WEBHOOK_DESCRIPTION_LEN} characters")]
+    InvalidWebhookDescription,
+    /// A rotation that sealed a generation another rotation took first.
+    #[error("another rotation of the webhook's secret came first")]
+    StaleGeneration,
+    /// A rotation whose grace ends before it happens.
+    #[error("the old secret cannot stop being valid before the rotation")]
+    InvalidGrace,
     /// A text field holds a character no text may hold (see
     /// [`crate::text`]); the error names the field.
     #[error(transparent)]
@@ -533,7 +669,57 @@ impl Workflow {
             WorkflowCommand::Archive => WorkflowEvent::WorkflowArchived,
             WorkflowCommand::Restore if !self.archived => return Err(WorkflowError::NotArchived),
             WorkflowCommand::Restore => WorkflowEvent::WorkflowRestored,
+            // Rotating and deleting a webhook stay possible while archived:
+            // an operator must be able to revoke a leaked secret.
+            WorkflowCommand::RotateWebhookSecret {
+                webhook_id,
+                generation,
+                at,
+                previous_valid_until,
+            } => {
+                let hook = self
+                    .webhooks
+                    .get(&webhook_id)
+                    .ok_or(WorkflowError::WebhookNotFound)?;
+                if previous_valid_until < at {
+                    return Err(WorkflowError::InvalidGrace);
+                }
+                if generation != hook.generation + 1 {
+                    return Err(WorkflowError::StaleGeneration);
+                }
+                WorkflowEvent::WebhookSecretRotated {
+                    webhook_id,
+                    generation,
+                    at,
+                    previous_valid_until,
+                }
+            }
+            WorkflowCommand::DeleteWebhook { webhook_id } => {
+                if !self.webhooks.contains_key(&webhook_id) {
+                    return Err(WorkflowError::WebhookNotFound);
+                }
+                WorkflowEvent::WebhookDeleted { webhook_id }
+            }
             _ if self.archived => return Err(WorkflowError::Archived),
+            WorkflowCommand::CreateWebhook {
+                webhook_id,
+                description,
+            } => {
+                text::check_free_text("description", &description)?;
+                if description.chars().count() > MAX_WEBHOOK_DESCRIPTION_LEN {
+                    return Err(WorkflowError::InvalidWebhookDescription);
+                }
+                if self.webhooks.contains_key(&webhook_id) {
+                    return Err(WorkflowError::WebhookExists);
+                }
+                if self.webhooks.len() >= MAX_WEBHOOKS {
+                    return Err(WorkflowError::TooManyWebhooks);
+                }
+                WorkflowEvent::WebhookCreated {
+                    webhook_id,
+                    description,
+                }
+            }
             WorkflowCommand::UpdateDefinition {
                 definition,
                 comment,
@@ -614,6 +800,50 @@ impl Workflow {
             WorkflowEvent::WorkflowTriggersSet { triggers } => self.triggers = triggers,
             WorkflowEvent::WorkflowArchived => self.archived = true,
             WorkflowEvent::WorkflowRestored => self.archived = false,
+            WorkflowEvent::WebhookCreated {
+                webhook_id,
+                description,
+            } => {
+                self.webhooks.insert(
+                    webhook_id,
+                    Webhook {
+                        description,
+                        generation: 1,
+                        secrets: vec![SecretGeneration {
+                            generation: 1,
+                            valid_until: None,
+                        }],
+                    },
+                );
+            }
+            WorkflowEvent::WebhookSecretRotated {
+                webhook_id,
+                generation,
+                at,
+                previous_valid_until,
+            } => {
+                if let Some(hook) = self.webhooks.get_mut(&webhook_id) {
+                    for secret in &mut hook.secrets {
+                        // A grace never lengthens an earlier one.
+                        secret.valid_until =
+                            Some(secret.valid_until.map_or(previous_valid_until, |until| {
+                                until.min(previous_valid_until)
+                            }));
+                    }
+                    // Generations that had ended when this one began are gone
+                    // for good, so the list stays short.
+                    hook.secrets
+                        .retain(|s| s.valid_until.is_some_and(|until| until > at));
+                    hook.secrets.push(SecretGeneration {
+                        generation,
+                        valid_until: None,
+                    });
+                    hook.generation = generation;
+                }
+            }
+            WorkflowEvent::WebhookDeleted { webhook_id } => {
+                self.webhooks.remove(&webhook_id);
+            }
         }
     }
 }
@@ -1355,5 +1585,216 @@ mod tests {
         assert_eq!(creation, [true, false, false, false, false, false, false]);
         let retry_safe: Vec<bool> = commands.iter().map(|c| c.is_retry_safe()).collect();
         assert_eq!(retry_safe, [false, true, true, true, true, true, false]);
+    }
+
+    // Webhooks
+
+    fn hook_id(n: u128) -> WebhookId {
+        WebhookId::from_uuid(uuid::Uuid::from_u128(n))
+    }
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + seconds, 0).expect("a time")
+    }
+
+    fn hook_created(n: u128) -> WorkflowEvent {
+        WorkflowEvent::WebhookCreated {
+            webhook_id: hook_id(n),
+            description: "from GitHub".into(),
+        }
+    }
+
+    fn state(events: Vec<WorkflowEvent>) -> Workflow {
+        let mut workflow = Workflow::default();
+        for event in events {
+            workflow.apply(event);
+        }
+        workflow
+    }
+
+    #[test]
+    fn creating_a_webhook_records_it_without_a_secret() {
+        WorkflowTest::with(())
+            .given(vec![created()])
+            .when(WorkflowCommand::CreateWebhook {
+                webhook_id: hook_id(1),
+                description: "from GitHub".into(),
+            })
+            .then_expect_events(vec![hook_created(1)]);
+        let workflow = state(vec![created(), hook_created(1)]);
+        let hook = workflow.webhook(hook_id(1)).expect("the webhook");
+        assert_eq!(hook.generation, 1);
+        assert_eq!(hook.valid_generations(at(0)), vec![1]);
+    }
+
+    #[test]
+    fn a_webhook_is_refused_on_an_archived_workflow_and_beyond_the_limit() {
+        WorkflowTest::with(())
+            .given(vec![created(), WorkflowEvent::WorkflowArchived])
+            .when(WorkflowCommand::CreateWebhook {
+                webhook_id: hook_id(1),
+                description: String::new(),
+            })
+            .then_expect_error(WorkflowError::Archived);
+        let many: Vec<_> = std::iter::once(created())
+            .chain((0..MAX_WEBHOOKS as u128).map(hook_created))
+            .collect();
+        WorkflowTest::with(())
+            .given(many)
+            .when(WorkflowCommand::CreateWebhook {
+                webhook_id: hook_id(999),
+                description: String::new(),
+            })
+            .then_expect_error(WorkflowError::TooManyWebhooks);
+        WorkflowTest::with(())
+            .given(vec![created(), hook_created(1)])
+            .when(WorkflowCommand::CreateWebhook {
+                webhook_id: hook_id(1),
+                description: String::new(),
+            })
+            .then_expect_error(WorkflowError::WebhookExists);
+        WorkflowTest::with(())
+            .given(vec![created()])
+            .when(WorkflowCommand::CreateWebhook {
+                webhook_id: hook_id(1),
+                description: "a\u{0}b".into(),
+            })
+            .then_expect_error(WorkflowError::InvalidText(
+                text::check_free_text("description", "a\u{0}b").expect_err("a NUL is refused"),
+            ));
+    }
+
+    #[test]
+    fn a_rotation_keeps_the_old_secret_valid_for_its_grace_only() {
+        let rotated = |generation, at_s, until_s| WorkflowEvent::WebhookSecretRotated {
+            webhook_id: hook_id(1),
+            generation,
+            at: at(at_s),
+            previous_valid_until: at(until_s),
+        };
+        WorkflowTest::with(())
+            .given(vec![created(), hook_created(1)])
+            .when(WorkflowCommand::RotateWebhookSecret {
+                webhook_id: hook_id(1),
+                generation: 2,
+                at: at(0),
+                previous_valid_until: at(100),
+            })
+            .then_expect_events(vec![rotated(2, 0, 100)]);
+        let hook = state(vec![created(), hook_created(1), rotated(2, 0, 100)])
+            .webhook(hook_id(1))
+            .cloned()
+            .expect("the webhook");
+        assert_eq!(hook.valid_generations(at(50)), vec![1, 2]);
+        assert_eq!(hook.valid_generations(at(100)), vec![2]);
+        // A second rotation within the grace: generation 1 keeps its
+        // earlier end, generation 2 gets the new, earlier one (80); at the
+        // third (at 90) both have ended and are dropped, and generation 3
+        // gets its grace.
+        let hook = state(vec![
+            created(),
+            hook_created(1),
+            rotated(2, 0, 100),
+            rotated(3, 50, 80),
+            rotated(4, 90, 200),
+        ])
+        .webhook(hook_id(1))
+        .cloned()
+        .expect("the webhook");
+        assert_eq!(hook.generation, 4);
+        assert_eq!(hook.valid_generations(at(95)), vec![3, 4]);
+        assert_eq!(hook.valid_generations(at(200)), vec![4]);
+        assert_eq!(
+            hook.secrets
+                .iter()
+                .map(|s| s.generation)
+                .collect::<Vec<_>>(),
+            vec![3, 4],
+            "generations 1 and 2 had ended by the fourth rotation"
+        );
+        WorkflowTest::with(())
+            .given(vec![created(), hook_created(1)])
+            .when(WorkflowCommand::RotateWebhookSecret {
+                webhook_id: hook_id(1),
+                generation: 2,
+                at: at(10),
+                previous_valid_until: at(5),
+            })
+            .then_expect_error(WorkflowError::InvalidGrace);
+        WorkflowTest::with(())
+            .given(vec![created(), hook_created(1), rotated(2, 0, 100)])
+            .when(WorkflowCommand::RotateWebhookSecret {
+                webhook_id: hook_id(1),
+                generation: 2,
+                at: at(10),
+                previous_valid_until: at(10),
+            })
+            .then_expect_error(WorkflowError::StaleGeneration);
+    }
+
+    #[test]
+    fn rotating_and_deleting_work_while_archived_and_need_the_webhook() {
+        WorkflowTest::with(())
+            .given(vec![
+                created(),
+                hook_created(1),
+                WorkflowEvent::WorkflowArchived,
+            ])
+            .when(WorkflowCommand::RotateWebhookSecret {
+                webhook_id: hook_id(1),
+                generation: 2,
+                at: at(0),
+                previous_valid_until: at(0),
+            })
+            .then_expect_events(vec![WorkflowEvent::WebhookSecretRotated {
+                webhook_id: hook_id(1),
+                generation: 2,
+                at: at(0),
+                previous_valid_until: at(0),
+            }]);
+        WorkflowTest::with(())
+            .given(vec![
+                created(),
+                hook_created(1),
+                WorkflowEvent::WorkflowArchived,
+            ])
+            .when(WorkflowCommand::DeleteWebhook {
+                webhook_id: hook_id(1),
+            })
+            .then_expect_events(vec![WorkflowEvent::WebhookDeleted {
+                webhook_id: hook_id(1),
+            }]);
+        WorkflowTest::with(())
+            .given(vec![
+                created(),
+                hook_created(1),
+                WorkflowEvent::WebhookDeleted {
+                    webhook_id: hook_id(1),
+                },
+            ])
+            .when(WorkflowCommand::DeleteWebhook {
+                webhook_id: hook_id(1),
+            })
+            .then_expect_error(WorkflowError::WebhookNotFound);
+        assert!(state(vec![
+            created(),
+            hook_created(1),
+            WorkflowEvent::WebhookDeleted {
+                webhook_id: hook_id(1)
+            }
+        ])
+        .webhook(hook_id(1))
+        .is_none());
+    }
+
+    #[test]
+    fn a_snapshot_from_before_webhooks_still_reads() {
+        let mut snapshot = serde_json::to_value(state(vec![created()])).expect("serializes");
+        snapshot
+            .as_object_mut()
+            .expect("an object")
+            .remove("webhooks");
+        let workflow: Workflow = serde_json::from_value(snapshot).expect("reads");
+        assert!(workflow.webhooks().is_empty());
     }
 }

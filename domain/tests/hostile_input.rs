@@ -301,6 +301,7 @@ proptest! {
             workflow_version: 1,
             input: input.clone(),
             trigger: trigger.clone(),
+            source: None,
             breakpoints: vec![],
             deadline: None,
         };
@@ -321,6 +322,7 @@ proptest! {
             workflow_version: 1,
             input: Value::Null,
             trigger: "manual".into(),
+            source: None,
             breakpoints: vec![],
             deadline: None,
         };

@@ -377,6 +377,7 @@ async fn start(
                 breakpoints: Vec::new(),
                 idempotency_key: None,
                 trigger: "manual".into(),
+                source: None,
             },
         )
         .await

@@ -106,6 +106,30 @@ impl From<sqlx::Error> for KeyError {
     }
 }
 
+/// A value sealed directly under the master key (AES-256-GCM), bound to the
+/// context it was sealed for: what [`KeyStore::seal_bound`] returns and
+/// [`KeyStore::open_bound`] takes. Holds no plaintext.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BoundSeal {
+    /// The fingerprint of the master key that sealed it.
+    pub master_key: String,
+    /// The 12-byte nonce.
+    pub nonce: Vec<u8>,
+    /// The ciphertext with its tag.
+    pub ciphertext: Vec<u8>,
+}
+
+impl std::fmt::Debug for BoundSeal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "BoundSeal({}, {} bytes)",
+            self.master_key,
+            self.ciphertext.len()
+        )
+    }
+}
+
 /// Seals and unseals secret values. Cheap to clone.
 #[derive(Clone)]
 pub struct KeyStore {
@@ -265,6 +289,56 @@ impl KeyStore {
         Ok(Zeroizing::new(plaintext))
     }
 
+    /// Seals a small value that is not a [`Secret`](toolhub_domain::secret::Secret)'s
+    /// (a webhook's signing secret) directly under the master key, bound to
+    /// `context` (associated data): it opens only for the same context.
+    /// Destroying such a value means deleting where it is stored.
+    pub fn seal_bound(&self, context: &str, plaintext: &[u8]) -> Result<BoundSeal, KeyError> {
+        let nonce = random_nonce();
+        let ciphertext = self
+            .master
+            .cipher()
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: format!("toolhub:bound:{context}").as_bytes(),
+                },
+            )
+            .map_err(|_| KeyError::Crypto)?;
+        Ok(BoundSeal {
+            master_key: self.master.fingerprint(),
+            nonce: nonce.to_vec(),
+            ciphertext,
+        })
+    }
+
+    /// Opens what [`KeyStore::seal_bound`] sealed for `context`.
+    pub fn open_bound(
+        &self,
+        context: &str,
+        sealed: &BoundSeal,
+    ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        if sealed.master_key != self.master.fingerprint() {
+            return Err(KeyError::WrongMasterKey);
+        }
+        if sealed.nonce.len() != 12 {
+            return Err(KeyError::Crypto);
+        }
+        let plaintext = self
+            .master
+            .cipher()
+            .decrypt(
+                Nonce::from_slice(&sealed.nonce),
+                Payload {
+                    msg: &sealed.ciphertext,
+                    aad: format!("toolhub:bound:{context}").as_bytes(),
+                },
+            )
+            .map_err(|_| KeyError::Crypto)?;
+        Ok(Zeroizing::new(plaintext))
+    }
+
     /// Destroys the secret's data key. Every value sealed under it becomes
     /// unrecoverable. Returns whether a key was there.
     pub async fn destroy(&self, secret: SecretId) -> Result<bool, KeyError> {
@@ -275,5 +349,52 @@ impl KeyStore {
         )
         .await?;
         Ok(deleted > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(master: MasterKey) -> KeyStore {
+        // Bound seals never touch the database; the pool is never used.
+        let db = Db::Sqlite(
+            sqlx::sqlite::SqlitePoolOptions::new()
+                .connect_lazy("sqlite::memory:")
+                .expect("a lazy pool"),
+        );
+        KeyStore::new(db, master)
+    }
+
+    #[tokio::test]
+    async fn a_bound_seal_opens_only_for_its_context_and_master_key() {
+        let keys = store(MasterKey::generate());
+        let sealed = keys.seal_bound("webhook:a:1", b"whsec_x").expect("seals");
+        assert!(!sealed
+            .ciphertext
+            .windows(b"whsec_x".len())
+            .any(|w| w == b"whsec_x"));
+        assert_eq!(
+            keys.open_bound("webhook:a:1", &sealed)
+                .expect("opens")
+                .as_slice(),
+            b"whsec_x"
+        );
+        assert!(matches!(
+            keys.open_bound("webhook:a:2", &sealed),
+            Err(KeyError::Crypto)
+        ));
+        let mut altered = sealed.clone();
+        altered.ciphertext[0] ^= 1;
+        assert!(matches!(
+            keys.open_bound("webhook:a:1", &altered),
+            Err(KeyError::Crypto)
+        ));
+        let other = store(MasterKey::generate());
+        assert!(matches!(
+            other.open_bound("webhook:a:1", &sealed),
+            Err(KeyError::WrongMasterKey)
+        ));
+        assert!(!format!("{sealed:?}").contains("whsec"));
     }
 }

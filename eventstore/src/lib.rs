@@ -14,7 +14,8 @@
 //! - [`EventStore::subscribe`]: "the log grew" notifications (PostgreSQL
 //!   `LISTEN/NOTIFY`, an in-process channel on SQLite);
 //! - [`KeyStore`] and [`SecretVault`]: envelope encryption of secret values
-//!   and crypto-shredding on delete.
+//!   and crypto-shredding on delete; [`Webhooks`]: webhooks' signing secrets,
+//!   sealed outside the log, and the commands around them.
 //!
 //! This crate never decides whether a command is allowed by a domain rule
 //! (that is the aggregates' job in `toolhub-domain`), never builds read
@@ -32,6 +33,7 @@ pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod upcast;
+pub mod webhooks;
 pub mod work;
 
 pub use bus::{BusOptions, CommandBus, Committed};
@@ -46,4 +48,5 @@ pub use store::{
     RawEvent, RecordedEvent, StoreOptions,
 };
 pub use upcast::Upcast;
+pub use webhooks::{DeliveryKeys, WebhookCommandError, Webhooks};
 pub use work::{Claimed, KeyReservation, WorkQueue};

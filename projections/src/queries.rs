@@ -381,6 +381,39 @@ impl ReadModels {
         .await
     }
 
+    /// A webhook of the tenant.
+    pub async fn webhook(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<WebhookView>, ReadError> {
+        one(
+            self.db(),
+            "rm_webhooks",
+            "",
+            tenant,
+            id,
+            WebhookView::from_row,
+        )
+        .await
+    }
+
+    /// The webhooks of several workflows (for a DataLoader), oldest first.
+    pub async fn webhooks_of(
+        &self,
+        tenant: &TenantId,
+        workflow_ids: &[String],
+    ) -> Result<Vec<WebhookView>, ReadError> {
+        self.batched(
+            "SELECT * FROM rm_webhooks WHERE tenant = $1 AND workflow_id IN",
+            "ORDER BY workflow_id, created_at, id",
+            tenant,
+            workflow_ids,
+            WebhookView::from_row,
+        )
+        .await
+    }
+
     /// The tools of several MCP servers (for a DataLoader), by name.
     pub async fn mcp_tools(
         &self,

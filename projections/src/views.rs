@@ -8,8 +8,8 @@ use toolhub_eventstore::Position;
 
 use crate::projection::AuditRow;
 pub use crate::projection::{
-    ExecutionStepView, ExecutionView, McpServerView, McpToolView, SecretView, WorkflowVersionView,
-    WorkflowView,
+    ExecutionStepView, ExecutionView, McpServerView, McpToolView, SecretView, WebhookView,
+    WorkflowVersionView, WorkflowView,
 };
 
 /// A stored count or version as the unsigned number it is.

@@ -85,6 +85,7 @@ async fn populate(url: &str) {
                 workflow_version: 2,
                 input: json!({"page": 1}),
                 trigger: "manual".into(),
+                source: None,
                 breakpoints: vec![],
                 deadline: None,
             },

@@ -24,6 +24,7 @@ async fn record_execution(url: &str, workflow: &str, tenant: &str) -> (String, P
             workflow_version: 1,
             input: json!({"language": "en"}),
             trigger: "manual".into(),
+            source: None,
             breakpoints: vec![],
             deadline: None,
         },

@@ -203,6 +203,7 @@ async fn execution_updated_follows_an_execution() {
                 workflow_version: 1,
                 input: json!({}),
                 trigger: "manual".into(),
+                source: None,
                 breakpoints: vec![],
                 deadline: None,
             },

@@ -520,6 +520,7 @@ impl ExecutionMutation {
             breakpoints: input.breakpoints.unwrap_or_default(),
             idempotency_key: input.idempotency_key,
             trigger: "manual".into(),
+            source: None,
         };
         let context = command_context(ctx, caller);
         let started = state

@@ -12,6 +12,7 @@ pub mod mcp_servers;
 pub mod scalars;
 pub mod secrets;
 pub mod subscriptions;
+pub mod webhooks;
 pub mod workflows;
 
 use std::sync::Arc;
@@ -54,6 +55,7 @@ pub struct Mutation(
     secrets::SecretMutation,
     mcp_servers::McpServerMutation,
     executions::ExecutionMutation,
+    webhooks::WebhookMutation,
 );
 
 /// Every subscription.
@@ -104,6 +106,8 @@ pub struct Loaders {
     pub tools: DataLoader<mcp_servers::ToolLoader>,
     /// Pages of workflow versions by workflow id and page.
     pub versions: DataLoader<workflows::VersionLoader>,
+    /// Webhooks by workflow id.
+    pub webhooks: DataLoader<webhooks::WebhookLoader>,
 }
 
 impl Loaders {
@@ -126,6 +130,13 @@ impl Loaders {
             ),
             versions: DataLoader::new(
                 workflows::VersionLoader {
+                    state: state.clone(),
+                    tenant: caller.tenant.clone(),
+                },
+                tokio::spawn,
+            ),
+            webhooks: DataLoader::new(
+                webhooks::WebhookLoader {
                     state: state.clone(),
                     tenant: caller.tenant.clone(),
                 },

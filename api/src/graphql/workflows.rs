@@ -78,6 +78,19 @@ impl Workflow {
             serde_json::from_value(self.0.triggers.clone()).unwrap_or_default();
         Ok(next_runs(&triggers, Utc::now(), count as usize))
     }
+    /// Its webhooks, oldest first (never their secrets).
+    async fn webhooks(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Vec<super::webhooks::Webhook>> {
+        caller(ctx, Role::Viewer)?;
+        let hooks = loaders(ctx)?
+            .webhooks
+            .load_one(self.0.id.clone())
+            .await?
+            .unwrap_or_default();
+        Ok(hooks.into_iter().map(super::webhooks::Webhook).collect())
+    }
     /// Who created it.
     async fn created_by(&self) -> &str {
         &self.0.created_by

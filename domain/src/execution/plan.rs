@@ -239,6 +239,7 @@ mod tests {
             workflow_version: 1,
             input: json!({}),
             trigger: "manual".into(),
+            source: None,
             breakpoints: vec![],
             deadline: None,
         });

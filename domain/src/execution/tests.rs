@@ -28,6 +28,7 @@ fn start_command(trigger: &str, workflow_version: u64) -> ExecutionCommand {
         workflow_version,
         input: json!({"language": "en"}),
         trigger: trigger.into(),
+        source: None,
         breakpoints: vec![node("check")],
         deadline: None,
     }
@@ -40,6 +41,7 @@ fn started() -> ExecutionEvent {
         workflow_version: 3,
         input: json!({"language": "en"}),
         trigger: "manual".into(),
+        source: None,
         breakpoints: vec![node("check")],
         deadline: None,
     }

@@ -79,6 +79,8 @@ pub struct StartRequest {
     pub idempotency_key: Option<String>,
     /// What started it: `manual`, `cron`, `webhook` or `mcp`.
     pub trigger: String,
+    /// Which one of its kind: the webhook's id for `webhook`.
+    pub source: Option<String>,
 }
 
 /// What a start did.
@@ -336,6 +338,7 @@ impl Engine {
             workflow_version: version,
             input: request.input,
             trigger: request.trigger,
+            source: request.source,
             breakpoints,
             deadline: Some(now + chrono_duration(inner.config.execution_timeout)),
         };

@@ -232,6 +232,7 @@ impl Scheduler {
                     breakpoints: Vec::new(),
                     idempotency_key: Some(fire_key(id, at)),
                     trigger: "cron".into(),
+                    source: None,
                 },
             )
             .await?;

@@ -116,6 +116,10 @@ impl View<Workflow> for WorkflowView {
             }
             WorkflowEvent::WorkflowArchived => self.archived = true,
             WorkflowEvent::WorkflowRestored => self.archived = false,
+            // The generated history has no webhooks.
+            WorkflowEvent::WebhookCreated { .. }
+            | WorkflowEvent::WebhookSecretRotated { .. }
+            | WorkflowEvent::WebhookDeleted { .. } => {}
         }
     }
 }

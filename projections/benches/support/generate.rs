@@ -163,6 +163,7 @@ impl Generator {
                 workflow_version: 1 + e,
                 input: json!({"page": run % 100, "language": "en"}),
                 trigger: if e == 0 { "cron" } else { "manual" }.into(),
+                source: None,
                 breakpoints: vec![],
                 deadline: None,
             })];

@@ -160,6 +160,7 @@ impl Projection for ExecutionsProjection {
                             trigger,
                             breakpoints,
                             deadline,
+                            ..
                         },
                         _,
                     ) => {

@@ -28,7 +28,7 @@ pub use mcp_servers::{McpServerView, McpToolView};
 pub use secrets::SecretView;
 pub use secrets::SecretsProjection;
 pub use workflows::WorkflowsProjection;
-pub use workflows::{WorkflowVersionView, WorkflowView};
+pub use workflows::{WebhookView, WorkflowVersionView, WorkflowView};
 
 /// The table names a projection writes to: the live tables, or the shadow
 /// tables of a rebuild.

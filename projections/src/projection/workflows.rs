@@ -1,14 +1,17 @@
-//! The `workflows` read model: workflows as they stand (`rm_workflows`) and
-//! every version of their definitions (`rm_workflow_versions`).
+//! The `workflows` read model: workflows as they stand (`rm_workflows`),
+//! every version of their definitions (`rm_workflow_versions`), and their
+//! webhooks (`rm_webhooks`, never a secret; the time of the last delivery
+//! comes from the `ExecutionStarted` events a webhook caused).
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use toolhub_domain::execution::ExecutionEvent;
 use toolhub_domain::workflow::WorkflowEvent;
 use toolhub_eventstore::sql::{insert_rows, Arg, Conn};
 use toolhub_eventstore::{RecordedEvent, StoreError};
 
-use super::fold::{entity, fold, of_type, table_row};
+use super::fold::{decode, entity, fold, of_type, table_row};
 use super::{Projection, Tables};
 
 table_row! {
@@ -68,7 +71,30 @@ table_row! {
     }
 }
 
-/// Workflows as they stand, and every version of their definitions.
+table_row! {
+    /// A webhook of a workflow: a row of `rm_webhooks`. Holds no secret.
+    pub struct WebhookView {
+        /// The webhook's id: the last segment of its URL.
+        id: String = text,
+        /// The owning tenant.
+        tenant: String = text,
+        /// The workflow it starts.
+        workflow_id: String = text,
+        /// What it is for.
+        description: String = text,
+        /// Who created it.
+        created_by: String = text,
+        /// When.
+        created_at: DateTime<Utc> = time,
+        /// When its secret was last rotated.
+        secret_rotated_at: Option<DateTime<Utc>> = opt_time,
+        /// When a delivery last started an execution.
+        last_delivery_at: Option<DateTime<Utc>> = opt_time,
+    }
+}
+
+/// Workflows as they stand, every version of their definitions, and their
+/// webhooks.
 pub struct WorkflowsProjection;
 
 #[async_trait]
@@ -78,7 +104,7 @@ impl Projection for WorkflowsProjection {
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &["rm_workflows", "rm_workflow_versions"]
+        &["rm_workflows", "rm_workflow_versions", "rm_webhooks"]
     }
 
     async fn apply(
@@ -87,6 +113,7 @@ impl Projection for WorkflowsProjection {
         tables: &Tables,
         events: &[RecordedEvent],
     ) -> Result<(), StoreError> {
+        apply_webhooks(conn, tables, events).await?;
         let events = of_type(events, "workflow");
         if events.is_empty() {
             return Ok(());
@@ -171,6 +198,10 @@ impl Projection for WorkflowsProjection {
                             }
                             WorkflowEvent::WorkflowArchived => row.archived = true,
                             WorkflowEvent::WorkflowRestored => row.archived = false,
+                            // Their rows are written by `apply_webhooks`.
+                            WorkflowEvent::WebhookCreated { .. }
+                            | WorkflowEvent::WebhookSecretRotated { .. }
+                            | WorkflowEvent::WebhookDeleted { .. } => {}
                         }
                         row
                     }
@@ -191,4 +222,84 @@ impl Projection for WorkflowsProjection {
         .await?;
         Ok(())
     }
+}
+
+/// Writes `rm_webhooks` for the webhook events of a batch, and the time of
+/// each webhook's last delivery from the executions webhooks started.
+/// Statements per event, in log order: webhooks change rarely.
+async fn apply_webhooks(
+    conn: &mut Conn<'_>,
+    tables: &Tables,
+    events: &[RecordedEvent],
+) -> Result<(), StoreError> {
+    let table = tables.name("rm_webhooks");
+    for event in events {
+        match (event.aggregate_type.as_str(), event.event_type.as_str()) {
+            ("workflow", "WebhookCreated" | "WebhookSecretRotated" | "WebhookDeleted") => {}
+            ("execution", "ExecutionStarted") => {
+                // Cheap test before decoding: only webhook starts matter.
+                if event.payload.get("trigger").and_then(Value::as_str) != Some("webhook") {
+                    continue;
+                }
+            }
+            _ => continue,
+        }
+        if event.aggregate_type == "execution" {
+            if let ExecutionEvent::ExecutionStarted {
+                source: Some(hook), ..
+            } = decode(event)?
+            {
+                conn.exec(
+                    &format!(
+                        "UPDATE {table} SET last_delivery_at = $1 WHERE id = $2 \
+                         AND (last_delivery_at IS NULL OR last_delivery_at < $1)"
+                    ),
+                    &[event.recorded_at.into(), hook.into()],
+                )
+                .await?;
+            }
+            continue;
+        }
+        match decode::<WorkflowEvent>(event)? {
+            WorkflowEvent::WebhookCreated {
+                webhook_id,
+                description,
+            } => {
+                let row = WebhookView {
+                    id: webhook_id.to_string(),
+                    tenant: event.metadata.tenant.clone(),
+                    workflow_id: event.aggregate_id.clone(),
+                    description,
+                    created_by: event.metadata.actor.clone(),
+                    created_at: event.recorded_at,
+                    secret_rotated_at: None,
+                    last_delivery_at: None,
+                };
+                insert_rows(
+                    conn,
+                    &table,
+                    WebhookView::COLUMNS,
+                    vec![row.into_args()],
+                    "ON CONFLICT (id) DO NOTHING",
+                )
+                .await?;
+            }
+            WorkflowEvent::WebhookSecretRotated { webhook_id, .. } => {
+                conn.exec(
+                    &format!("UPDATE {table} SET secret_rotated_at = $1 WHERE id = $2"),
+                    &[event.recorded_at.into(), webhook_id.to_string().into()],
+                )
+                .await?;
+            }
+            WorkflowEvent::WebhookDeleted { webhook_id } => {
+                conn.exec(
+                    &format!("DELETE FROM {table} WHERE id = $1"),
+                    &[webhook_id.to_string().into()],
+                )
+                .await?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }

@@ -145,6 +145,7 @@ pub async fn populate(w: &Writers, tenant_name: &str, n: usize) -> Populated {
                 workflow_version: 3,
                 input: json!({"n": i}),
                 trigger: "manual".into(),
+                source: None,
                 breakpoints: vec![],
                 deadline: None,
             },
