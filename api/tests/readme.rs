@@ -91,3 +91,23 @@ fn the_readme_engine_example_runs_as_written() {
     assert!(stdout.contains("The sum of 40 and 2 is 42."), "{stdout}");
     assert!(stdout.contains("Echo: Ada"), "{stdout}");
 }
+
+#[test]
+fn the_readme_triggers_example_runs_as_written() {
+    let stdout = run_example("triggers");
+    let runs: Vec<String> = stdout
+        .lines()
+        .find(|l| l.starts_with('['))
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("the next runs are listed: {stdout}"));
+    assert_eq!(runs.len(), 3, "{stdout}");
+    // 9:00 in Paris is 08:00 UTC in winter and 07:00 UTC in summer.
+    assert!(
+        runs.iter()
+            .all(|r| r.ends_with("T08:00:00+00:00") || r.ends_with("T07:00:00+00:00")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\"trigger\":\"webhook\""), "{stdout}");
+    assert!(stdout.contains("\"status\":\"COMPLETED\""), "{stdout}");
+    assert!(stdout.contains("Hello, Ada!"), "{stdout}");
+}
