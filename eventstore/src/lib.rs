@@ -36,7 +36,7 @@ pub mod upcast;
 pub mod webhooks;
 pub mod work;
 
-pub use bus::{BusOptions, CommandBus, Committed};
+pub use bus::{BusOptions, CommandBus, Committed, Companion};
 pub use error::{CommandError, ConflictKind, StoreError};
 pub use keys::{KeyError, KeyStore, MasterKey};
 pub use leader::Leadership;

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use crate::error::StoreError;
 use crate::sql::{exec, fetch, Arg};
 use crate::store::Db;
+use crate::Companion;
 
 /// One claimed execution.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +36,31 @@ impl WorkQueue {
     /// The queue in `db`.
     pub fn new(db: Db) -> Self {
         Self { db }
+    }
+
+    /// The work row of a new execution, as a write that commits with its
+    /// `ExecutionStarted` ([`CommandBus::execute_with`](crate::CommandBus::execute_with)):
+    /// an execution is started exactly when it has a row to be driven by.
+    /// Leased to `owner` until `lease_until`, or free for any worker.
+    pub fn enqueue_with_start(
+        execution_id: &str,
+        tenant: &str,
+        owner: Option<&str>,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Companion {
+        Companion {
+            sql: "INSERT INTO engine_work (execution_id, tenant, due_at, owner, lease_until, created_at) \
+                  VALUES ($1, $2, $3, $4, $5, $3)"
+                .into(),
+            args: vec![
+                execution_id.into(),
+                tenant.into(),
+                now.into(),
+                owner.map(str::to_string).into(),
+                owner.map(|_| lease_until).into(),
+            ],
+        }
     }
 
     /// Adds an execution, due now, leased to `owner` until `lease_until`

@@ -316,22 +316,18 @@ impl Engine {
                 return Ok(started);
             }
         }
-        // The work row first, leased to this worker: a crash before the
-        // start is appended leaves a row for an execution that never
-        // started, which a worker removes; never a started execution that
-        // nobody drives.
+        // The work row commits with the start, leased to this worker when
+        // it runs executions: an execution is started exactly when it has a
+        // row to be driven by, and the start costs one commit.
         let lease_until = now + chrono_duration(inner.config.lease);
         let here = inner.working.load(Ordering::SeqCst);
-        inner
-            .work
-            .enqueue(
-                &id_text,
-                ctx.tenant.as_str(),
-                here.then_some(inner.config.worker_id.as_str()),
-                now,
-                lease_until,
-            )
-            .await?;
+        let work = WorkQueue::enqueue_with_start(
+            &id_text,
+            ctx.tenant.as_str(),
+            here.then_some(inner.config.worker_id.as_str()),
+            now,
+            lease_until,
+        );
         let command = ExecutionCommand::Start {
             tenant: ctx.tenant.clone(),
             workflow_id: request.workflow_id,
@@ -342,10 +338,13 @@ impl Engine {
             breakpoints,
             deadline: Some(now + chrono_duration(inner.config.execution_timeout)),
         };
-        let committed = match inner.executions.execute(&id_text, command, ctx).await {
+        let committed = match inner
+            .executions
+            .execute_with(&id_text, command, ctx, &work)
+            .await
+        {
             Ok(committed) => committed,
             Err(error) => {
-                let _ = inner.work.finish(&id_text).await;
                 if let Some(key) = &request.idempotency_key {
                     let _ = release_key(inner.store.db(), ctx.tenant.as_str(), key, &id_text).await;
                 }

@@ -35,6 +35,38 @@ pub(crate) struct NameUpdate {
     pub(crate) claim: Option<String>,
 }
 
+/// A write that commits with a command's events or not at all: one
+/// `INSERT`, `UPDATE` or `DELETE` without `RETURNING`, its placeholders
+/// numbered from `$1`. The engine's work row is one: an execution is started
+/// exactly when it has a row to be driven by.
+#[derive(Debug, Clone)]
+pub struct Companion {
+    /// The statement, in PostgreSQL's dialect like every statement.
+    pub sql: String,
+    /// Its arguments.
+    pub args: Vec<Arg>,
+}
+
+/// `sql` with every placeholder `$N` renumbered `$N+by`.
+fn shift_placeholders(sql: &str, by: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c != '$' || !chars.peek().is_some_and(char::is_ascii_digit) {
+            continue;
+        }
+        let mut digits = String::new();
+        while let Some(d) = chars.peek().copied().filter(char::is_ascii_digit) {
+            digits.push(d);
+            chars.next();
+        }
+        let n: usize = digits.parse().unwrap_or(0);
+        out.push_str(&(n + by).to_string());
+    }
+    out
+}
+
 /// Why an append failed.
 pub(crate) enum AppendError {
     /// Another aggregate of the kind and tenant holds the name.
@@ -72,16 +104,27 @@ pub(crate) async fn append(
     aggregate_type: &str,
     events: Vec<NewEvent>,
     names: &[NameUpdate],
+    companion: Option<&Companion>,
 ) -> Result<Position, AppendError> {
-    if names.is_empty() {
+    if names.is_empty() && companion.is_none() {
         let mut conn = Pooled::acquire(db).await?;
         return Ok(insert_events(&mut conn.conn(), aggregate_type, events).await?);
     }
-    if let (Db::Postgres(_), [event], [update]) = (db, events.as_slice(), names) {
-        return append_naming_in_one_statement(db, aggregate_type, event, update).await;
+    match (db, events.as_slice(), names, companion) {
+        (Db::Postgres(_), [event], [update], None) => {
+            return append_naming_in_one_statement(db, aggregate_type, event, update).await;
+        }
+        (Db::Postgres(_), [event], [], Some(companion)) => {
+            return append_with_companion_in_one_statement(db, aggregate_type, event, companion)
+                .await;
+        }
+        _ => {}
     }
     let mut tx = Tx::begin(db).await?;
     let position = insert_events(&mut tx.conn(), aggregate_type, events).await?;
+    if let Some(companion) = companion {
+        tx.conn().exec(&companion.sql, &companion.args).await?;
+    }
     for update in names {
         let changed = match &update.claim {
             Some(name) => {
@@ -177,6 +220,39 @@ async fn append_naming_in_one_statement(
     }
 }
 
+/// On PostgreSQL, one event with a companion write is one autocommitted
+/// statement: the companion is a data-modifying `WITH` in front of the
+/// event's `INSERT`, as a name claim is.
+async fn append_with_companion_in_one_statement(
+    db: &Db,
+    aggregate_type: &str,
+    event: &NewEvent,
+    companion: &Companion,
+) -> Result<Position, AppendError> {
+    let sql = format!(
+        "WITH companion AS ({}) INSERT INTO events (aggregate_type, aggregate_id, sequence, \
+         event_type, event_version, payload, metadata) \
+         VALUES ($1, $2, $3, $4, $5, $6::json, $7::json) \
+         RETURNING CAST(transaction_id AS TEXT) AS tx, global_position",
+        shift_placeholders(&companion.sql, 7)
+    );
+    let mut args = vec![
+        Arg::from(aggregate_type),
+        event.aggregate_id.as_str().into(),
+        event.sequence.into(),
+        event.event_type.as_str().into(),
+        event.event_version.as_str().into(),
+        Arg::JsonText(Some(event.payload.clone())),
+        Arg::JsonText(Some(event.metadata.clone())),
+    ];
+    args.extend(companion.args.iter().cloned());
+    let rows = fetch(db, &sql, &args).await?;
+    match rows.first() {
+        Some(row) => Ok(row.position("tx", "global_position")?),
+        None => Err(StoreError::Corrupt("an append returned no position".into()).into()),
+    }
+}
+
 /// Inserts the events in one statement and returns the last one's position.
 async fn insert_events(
     conn: &mut Conn<'_>,
@@ -211,4 +287,17 @@ async fn insert_events(
         last = last.max(Some(position));
     }
     last.ok_or_else(|| StoreError::Corrupt("an append returned no position".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shift_placeholders;
+
+    #[test]
+    fn placeholders_are_renumbered() {
+        assert_eq!(
+            shift_placeholders("INSERT INTO t VALUES ($1, $2, $10, '$x', $3)", 7),
+            "INSERT INTO t VALUES ($8, $9, $17, '$x', $10)"
+        );
+    }
 }

@@ -25,6 +25,7 @@ use toolhub_domain::{AggregateRoot, CommandTraits, NameChange, TenantId};
 mod append;
 mod snapshot;
 
+pub use append::Companion;
 use append::{AppendError, NameUpdate, NewEvent};
 
 use crate::error::{is_unique_violation, CommandError, ConflictKind, StoreError};
@@ -157,6 +158,32 @@ where
         ctx: &CommandContext,
         expected_version: Option<u64>,
     ) -> Result<Committed, CommandError<A::Error>> {
+        self.decide_and_append(id, command, ctx, expected_version, None)
+            .await
+    }
+
+    /// Executes `command` and, in the same commit, `companion`: both are
+    /// written or neither is. A command that appends no event writes no
+    /// companion either.
+    pub async fn execute_with(
+        &self,
+        id: &str,
+        command: A::Command,
+        ctx: &CommandContext,
+        companion: &Companion,
+    ) -> Result<Committed, CommandError<A::Error>> {
+        self.decide_and_append(id, command, ctx, None, Some(companion))
+            .await
+    }
+
+    async fn decide_and_append(
+        &self,
+        id: &str,
+        command: A::Command,
+        ctx: &CommandContext,
+        expected_version: Option<u64>,
+        companion: Option<&Companion>,
+    ) -> Result<Committed, CommandError<A::Error>> {
         // Spreads the retries of colliding writers apart.
         let mut backoff = ExponentialBuilder::new()
             .with_jitter()
@@ -224,7 +251,10 @@ where
             }
 
             let serialized = serialize::<A>(id, version, &events, ctx)?;
-            match self.append(id, &ctx.tenant, &events, serialized).await {
+            match self
+                .append(id, &ctx.tenant, &events, serialized, companion)
+                .await
+            {
                 Ok(position) => {
                     let new_version = version + events.len() as u64;
                     self.maybe_snapshot(id, &state, version, new_version);
@@ -403,6 +433,7 @@ where
         tenant: &TenantId,
         decided: &[A::Event],
         events: Vec<NewEvent>,
+        companion: Option<&Companion>,
     ) -> Result<Position, AppendError> {
         let names: Vec<NameUpdate> = decided
             .iter()
@@ -416,7 +447,7 @@ where
                 },
             })
             .collect();
-        append::append(self.store.db(), A::TYPE, events, &names).await
+        append::append(self.store.db(), A::TYPE, events, &names, companion).await
     }
 }
 
