@@ -243,6 +243,12 @@ impl Engine {
         self.inner.stats.clone()
     }
 
+    /// How long a whole execution may run before it fails: the longest a
+    /// caller waiting for one needs to wait.
+    pub fn execution_timeout(&self) -> Duration {
+        self.inner.config.execution_timeout
+    }
+
     /// The MCP connection pool (its counters, for metrics and tests).
     pub fn mcp(&self) -> &McpPool {
         &self.inner.mcp
