@@ -2,7 +2,8 @@
 //! Streamable HTTP client: listing, calling with the output as text and
 //! structured content, progress for the steps, `isError` for a failed run,
 //! arguments checked against the schema, tenants apart, tokens required,
-//! roles, unique tool names, and a client's cancellation stopping the run.
+//! roles, rate limits, unique tool names, and a client's cancellation
+//! stopping the run.
 //! Every test runs on PostgreSQL and on SQLite.
 
 use std::sync::{Arc, Mutex};
@@ -722,4 +723,51 @@ async fn a_tool_name_belongs_to_one_workflow_of_a_tenant_on_postgres() {
 #[tokio::test]
 async fn a_tool_name_belongs_to_one_workflow_of_a_tenant_on_sqlite() {
     a_tool_name_belongs_to_one_workflow_of_a_tenant(TestEnv::sqlite().await).await;
+}
+
+async fn calls_count_against_the_callers_rate_of_mutations(env: TestEnv) {
+    let mut config = env.config();
+    config.limits.rate.per_subject.mutations = Some(toolhub_api::config::Rate::per_minute(3));
+    let server = env.server_with(config).await;
+    let ed = editor("acme");
+    let greeter = greeter(&server, &ed).await;
+    // Creating the workflow and setting its triggers are two mutations of
+    // the three.
+    expose(&server, &ed, &greeter, "greet", greet_schema()).await;
+    let client = connected(&server, &ed).await;
+    let first = call(&client, "greet", json!({"who": "Ada"}))
+        .await
+        .expect("within the rate");
+    assert_eq!(first.is_error, Some(false), "{first:?}");
+    let error = call(&client, "greet", json!({"who": "Bob"}))
+        .await
+        .expect_err("over the rate");
+    assert_eq!(error_code(&error), -32029, "{error:?}");
+    let ServiceError::McpError(data) = &error else {
+        unreachable!("error_code checked it")
+    };
+    let data = data.data.clone().unwrap_or_default();
+    assert_eq!(data["code"], "RATE_LIMITED", "{data}");
+    assert!(
+        data["retryAfter"].as_u64().is_some_and(|s| s >= 1),
+        "{data}"
+    );
+    // Listing is a query: it has its own budget.
+    assert_eq!(
+        client.service.list_all_tools().await.expect("listed").len(),
+        1
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(executions(&server, &ed, &greeter).await.len(), 1);
+    let _ = client.service.cancel().await;
+}
+
+#[tokio::test]
+async fn calls_count_against_the_callers_rate_of_mutations_on_postgres() {
+    calls_count_against_the_callers_rate_of_mutations(TestEnv::postgres().await).await;
+}
+
+#[tokio::test]
+async fn calls_count_against_the_callers_rate_of_mutations_on_sqlite() {
+    calls_count_against_the_callers_rate_of_mutations(TestEnv::sqlite().await).await;
 }
