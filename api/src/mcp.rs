@@ -49,7 +49,7 @@ use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
 use toolhub_domain::definition::WorkflowDefinition;
-use toolhub_domain::workflow::{compile_tool_schema, Trigger, Workflow};
+use toolhub_domain::workflow::{compile_tool_schema, Trigger, Workflow, MAX_TOOL_NAME_LEN};
 use toolhub_domain::{AggregateRoot, ExecutionId, Role, TenantId, WorkflowId};
 use toolhub_engine::StartRequest;
 use toolhub_eventstore::work::{name_holder, names_in};
@@ -287,6 +287,15 @@ impl ServerHandler for ToolhubMcp {
                 Some(json!({ "code": "NOT_FOUND" })),
             )
         };
+        // A name no tool can have is not looked up.
+        let plausible = !name.is_empty()
+            && name.len() <= MAX_TOOL_NAME_LEN
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !plausible {
+            return Err(unknown());
+        }
         let holder = name_holder(
             self.state.store.db(),
             caller.tenant.as_str(),

@@ -293,8 +293,9 @@ async fn a_workflow_is_listed_and_called_as_a_tool(env: TestEnv) {
         );
         assert_eq!(refused.structured_content, None);
     }
-    // Unknown and archived tools are not found.
-    for name in ["nope", "old_tool"] {
+    // Unknown and archived tools are not found, nor names no tool can have.
+    let long = "x".repeat(100);
+    for name in ["nope", "old_tool", "a\u{0}b", "", long.as_str()] {
         let error = call(&client, name, json!({})).await.expect_err("refused");
         assert_eq!(error_code(&error), -32602, "{name}: {error:?}");
     }
