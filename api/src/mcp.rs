@@ -88,11 +88,12 @@ const RATE_LIMITED: ErrorCode = ErrorCode(-32029);
 const REFUSED: ErrorCode = ErrorCode(-32000);
 
 /// The `/mcp` service: rmcp's Streamable HTTP server with in-process
-/// sessions, ended when `shutdown` is cancelled.
+/// sessions, ended when `shutdown` is cancelled; and the gate that goes in
+/// front of it.
 pub(crate) fn service(
     state: Arc<AppState>,
     shutdown: CancellationToken,
-) -> StreamableHttpService<ToolhubMcp, LocalSessionManager> {
+) -> (StreamableHttpService<ToolhubMcp, LocalSessionManager>, Gate) {
     let mut sessions = LocalSessionManager::default();
     // A call waits for its execution, which may run up to the execution
     // timeout without another message on the session; an idle session is
@@ -107,8 +108,11 @@ pub(crate) fn service(
         // which a rebinding page does not have, and the service runs under
         // whatever names its operators give it.
         .disable_allowed_hosts();
+    let sessions = Arc::new(sessions);
+    let gate = Gate::new(state.clone(), sessions.clone());
     let handler = ToolhubMcp { state };
-    StreamableHttpService::new(move || Ok(handler.clone()), Arc::new(sessions), config)
+    let service = StreamableHttpService::new(move || Ok(handler.clone()), sessions, config);
+    (service, gate)
 }
 
 /// The session header of Streamable HTTP.
@@ -118,7 +122,12 @@ const SESSION_ID: &str = "mcp-session-id";
 /// forgotten is answered as unknown, and its client opens another.
 const SESSION_OWNERS: usize = 65_536;
 
-/// What the `/mcp` gate needs: the verifier, and who opened each session.
+/// The most sessions one caller may hold open on a replica: each holds a
+/// task and buffers until it is closed or idle for the execution timeout.
+const SESSIONS_PER_CALLER: usize = 64;
+
+/// What the `/mcp` gate needs: the verifier, who opened each session, and
+/// which sessions are still open.
 #[derive(Clone)]
 pub(crate) struct Gate {
     /// What every handler shares.
@@ -126,17 +135,52 @@ pub(crate) struct Gate {
     /// Session id → the key of the caller that opened it (tenant and
     /// `sub`), so that nobody else's requests reach the session.
     owners: Arc<parking_lot::Mutex<lru::LruCache<String, String>>>,
+    /// Caller key → the sessions it opened, pruned of closed ones when it
+    /// opens another.
+    held: Arc<parking_lot::Mutex<HashMap<String, Vec<String>>>>,
+    /// rmcp's sessions: the ones open now.
+    sessions: Arc<LocalSessionManager>,
 }
 
 impl Gate {
     /// The gate of one server.
-    pub(crate) fn new(state: Arc<AppState>) -> Self {
+    fn new(state: Arc<AppState>, sessions: Arc<LocalSessionManager>) -> Self {
         let capacity =
             std::num::NonZeroUsize::new(SESSION_OWNERS).unwrap_or(std::num::NonZeroUsize::MIN);
         Self {
             state,
             owners: Arc::new(parking_lot::Mutex::new(lru::LruCache::new(capacity))),
+            held: Arc::default(),
+            sessions,
         }
+    }
+
+    /// Whether `key` may open another session: it holds fewer than
+    /// [`SESSIONS_PER_CALLER`] that are still open.
+    async fn may_open(&self, key: &str) -> bool {
+        let held = self.held.lock().get(key).cloned().unwrap_or_default();
+        if held.len() < SESSIONS_PER_CALLER {
+            return true;
+        }
+        let open: Vec<String> = {
+            let sessions = self.sessions.sessions.read().await;
+            held.into_iter()
+                .filter(|id| sessions.contains_key(id.as_str()))
+                .collect()
+        };
+        let may = open.len() < SESSIONS_PER_CALLER;
+        self.held.lock().insert(key.to_string(), open);
+        may
+    }
+
+    /// Records that `key` opened the session `id`.
+    fn opened(&self, key: String, id: &str) {
+        self.held
+            .lock()
+            .entry(key.clone())
+            .or_default()
+            .push(id.to_string());
+        self.owners.lock().put(id.to_string(), key);
     }
 }
 
@@ -188,6 +232,17 @@ pub(crate) async fn authenticate(
                 .into_response();
         }
     }
+    if session.is_none() && !gate.may_open(&key).await {
+        let error = ApiError::RateLimited {
+            reason: "SESSIONS_PER_CALLER",
+            retry_after: None,
+        };
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            axum::Json(json!({ "error": error.to_json() })),
+        )
+            .into_response();
+    }
     request.extensions_mut().insert(caller);
     let response = next.run(request).await;
     if session.is_none() {
@@ -196,7 +251,7 @@ pub(crate) async fn authenticate(
             .get(SESSION_ID)
             .and_then(|v| v.to_str().ok())
         {
-            gate.owners.lock().put(opened.to_string(), key);
+            gate.opened(key, opened);
         }
     }
     response

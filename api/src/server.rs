@@ -381,12 +381,14 @@ fn router(
     // execution) on streams of its own, so the request timeout and the
     // concurrency limit of `/graphql` do not apply; the body limit, the
     // token and the rate limits do.
-    let mcp = Router::new()
-        .route_service("/mcp", crate::mcp::service(state.clone(), mcp_shutdown))
-        .layer(middleware::from_fn_with_state(
-            crate::mcp::Gate::new(state.clone()),
-            crate::mcp::authenticate,
-        ));
+    let (mcp_service, mcp_gate) = crate::mcp::service(state.clone(), mcp_shutdown);
+    let mcp =
+        Router::new()
+            .route_service("/mcp", mcp_service)
+            .layer(middleware::from_fn_with_state(
+                mcp_gate,
+                crate::mcp::authenticate,
+            ));
     let ops = Router::new()
         .route("/health/live", get(crate::health::live))
         .route("/health/ready", get(crate::health::ready))

@@ -2,9 +2,9 @@
 //! Streamable HTTP client: listing, calling with the output as text and
 //! structured content, progress for the steps, `isError` for a failed run,
 //! arguments checked against the schema, tenants apart, tokens required,
-//! roles, rate limits, unique tool names, and a client's cancellation
-//! stopping the run.
-//! Every test runs on PostgreSQL and on SQLite.
+//! roles, rate limits, sessions per caller, unique tool names, and a
+//! client's cancellation stopping the run. Every test runs on PostgreSQL
+//! and on SQLite.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -771,4 +771,70 @@ async fn calls_count_against_the_callers_rate_of_mutations_on_postgres() {
 #[tokio::test]
 async fn calls_count_against_the_callers_rate_of_mutations_on_sqlite() {
     calls_count_against_the_callers_rate_of_mutations(TestEnv::sqlite().await).await;
+}
+
+async fn a_caller_holds_a_bounded_number_of_sessions(env: TestEnv) {
+    let server = env.server().await;
+    let many = token("many", "acme", Role::Viewer);
+    let open = |token: String| {
+        server
+            .http
+            .post(format!("{}/mcp", server.url))
+            .header("accept", "application/json, text/event-stream")
+            .bearer_auth(token)
+            .json(&initialize())
+            .send()
+    };
+    let mut sessions = Vec::new();
+    for _ in 0..64 {
+        let response = open(many.clone()).await.expect("an answer");
+        assert_eq!(response.status().as_u16(), 200);
+        let id = response.headers()["mcp-session-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        sessions.push(id);
+    }
+    let refused = open(many.clone()).await.expect("an answer");
+    assert_eq!(refused.status().as_u16(), 429);
+    let body: Value = refused.json().await.expect("a JSON body");
+    assert_eq!(
+        body["error"]["extensions"]["reason"], "SESSIONS_PER_CALLER",
+        "{body}"
+    );
+    // Another caller has sessions of their own.
+    let other = open(token("other", "acme", Role::Viewer))
+        .await
+        .expect("an answer");
+    assert_eq!(other.status().as_u16(), 200);
+    // Closing one makes room for another.
+    let closed = server
+        .http
+        .delete(format!("{}/mcp", server.url))
+        .header("mcp-session-id", &sessions[0])
+        .header("mcp-protocol-version", "2025-06-18")
+        .bearer_auth(&many)
+        .send()
+        .await
+        .expect("an answer");
+    assert!(closed.status().is_success(), "{}", closed.status());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let again = open(many.clone()).await.expect("an answer");
+        if again.status().as_u16() == 200 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", again.status());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_caller_holds_a_bounded_number_of_sessions_on_postgres() {
+    a_caller_holds_a_bounded_number_of_sessions(TestEnv::postgres().await).await;
+}
+
+#[tokio::test]
+async fn a_caller_holds_a_bounded_number_of_sessions_on_sqlite() {
+    a_caller_holds_a_bounded_number_of_sessions(TestEnv::sqlite().await).await;
 }
