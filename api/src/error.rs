@@ -41,7 +41,8 @@ pub enum ApiError {
     /// subscriptions may run at once.
     RateLimited {
         /// Which limit (`SUBJECT_RATE`, `ADDRESS_RATE`,
-        /// `SUBSCRIPTIONS_PER_SOCKET`, `SUBSCRIPTIONS_PER_CALLER`).
+        /// `SUBSCRIPTIONS_PER_SOCKET`, `SUBSCRIPTIONS_PER_CALLER`,
+        /// `SESSIONS_PER_CALLER`).
         reason: &'static str,
         /// How long to wait before trying again, in whole seconds, when
         /// waiting is what helps.
@@ -118,6 +119,10 @@ impl ApiError {
                 }
                 ("SUBSCRIPTIONS_PER_CALLER", _) => {
                     "you run as many subscriptions as you may; complete one first".to_string()
+                }
+                ("SESSIONS_PER_CALLER", _) => {
+                    "you hold as many MCP sessions as you may; close one (DELETE /mcp) first"
+                        .to_string()
                 }
                 (_, Some(seconds)) => format!("too many requests; retry in {seconds} s"),
                 (_, None) => "too many requests".to_string(),

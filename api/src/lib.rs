@@ -10,6 +10,7 @@
 //! - [`error`]: the one API error type and the mapping of every domain and
 //!   storage error onto the GraphQL error codes;
 //! - [`graphql`]: the schema, one module per feature;
+//! - [`mcp`]: the MCP server at `/mcp`, which serves workflows as tools;
 //! - [`server`]: the router, limits, CORS, request ids, graceful shutdown;
 //! - [`ws`]: graphql-transport-ws with its limits (initialisation, message
 //!   size, subscriptions per socket and caller, token expiry, keep-alive);
@@ -29,6 +30,7 @@ pub mod error;
 pub mod graphql;
 pub mod health;
 pub mod hooks;
+pub mod mcp;
 pub mod metrics;
 pub mod read;
 pub mod server;

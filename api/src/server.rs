@@ -1,5 +1,6 @@
-//! The HTTP server: the router, its limits and hygiene layers, and starting
-//! and stopping it.
+//! The HTTP server: the router (`/graphql`, `/graphql/ws`, `/mcp`, the
+//! operations endpoints), its limits and hygiene layers, and starting and
+//! stopping it.
 //!
 //! Every request gets an `x-request-id` (the client's, or a new UUID), which
 //! is echoed in the response, carried by the request's log span, recorded
@@ -225,7 +226,17 @@ pub async fn spawn(config: Config) -> Result<Running, StartError> {
     });
     let schema = build_schema(Some(state.clone()), &config.limits);
     tokio::spawn(sweep_throttle(state.clone(), shutdown_rx.clone()));
-    let app = router(state, schema, &config);
+    // MCP sessions and the calls in them end when the server stops.
+    let mcp_shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let mcp_shutdown = mcp_shutdown.clone();
+        let mut stop = shutdown_rx.clone();
+        async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+            mcp_shutdown.cancel();
+        }
+    });
+    let app = router(state, schema, &config, mcp_shutdown);
 
     let mut stop = shutdown_rx;
     let server = tokio::spawn(async move {
@@ -357,7 +368,12 @@ impl DocumentCache {
 }
 
 /// The router with every layer.
-fn router(state: Arc<AppState>, schema: ToolhubSchema, config: &Config) -> Router {
+fn router(
+    state: Arc<AppState>,
+    schema: ToolhubSchema,
+    config: &Config,
+    mcp_shutdown: tokio_util::sync::CancellationToken,
+) -> Router {
     let app = App {
         state: state.clone(),
         schema,
@@ -388,6 +404,18 @@ fn router(state: Arc<AppState>, schema: ToolhubSchema, config: &Config) -> Route
             post(crate::hooks::deliver).route_layer(bounded),
         )
         .with_state(state.clone());
+    // `/mcp` answers long calls (a tool call lasts as long as its
+    // execution) on streams of its own, so the request timeout and the
+    // concurrency limit of `/graphql` do not apply; the body limit, the
+    // token and the rate limits do.
+    let (mcp_service, mcp_gate) = crate::mcp::service(state.clone(), mcp_shutdown);
+    let mcp =
+        Router::new()
+            .route_service("/mcp", mcp_service)
+            .layer(middleware::from_fn_with_state(
+                mcp_gate,
+                crate::mcp::authenticate,
+            ));
     let ops = Router::new()
         .route("/health/live", get(crate::health::live))
         .route("/health/ready", get(crate::health::ready))
@@ -409,6 +437,7 @@ fn router(state: Arc<AppState>, schema: ToolhubSchema, config: &Config) -> Route
     });
     let mut router = graphql
         .merge(hooks)
+        .merge(mcp)
         .merge(ops)
         .fallback(not_found)
         // The limit answers early (from Content-Length) with plain text; the
@@ -442,13 +471,21 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
     Some(
         CorsLayer::new()
             .allow_origin(allow)
-            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            // DELETE and the `Mcp-*` headers are MCP's (`/mcp`), for
+            // clients that run in a browser.
+            .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
             .allow_headers([
                 header::AUTHORIZATION,
                 header::CONTENT_TYPE,
                 header::HeaderName::from_static(REQUEST_ID),
+                header::HeaderName::from_static("mcp-session-id"),
+                header::HeaderName::from_static("mcp-protocol-version"),
+                header::HeaderName::from_static("last-event-id"),
             ])
-            .expose_headers([header::HeaderName::from_static(REQUEST_ID)])
+            .expose_headers([
+                header::HeaderName::from_static(REQUEST_ID),
+                header::HeaderName::from_static("mcp-session-id"),
+            ])
             .max_age(Duration::from_secs(600)),
     )
 }

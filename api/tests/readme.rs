@@ -111,3 +111,32 @@ fn the_readme_triggers_example_runs_as_written() {
     assert!(stdout.contains("\"status\":\"COMPLETED\""), "{stdout}");
     assert!(stdout.contains("Hello, Ada!"), "{stdout}");
 }
+
+#[test]
+fn the_readme_mcp_example_runs_as_written() {
+    let stdout = run_example("mcp");
+    assert!(
+        stdout.contains(r#"{"name":"toolhub","version":"#),
+        "initialize answered: {stdout}"
+    );
+    assert!(
+        stdout.contains(r#""tools":[{"name":"greet","description":"Greets someone by name""#),
+        "the tool was listed: {stdout}"
+    );
+    assert!(
+        stdout.contains(r#""method":"notifications/progress""#)
+            && stdout.contains("node `greet` succeeded"),
+        "progress was notified: {stdout}"
+    );
+    assert!(
+        stdout.contains(
+            r#""structuredContent":{"greet":{"greeting":"Hello, Ada!"}},"isError":false"#
+        ),
+        "the call answered with the output: {stdout}"
+    );
+    assert!(
+        stdout.contains(r#"invalid arguments for `greet`: `/who`: 42 is not of type \"string\""#)
+            && stdout.contains(r#""isError":true"#),
+        "bad arguments were refused: {stdout}"
+    );
+}

@@ -193,9 +193,14 @@ pub trait AggregateRoot: cqrs_es::Aggregate {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NameChange<'a> {
     /// The aggregate takes this name; no other aggregate of its kind and
-    /// tenant may hold it.
+    /// tenant may hold it. The aggregate holds no name yet (a creation).
     Claim(&'a str),
-    /// The aggregate gives its name up (it was deleted).
+    /// The aggregate takes this name in place of the one it held, if any
+    /// (a workflow's MCP tool, renamed or set again); no other aggregate of
+    /// its kind and tenant may hold it.
+    Move(&'a str),
+    /// The aggregate gives its name up (it was deleted, or no longer needs
+    /// one); a no-op when it held none.
     Release,
 }
 

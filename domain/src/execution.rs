@@ -298,7 +298,7 @@ pub enum ExecutionCommand {
         /// What started it: `manual`, `cron`, `webhook` or `mcp`.
         trigger: String,
         /// Which one of its kind started it, when there are several: the
-        /// webhook's id for `webhook`.
+        /// webhook's id for `webhook`, the tool's name for `mcp`.
         source: Option<String>,
         /// The nodes to pause at, for debugging.
         breakpoints: Vec<NodeId>,
@@ -435,8 +435,8 @@ pub enum ExecutionEvent {
         /// `manual`, `cron`, `webhook` or `mcp`.
         trigger: String,
         /// Which one of its kind started it: the webhook's id for
-        /// `webhook`; absent otherwise, and in events recorded before it
-        /// existed.
+        /// `webhook`, the tool's name for `mcp`; absent otherwise, and in
+        /// events recorded before it existed.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         source: Option<String>,
         /// The nodes to pause at.

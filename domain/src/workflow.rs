@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::common::{AggregateRoot, CommandTraits, Role, TenantId, WebhookId};
+use crate::common::{AggregateRoot, CommandTraits, NameChange, Role, TenantId, WebhookId};
 use crate::definition::{DefinitionError, WorkflowDefinition};
 use crate::schedule::{parse_timezone, MissedFires};
 use crate::text::{self, InvalidText};
@@ -49,6 +49,16 @@ pub const MAX_WEBHOOK_DESCRIPTION_LEN: usize = 500;
 /// The longest webhook key, in characters.
 pub const MAX_WEBHOOK_KEY_LEN: usize = 128;
 
+/// The longest MCP tool name, in characters (the limit MCP clients such as
+/// model providers put on tool names).
+pub const MAX_TOOL_NAME_LEN: usize = 64;
+
+/// The longest MCP tool description, in characters.
+pub const MAX_TOOL_DESCRIPTION_LEN: usize = 2_000;
+
+/// The largest MCP tool input schema, serialized.
+pub const MAX_TOOL_SCHEMA_BYTES: usize = 64 * 1024;
+
 /// What starts an execution of a workflow without a person pressing "run".
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -76,6 +86,21 @@ pub enum Trigger {
         /// `[A-Za-z0-9_-]{1,128}`.
         key: String,
     },
+    /// Runs when an MCP client calls the tool it is exposed as, on
+    /// Toolhub's own MCP endpoint (`/mcp`). A workflow is at most one tool,
+    /// and a tool name belongs to at most one workflow of a tenant: the
+    /// name is claimed when the trigger is set (see
+    /// [`Workflow`]'s [`AggregateRoot::name_change`]).
+    McpTool {
+        /// The tool's name, `[A-Za-z0-9_-]{1,64}`.
+        name: String,
+        /// What the tool does, for the model that decides to call it.
+        #[serde(default)]
+        description: String,
+        /// The JSON Schema the arguments must match: an object schema,
+        /// self-contained (no remote `$ref`), at most 64 KiB.
+        input_schema: Value,
+    },
 }
 
 /// The largest input a cron trigger may carry, serialized.
@@ -83,7 +108,8 @@ pub const MAX_TRIGGER_INPUT_BYTES: usize = 64 * 1024;
 
 impl Trigger {
     /// Checks the trigger, returning the faulty field (`schedule`,
-    /// `timezone`, `input`, `key`) and why it is unusable.
+    /// `timezone`, `input`, `key`, `name`, `description`, `input_schema`)
+    /// and why it is unusable.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         match self {
             Self::Cron {
@@ -127,8 +153,77 @@ impl Trigger {
                     ))
                 }
             }
+            Self::McpTool {
+                name,
+                description,
+                input_schema,
+            } => {
+                check_tool_name(name).map_err(|reason| ("name", reason))?;
+                if description.chars().count() > MAX_TOOL_DESCRIPTION_LEN {
+                    return Err((
+                        "description",
+                        format!(
+                            "a tool description is at most {MAX_TOOL_DESCRIPTION_LEN} characters"
+                        ),
+                    ));
+                }
+                check_tool_schema(input_schema).map_err(|reason| ("input_schema", reason))
+            }
         }
     }
+
+    /// The tool name, for an MCP tool trigger.
+    pub fn tool_name(&self) -> Option<&str> {
+        match self {
+            Self::McpTool { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+}
+
+/// Checks an MCP tool name: 1 to 64 ASCII letters, digits, `_` or `-`.
+fn check_tool_name(name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_TOOL_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "a tool name is 1 to {MAX_TOOL_NAME_LEN} letters, digits, '_' or '-'"
+        ))
+    }
+}
+
+/// Checks an MCP tool's input schema: a JSON object of bounded size whose
+/// `type` is `"object"` (MCP requires tool arguments to be an object, and
+/// clients refuse a tool list that says otherwise), which compiles as a JSON
+/// Schema. The crate that compiles it here is the one that validates the
+/// arguments of every call, so what is accepted here is what calls are held
+/// to. It is compiled without fetching anything: a `$ref` to another
+/// document does not resolve and is refused.
+pub fn check_tool_schema(schema: &Value) -> Result<(), String> {
+    let Some(object) = schema.as_object() else {
+        return Err("an input schema is a JSON object".into());
+    };
+    if serde_json::to_vec(schema).map_or(true, |b| b.len() > MAX_TOOL_SCHEMA_BYTES) {
+        return Err(format!(
+            "an input schema is at most {MAX_TOOL_SCHEMA_BYTES} bytes"
+        ));
+    }
+    if object.get("type").and_then(Value::as_str) != Some("object") {
+        return Err(
+            "an input schema describes the arguments object: its `type` is \"object\"".into(),
+        );
+    }
+    compile_tool_schema(schema).map(|_| ())
+}
+
+/// Compiles an MCP tool's input schema into a validator, as calls use it.
+pub fn compile_tool_schema(schema: &Value) -> Result<jsonschema::Validator, String> {
+    jsonschema::validator_for(schema).map_err(|e| format!("not a valid JSON Schema: {e}"))
 }
 
 /// Parses a five-field cron expression (minute, hour, day of month, month,
@@ -614,6 +709,15 @@ fn check_triggers(triggers: &[Trigger]) -> Result<(), WorkflowError> {
                 }
             }
             Trigger::Webhook { key } => text::check_name(&format!("triggers[{index}].key"), key)?,
+            Trigger::McpTool {
+                name,
+                description,
+                input_schema,
+            } => {
+                text::check_name(&format!("triggers[{index}].name"), name)?;
+                text::check_free_text(&format!("triggers[{index}].description"), description)?;
+                text::check_json(&format!("triggers[{index}].input_schema"), input_schema)?;
+            }
         }
         trigger
             .validate()
@@ -625,6 +729,17 @@ fn check_triggers(triggers: &[Trigger]) -> Result<(), WorkflowError> {
             return Err(WorkflowError::InvalidTrigger {
                 field: format!("triggers[{index}]"),
                 reason: "the same trigger is listed twice".into(),
+            });
+        }
+        // A workflow claims one tool name (the unique-name claims hold one
+        // name per aggregate), and one workflow behind two tools would only
+        // confuse the model choosing between them.
+        if trigger.tool_name().is_some()
+            && triggers[..index].iter().any(|t| t.tool_name().is_some())
+        {
+            return Err(WorkflowError::InvalidTrigger {
+                field: format!("triggers[{index}]"),
+                reason: "a workflow is exposed as at most one MCP tool".into(),
             });
         }
     }
@@ -851,6 +966,26 @@ impl Workflow {
 impl AggregateRoot for Workflow {
     fn tenant(&self) -> Option<&TenantId> {
         self.tenant.as_ref()
+    }
+
+    /// A workflow's unique name is the MCP tool it is exposed as: setting
+    /// triggers with an `mcp_tool` claims its name (moving the workflow's
+    /// claim from any earlier tool name), and setting triggers without one
+    /// releases it. Of two workflows of a tenant that ask for one tool
+    /// name, the second is refused (`NameTaken`), even when both commit at
+    /// once. An archived workflow keeps its tool name (it is not listed,
+    /// and gets it back when restored); to reuse the name elsewhere, remove
+    /// the trigger first.
+    fn name_change(event: &WorkflowEvent) -> Option<NameChange<'_>> {
+        match event {
+            WorkflowEvent::WorkflowTriggersSet { triggers } => {
+                match triggers.iter().find_map(Trigger::tool_name) {
+                    Some(name) => Some(NameChange::Move(name)),
+                    None => Some(NameChange::Release),
+                }
+            }
+            _ => None,
+        }
     }
 }
 
@@ -1312,6 +1447,139 @@ mod tests {
             invalid_field(vec![cron("0 9 * * *"), cron("0 9 * * *")]),
             "triggers[1]"
         );
+    }
+
+    fn tool(name: &str) -> Trigger {
+        Trigger::McpTool {
+            name: name.into(),
+            description: "Greets someone".into(),
+            input_schema: json!({"type": "object",
+                                 "properties": {"who": {"type": "string"}},
+                                 "required": ["who"]}),
+        }
+    }
+
+    #[test]
+    fn an_mcp_tool_trigger_reads_and_writes_with_its_kind_tag() {
+        let trigger: Trigger = serde_json::from_value(json!({
+            "kind": "mcp_tool",
+            "name": "greet",
+            "description": "Greets someone",
+            "input_schema": {"type": "object",
+                             "properties": {"who": {"type": "string"}},
+                             "required": ["who"]}
+        }))
+        .unwrap();
+        assert_eq!(trigger, tool("greet"));
+        assert_eq!(trigger.validate(), Ok(()));
+        assert_eq!(trigger.tool_name(), Some("greet"));
+        assert_eq!(
+            serde_json::to_value(&trigger).unwrap()["kind"],
+            json!("mcp_tool")
+        );
+    }
+
+    #[test]
+    fn setting_an_mcp_tool_trigger_claims_its_name_and_removing_it_releases_it() {
+        let set = WorkflowEvent::WorkflowTriggersSet {
+            triggers: vec![webhook("k"), tool("greet")],
+        };
+        assert_eq!(Workflow::name_change(&set), Some(NameChange::Move("greet")));
+        let cleared = WorkflowEvent::WorkflowTriggersSet {
+            triggers: vec![webhook("k")],
+        };
+        assert_eq!(Workflow::name_change(&cleared), Some(NameChange::Release));
+        assert_eq!(
+            Workflow::name_change(&WorkflowEvent::WorkflowArchived),
+            None
+        );
+        WorkflowTest::with(())
+            .given(vec![created()])
+            .when(WorkflowCommand::SetTriggers {
+                triggers: vec![tool("greet")],
+            })
+            .then_expect_events(vec![WorkflowEvent::WorkflowTriggersSet {
+                triggers: vec![tool("greet")],
+            }]);
+    }
+
+    #[test]
+    fn a_workflow_is_exposed_as_at_most_one_tool() {
+        assert_eq!(
+            invalid_field(vec![tool("greet"), tool("welcome")]),
+            "triggers[1]"
+        );
+    }
+
+    #[test]
+    fn an_invalid_mcp_tool_trigger_names_its_field() {
+        let with = |name: &str, description: &str, schema: Value| Trigger::McpTool {
+            name: name.into(),
+            description: description.into(),
+            input_schema: schema,
+        };
+        let object = json!({"type": "object"});
+        for bad in ["", "a b", "a/b", "é", &"n".repeat(MAX_TOOL_NAME_LEN + 1)] {
+            assert_eq!(
+                invalid_field(vec![with(bad, "", object.clone())]),
+                "triggers[0].name",
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            with(&"n".repeat(MAX_TOOL_NAME_LEN), "", object.clone()).validate(),
+            Ok(())
+        );
+        assert_eq!(
+            invalid_field(vec![with(
+                "t",
+                &"d".repeat(MAX_TOOL_DESCRIPTION_LEN + 1),
+                object.clone()
+            )]),
+            "triggers[0].description"
+        );
+        for schema in [
+            json!([1]),
+            json!("object"),
+            json!({"type": "string"}),
+            json!({"properties": {}}),
+            json!({"type": "object", "properties": {"n": {"type": "integer", "minimum": "zero"}}}),
+            json!({"type": "object", "properties": {"n": {"$ref": "https://example.com/s.json"}}}),
+            json!({"type": "object", "description": "x".repeat(MAX_TOOL_SCHEMA_BYTES)}),
+        ] {
+            assert_eq!(
+                invalid_field(vec![with("t", "", schema.clone())]),
+                "triggers[0].input_schema",
+                "{schema}"
+            );
+        }
+        // A control character in the description or the schema is refused
+        // like anywhere else, naming where it is.
+        for (trigger, field) in [
+            (
+                with("t", "two\u{0}words", object.clone()),
+                "triggers[0].description",
+            ),
+            (
+                with(
+                    "t",
+                    "",
+                    json!({"type": "object", "properties": {"a\u{1}b": {}}}),
+                ),
+                "triggers[0].input_schema.properties",
+            ),
+        ] {
+            let result = WorkflowTest::with(())
+                .given(vec![created()])
+                .when(WorkflowCommand::SetTriggers {
+                    triggers: vec![trigger],
+                })
+                .inspect_result();
+            assert!(
+                matches!(&result, Err(WorkflowError::InvalidText(e)) if e.field.starts_with(field)),
+                "{result:?}"
+            );
+        }
     }
 
     // Archive and Restore

@@ -323,6 +323,35 @@ pub async fn name_holder(
     rows.first().map(|r| r.text("aggregate_id")).transpose()
 }
 
+/// The unique names `tenant`'s aggregates of `aggregate_type` hold, with
+/// their holders, `(name, aggregate_id)`: in name order, after `after`
+/// (exclusive) when given, at most `limit`. (A tenant's MCP tools, a page
+/// at a time.)
+pub async fn names_in(
+    db: &Db,
+    tenant: &str,
+    aggregate_type: &str,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<Vec<(String, String)>, StoreError> {
+    let rows = fetch(
+        db,
+        "SELECT name, aggregate_id FROM name_claims \
+         WHERE tenant = $1 AND aggregate_type = $2 AND name > $3 \
+         ORDER BY name LIMIT $4",
+        &[
+            tenant.into(),
+            aggregate_type.into(),
+            after.unwrap_or("").into(),
+            i64::from(limit).into(),
+        ],
+    )
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.text("name")?, r.text("aggregate_id")?)))
+        .collect()
+}
+
 /// Every live holder of a unique name of `aggregate_type`, with its tenant:
 /// `(tenant, aggregate_id)`. (Every registered MCP server, for the health
 /// checker.)

@@ -1,11 +1,14 @@
 //! Secret and MCP server names are unique within a tenant: workflows
 //! reference them by name. The bus claims a name in the transaction that
 //! appends the creating event, so even racing creations cannot share one.
+//! A workflow's MCP tool name is unique too: it is claimed, moved and
+//! released as its triggers change.
 
 use std::collections::BTreeMap;
 
 use toolhub_domain::mcp_server::{McpServer, McpServerCommand, Transport};
 use toolhub_domain::secret::Secret;
+use toolhub_domain::workflow::{Trigger, Workflow, WorkflowCommand};
 use toolhub_domain::{SecretId, TenantId};
 use toolhub_eventstore::testing::TestDb;
 use toolhub_eventstore::{
@@ -210,6 +213,97 @@ async fn the_migration_claims_the_names_already_in_the_log(db: TestDb) {
     );
 }
 
+fn create_workflow() -> WorkflowCommand {
+    WorkflowCommand::Create {
+        tenant: TenantId::parse("acme").expect("a tenant"),
+        name: "w".into(),
+        description: String::new(),
+        definition: serde_json::json!({
+            "nodes": [{"id": "wait", "type": "delay", "params": {"milliseconds": 1}}],
+            "edges": []
+        }),
+    }
+}
+
+fn expose(names: &[&str]) -> WorkflowCommand {
+    WorkflowCommand::SetTriggers {
+        triggers: names
+            .iter()
+            .map(|name| Trigger::McpTool {
+                name: (*name).to_string(),
+                description: String::new(),
+                input_schema: serde_json::json!({"type": "object"}),
+            })
+            .collect(),
+    }
+}
+
+async fn a_tool_name_moves_with_its_trigger_and_belongs_to_one_workflow(db: TestDb) {
+    let store = open(db.url()).await.expect("open the store");
+    let bus = std::sync::Arc::new(CommandBus::<Workflow>::new(store.clone()));
+    let acme = ctx("acme");
+    let (first, second) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
+    for id in [&first, &second] {
+        bus.execute(id, create_workflow(), &acme)
+            .await
+            .expect("create");
+    }
+    bus.execute(&first, expose(&["greet"]), &acme)
+        .await
+        .expect("claim");
+    // Setting the same name again keeps it; another workflow may not take it.
+    bus.execute(&first, expose(&["greet"]), &acme)
+        .await
+        .expect("set again");
+    name_taken(bus.execute(&second, expose(&["greet"]), &acme).await);
+    // Renaming moves the claim, freeing the old name.
+    bus.execute(&first, expose(&["hello"]), &acme)
+        .await
+        .expect("rename");
+    bus.execute(&second, expose(&["greet"]), &acme)
+        .await
+        .expect("the old name is free");
+    let tools = |names: &[&str]| -> Vec<(String, String, String)> {
+        names
+            .iter()
+            .map(|n| ("acme".into(), "workflow".into(), (*n).to_string()))
+            .collect()
+    };
+    assert_eq!(claims(store.db()).await, tools(&["greet", "hello"]));
+    // Triggers without a tool release it.
+    bus.execute(&first, expose(&[]), &acme)
+        .await
+        .expect("release");
+    assert_eq!(claims(store.db()).await, tools(&["greet"]));
+    let names = toolhub_eventstore::work::names_in(store.db(), "acme", "workflow", None, 10)
+        .await
+        .expect("list");
+    assert_eq!(names, vec![("greet".to_string(), second.clone())]);
+
+    // Of workflows racing for one name, exactly one gets it.
+    let mut racers = Vec::new();
+    for _ in 0..6 {
+        let id = Uuid::new_v4().to_string();
+        bus.execute(&id, create_workflow(), &acme)
+            .await
+            .expect("create");
+        let bus = bus.clone();
+        racers.push(tokio::spawn(async move {
+            bus.execute(&id, expose(&["race"]), &ctx("acme")).await
+        }));
+    }
+    let mut won = 0;
+    for racer in racers {
+        match racer.await.expect("the racer runs") {
+            Ok(_) => won += 1,
+            Err(CommandError::Conflict(ConflictKind::NameTaken)) => {}
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(won, 1);
+    assert_eq!(claims(store.db()).await, tools(&["greet", "race"]));
+}
+
 macro_rules! on_both_backends {
     ($($test:ident),* $(,)?) => {
         mod postgres {
@@ -236,4 +330,5 @@ on_both_backends!(
     of_racing_registrations_with_one_name_exactly_one_commits,
     a_secret_name_is_unique_and_a_refused_secret_leaves_no_key,
     the_migration_claims_the_names_already_in_the_log,
+    a_tool_name_moves_with_its_trigger_and_belongs_to_one_workflow,
 );

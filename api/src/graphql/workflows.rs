@@ -56,9 +56,10 @@ impl Workflow {
     async fn archived(&self) -> bool {
         self.0.archived
     }
-    /// The triggers (cron schedules, webhooks), as recorded:
-    /// `{"kind": "cron", "schedule", "timezone"?, "input"?, "missed"?}` or
-    /// `{"kind": "webhook", "key"}`.
+    /// The triggers (cron schedules, webhooks, MCP tools), as recorded:
+    /// `{"kind": "cron", "schedule", "timezone"?, "input"?, "missed"?}`,
+    /// `{"kind": "webhook", "key"}` or
+    /// `{"kind": "mcp_tool", "name", "description", "input_schema"}`.
     async fn triggers(&self) -> Json {
         async_graphql::Json(self.0.triggers.clone())
     }
@@ -306,6 +307,8 @@ pub enum TriggerInput {
     Cron(CronTriggerInput),
     /// A webhook key.
     Webhook(WebhookTriggerInput),
+    /// An MCP tool on Toolhub's own MCP endpoint (`/mcp`).
+    McpTool(McpToolTriggerInput),
 }
 
 /// A cron schedule.
@@ -330,6 +333,22 @@ pub struct WebhookTriggerInput {
     key: String,
 }
 
+/// The workflow as an MCP tool: MCP clients of the organisation list it on
+/// `/mcp` and call it with arguments that match `inputSchema`; each call
+/// runs the workflow with the arguments as its input.
+#[derive(InputObject)]
+pub struct McpToolTriggerInput {
+    /// The tool's name, `[A-Za-z0-9_-]{1,64}`, unique in the organisation
+    /// (another workflow's name is `CONFLICT` `NAME_TAKEN`).
+    name: String,
+    /// What the tool does, for the model that decides to call it.
+    description: Option<String>,
+    /// The JSON Schema the arguments must match: an object schema
+    /// (`{"type": "object", "properties": …}`), self-contained, at most
+    /// 64 KiB; `{"type": "object"}` when absent.
+    input_schema: Option<Json>,
+}
+
 /// What the scheduler does with fires missed while no scheduler ran.
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
 pub enum MissedFiresPolicy {
@@ -352,6 +371,14 @@ impl From<TriggerInput> for Trigger {
                 },
             },
             TriggerInput::Webhook(hook) => Trigger::Webhook { key: hook.key },
+            TriggerInput::McpTool(tool) => Trigger::McpTool {
+                name: tool.name,
+                description: tool.description.unwrap_or_default(),
+                input_schema: tool
+                    .input_schema
+                    .map(|j| j.0)
+                    .unwrap_or_else(|| serde_json::json!({"type": "object"})),
+            },
         }
     }
 }
@@ -525,7 +552,8 @@ impl WorkflowMutation {
 
     /// Replaces the workflow's triggers with `triggers` (an empty list
     /// removes them all). Cron triggers fire on one scheduler across
-    /// replicas; see `nextRuns`.
+    /// replicas; see `nextRuns`. An MCP tool's name is unique in the
+    /// organisation: another workflow's is `CONFLICT` (`NAME_TAKEN`).
     async fn set_workflow_triggers(
         &self,
         ctx: &Context<'_>,
@@ -533,13 +561,23 @@ impl WorkflowMutation {
     ) -> async_graphql::Result<WorkflowPayload> {
         let triggers = input.triggers.into_iter().map(Trigger::from).collect();
         let command = WorkflowCommand::SetTriggers { triggers };
-        Self::run(
-            ctx,
-            workflow_id(&input.id)?,
-            command,
-            input.expected_version,
-        )
-        .await
+        let id = workflow_id(&input.id)?.to_string();
+        let bus = &state(ctx)?.workflows;
+        // The one unique name a workflow claims is its MCP tool's.
+        let result = execute(ctx, bus, &id, command, input.expected_version)
+            .await
+            .map_err(|error| match error {
+                ApiError::Conflict {
+                    reason: "NAME_TAKEN",
+                    ..
+                } => ApiError::conflict(
+                    "NAME_TAKEN",
+                    "another workflow of this organisation is exposed as an MCP tool \
+                     with that name; choose another",
+                ),
+                other => other,
+            });
+        Ok(written::<Workflow>(ctx, id, result).await?.into())
     }
 
     /// Hides and freezes the workflow.

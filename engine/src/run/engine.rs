@@ -79,7 +79,8 @@ pub struct StartRequest {
     pub idempotency_key: Option<String>,
     /// What started it: `manual`, `cron`, `webhook` or `mcp`.
     pub trigger: String,
-    /// Which one of its kind: the webhook's id for `webhook`.
+    /// Which one of its kind: the webhook's id for `webhook`, the tool's
+    /// name for `mcp`.
     pub source: Option<String>,
 }
 
@@ -243,6 +244,12 @@ impl Engine {
     /// The counters.
     pub fn stats(&self) -> Arc<EngineStats> {
         self.inner.stats.clone()
+    }
+
+    /// How long a whole execution may run before it fails: the longest a
+    /// caller waiting for one needs to wait.
+    pub fn execution_timeout(&self) -> Duration {
+        self.inner.config.execution_timeout
     }
 
     /// The MCP connection pool (its counters, for metrics and tests).

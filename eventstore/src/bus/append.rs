@@ -33,6 +33,9 @@ pub(crate) struct NameUpdate {
     pub(crate) aggregate_id: String,
     /// The name claimed, or `None` to release the aggregate's name.
     pub(crate) claim: Option<String>,
+    /// True when the claim replaces the aggregate's own earlier claim, if
+    /// any, rather than being its first.
+    pub(crate) replaces: bool,
 }
 
 /// A write that commits with a command's events or not at all: one
@@ -111,7 +114,7 @@ pub(crate) async fn append(
         return Ok(insert_events(&mut conn.conn(), aggregate_type, events).await?);
     }
     match (db, events.as_slice(), names, companion) {
-        (Db::Postgres(_), [event], [update], None) => {
+        (Db::Postgres(_), [event], [update], None) if !update.replaces => {
             return append_naming_in_one_statement(db, aggregate_type, event, update).await;
         }
         (Db::Postgres(_), [event], [], Some(companion)) => {
@@ -126,6 +129,17 @@ pub(crate) async fn append(
         tx.conn().exec(&companion.sql, &companion.args).await?;
     }
     for update in names {
+        if update.replaces {
+            // The earlier claim goes first, in the same transaction, so
+            // that claiming the name the aggregate already holds, or
+            // another one, never trips over its own row.
+            tx.conn()
+                .exec(
+                    "DELETE FROM name_claims WHERE aggregate_type = $1 AND aggregate_id = $2",
+                    &[aggregate_type.into(), update.aggregate_id.as_str().into()],
+                )
+                .await?;
+        }
         let changed = match &update.claim {
             Some(name) => {
                 tx.conn()

@@ -442,9 +442,10 @@ where
                 tenant: tenant.to_string(),
                 aggregate_id: id.to_string(),
                 claim: match change {
-                    NameChange::Claim(name) => Some(name.to_string()),
+                    NameChange::Claim(name) | NameChange::Move(name) => Some(name.to_string()),
                     NameChange::Release => None,
                 },
+                replaces: matches!(change, NameChange::Move(_)),
             })
             .collect();
         append::append(self.store.db(), A::TYPE, events, &names, companion).await
