@@ -80,10 +80,13 @@ pub enum Trigger {
         #[serde(default, skip_serializing_if = "MissedFires::is_skip")]
         missed: MissedFires,
     },
-    /// Runs when a request arrives at the workflow's webhook URL.
+    /// A webhook key, as triggers recorded before webhooks were made by
+    /// `CreateWebhook` held them. Such triggers still read (and are shown
+    /// as recorded), but start nothing, and no new one is accepted: a
+    /// webhook is made by [`WorkflowCommand::CreateWebhook`], which gives it
+    /// an unguessable URL and a signing secret.
     Webhook {
-        /// The URL path segment that selects this workflow,
-        /// `[A-Za-z0-9_-]{1,128}`.
+        /// The URL path segment it named, `[A-Za-z0-9_-]{1,128}`.
         key: String,
     },
     /// Runs when an MCP client calls the tool it is exposed as, on
@@ -708,7 +711,14 @@ fn check_triggers(triggers: &[Trigger]) -> Result<(), WorkflowError> {
                     text::check_json(&format!("triggers[{index}].input"), input)?;
                 }
             }
-            Trigger::Webhook { key } => text::check_name(&format!("triggers[{index}].key"), key)?,
+            Trigger::Webhook { .. } => {
+                return Err(WorkflowError::InvalidTrigger {
+                    field: format!("triggers[{index}]"),
+                    reason: "a webhook is made by createWebhook, which answers its URL and its \
+                             signing secret; a `webhook` trigger starts nothing"
+                        .into(),
+                })
+            }
             Trigger::McpTool {
                 name,
                 description,
@@ -1263,7 +1273,7 @@ mod tests {
 
     #[test]
     fn setting_triggers_records_the_complete_list() {
-        let triggers = vec![cron("*/15 9-17 * * MON-FRI"), webhook("hello-hook_1")];
+        let triggers = vec![cron("*/15 9-17 * * MON-FRI"), tool("hello-hook_1")];
         WorkflowTest::with(())
             .given(vec![created()])
             .when(WorkflowCommand::SetTriggers {
@@ -1278,7 +1288,7 @@ mod tests {
             .given(vec![
                 created(),
                 WorkflowEvent::WorkflowTriggersSet {
-                    triggers: vec![webhook("k")],
+                    triggers: vec![webhook("k"), cron("0 * * * *")],
                 },
             ])
             .when(WorkflowCommand::SetTriggers { triggers: vec![] })
@@ -1315,14 +1325,26 @@ mod tests {
     }
 
     #[test]
-    fn setting_a_webhook_trigger_with_a_slash_in_its_key_is_rejected() {
-        let result = WorkflowTest::with(())
-            .given(vec![created()])
-            .when(WorkflowCommand::SetTriggers {
-                triggers: vec![webhook("a/b")],
-            })
-            .inspect_result();
-        assert_invalid_trigger(result);
+    fn a_new_webhook_trigger_is_refused_but_a_recorded_one_still_reads() {
+        // A recorded `webhook` trigger reads (and keeps reading when the
+        // other triggers are set again without it).
+        let recorded: WorkflowEvent = serde_json::from_value(json!({
+            "type": "WorkflowTriggersSet",
+            "triggers": [{"kind": "webhook", "key": "hello"}]
+        }))
+        .expect("a recorded webhook trigger reads");
+        assert_eq!(
+            recorded,
+            WorkflowEvent::WorkflowTriggersSet {
+                triggers: vec![webhook("hello")]
+            }
+        );
+        for key in ["k", "a/b"] {
+            assert_eq!(
+                invalid_field(vec![cron("0 * * * *"), webhook(key)]),
+                "triggers[1]"
+            );
+        }
     }
 
     #[test]
@@ -1330,7 +1352,7 @@ mod tests {
         let result = WorkflowTest::with(())
             .given(vec![created()])
             .when(WorkflowCommand::SetTriggers {
-                triggers: vec![webhook("k"), webhook("k")],
+                triggers: vec![cron("0 * * * *"), cron("0 * * * *")],
             })
             .inspect_result();
         assert_invalid_trigger(result);
@@ -1339,7 +1361,7 @@ mod tests {
     #[test]
     fn setting_too_many_triggers_is_rejected() {
         let triggers = (0..=MAX_TRIGGERS)
-            .map(|i| webhook(&format!("k{i}")))
+            .map(|i| cron(&format!("{} * * * *", i % 60)))
             .collect();
         let result = WorkflowTest::with(())
             .given(vec![created()])
@@ -1426,14 +1448,13 @@ mod tests {
             missed: MissedFires::Skip,
         };
         assert_eq!(
-            invalid_field(vec![webhook("k"), zone("Europe/Atlantis")]),
+            invalid_field(vec![cron("0 * * * *"), zone("Europe/Atlantis")]),
             "triggers[1].timezone"
         );
         assert_eq!(
             invalid_field(vec![cron("61 * * * *")]),
             "triggers[0].schedule"
         );
-        assert_eq!(invalid_field(vec![webhook("a b")]), "triggers[0].key");
         assert_eq!(
             invalid_field(vec![Trigger::Cron {
                 schedule: "0 9 * * *".into(),

@@ -352,7 +352,7 @@ async fn invalid_triggers_are_validation_errors_naming_the_field_and_next_runs_a
             "input.triggers[0].timezone",
         ),
         (
-            json!([{"webhook": {"key": "ok"}}, {"cron": {"schedule": "0 25 * * *"}}]),
+            json!([{"cron": {"schedule": "0 9 * * *"}}, {"cron": {"schedule": "0 25 * * *"}}]),
             "input.triggers[1].schedule",
         ),
         (

@@ -56,10 +56,12 @@ impl Workflow {
     async fn archived(&self) -> bool {
         self.0.archived
     }
-    /// The triggers (cron schedules, webhooks, MCP tools), as recorded:
-    /// `{"kind": "cron", "schedule", "timezone"?, "input"?, "missed"?}`,
-    /// `{"kind": "webhook", "key"}` or
-    /// `{"kind": "mcp_tool", "name", "description", "input_schema"}`.
+    /// The triggers (cron schedules, MCP tools), as recorded:
+    /// `{"kind": "cron", "schedule", "timezone"?, "input"?, "missed"?}` or
+    /// `{"kind": "mcp_tool", "name", "description", "input_schema"}`; a
+    /// `{"kind": "webhook", "key"}` recorded before webhooks were made by
+    /// `createWebhook` is shown as recorded and starts nothing. Webhooks are
+    /// `webhooks`.
     async fn triggers(&self) -> Json {
         async_graphql::Json(self.0.triggers.clone())
     }
@@ -305,8 +307,6 @@ pub struct SetWorkflowTriggersInput {
 pub enum TriggerInput {
     /// A cron schedule.
     Cron(CronTriggerInput),
-    /// A webhook key.
-    Webhook(WebhookTriggerInput),
     /// An MCP tool on Toolhub's own MCP endpoint (`/mcp`).
     McpTool(McpToolTriggerInput),
 }
@@ -324,13 +324,6 @@ pub struct CronTriggerInput {
     /// What to do with fires missed while no scheduler ran: `SKIP`
     /// (default) or `RUN_ONCE` (one execution, never a burst).
     missed: Option<MissedFiresPolicy>,
-}
-
-/// A webhook trigger.
-#[derive(InputObject)]
-pub struct WebhookTriggerInput {
-    /// The URL path segment that selects the workflow.
-    key: String,
 }
 
 /// The workflow as an MCP tool: MCP clients of the organisation list it on
@@ -370,7 +363,6 @@ impl From<TriggerInput> for Trigger {
                     Some(MissedFiresPolicy::Skip) | None => MissedFires::Skip,
                 },
             },
-            TriggerInput::Webhook(hook) => Trigger::Webhook { key: hook.key },
             TriggerInput::McpTool(tool) => Trigger::McpTool {
                 name: tool.name,
                 description: tool.description.unwrap_or_default(),
