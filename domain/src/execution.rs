@@ -400,7 +400,12 @@ pub enum ExecutionCommand {
 
 impl CommandTraits for ExecutionCommand {
     fn is_creation(&self) -> bool {
-        matches!(self, Self::Start { .. })
+        match self {
+            Self::Start { .. } => true,
+            // A start with the run's first move.
+            Self::Batch(commands) => matches!(commands.first(), Some(Self::Start { .. })),
+            _ => false,
+        }
     }
 
     fn is_retry_safe(&self) -> bool {
@@ -673,7 +678,9 @@ pub enum ExecutionError {
         node_id: NodeId,
     },
     /// A batch that is empty, too long, or holds a start or another batch.
-    #[error("a batch holds 1 to {MAX_BATCH} commands, none of them a start or a batch")]
+    #[error(
+        "a batch holds 1 to {MAX_BATCH} commands, none of them a batch, and a start only first"
+    )]
     InvalidBatch,
     /// A text field of a caller's input (the execution's input, a
     /// cancellation's reason) holds a character no text may hold (see
@@ -869,18 +876,18 @@ impl Execution {
     }
 
     /// Decides a batch: each command against the state the previous ones
-    /// leave, all or nothing.
+    /// leave, all or nothing. A start may only come first: the start of a
+    /// run with its first move, in one commit.
     fn decide_batch(
         &self,
         commands: Vec<ExecutionCommand>,
     ) -> Result<Vec<ExecutionEvent>, ExecutionError> {
         if commands.is_empty()
             || commands.len() > MAX_BATCH
-            || commands.iter().any(|c| {
-                matches!(
-                    c,
-                    ExecutionCommand::Start { .. } | ExecutionCommand::Batch(_)
-                )
+            || commands.iter().enumerate().any(|(i, c)| match c {
+                ExecutionCommand::Start { .. } => i > 0,
+                ExecutionCommand::Batch(_) => true,
+                _ => false,
             })
         {
             return Err(ExecutionError::InvalidBatch);

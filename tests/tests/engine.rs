@@ -1130,3 +1130,74 @@ async fn the_leader_checks_every_enabled_server_s_health_on_its_own() {
         .await;
     assert_eq!(versions(&before), versions(&after));
 }
+
+/// The events of one execution as stored: type, transaction, actor.
+async fn stored_events(url: &str, execution: &str) -> Vec<(String, String, String)> {
+    let pool = sqlx::PgPool::connect(url).await.expect("connect");
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT event_type, CAST(transaction_id AS TEXT), metadata->>'actor' FROM events \
+         WHERE aggregate_id = $1 ORDER BY sequence",
+    )
+    .bind(execution)
+    .fetch_all(&pool)
+    .await
+    .expect("read the events");
+    pool.close().await;
+    rows
+}
+
+#[tokio::test]
+async fn a_run_s_first_move_commits_with_its_start() {
+    let env = TestEnv::postgres().await;
+    let server = env.server().await;
+    let editor = token("ada", "acme", Role::Editor);
+    let workflow = server
+        .create_workflow(
+            &editor,
+            "Wait, then shape",
+            json!({"nodes": [
+                {"id": "shape", "type": "transform", "params": {"template": {"n": "{{input.n}}"}}},
+                {"id": "wait", "type": "delay", "params": {"milliseconds": 60000}}],
+              "edges": [{"from": "shape", "to": "wait"}]}),
+        )
+        .await;
+    let id = server
+        .start_execution(&editor, &workflow, json!({"n": 1}))
+        .await;
+    let events = stored_events(env.db.url(), &id).await;
+    let kinds: Vec<&str> = events.iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "ExecutionStarted",
+            "StepScheduled",
+            "StepStarted",
+            "StepSucceeded",
+            "StepScheduled",
+            "StepStarted"
+        ],
+        "the transform ran and the delay started with the start"
+    );
+    assert!(
+        events.iter().all(|e| e.1 == events[0].1),
+        "one transaction: {events:?}"
+    );
+    assert!(
+        events.iter().all(|e| e.2 == "ada"),
+        "recorded as the starter's: {events:?}"
+    );
+    // Without a worker in the process, the start is the start alone.
+    let mut config = env.config();
+    config.run_engine = false;
+    let idle = env.server_with(config).await;
+    let id = idle
+        .start_execution(&editor, &workflow, json!({"n": 2}))
+        .await;
+    // (The other server's worker may drive it since: in commits of its own.)
+    let events = stored_events(env.db.url(), &id).await;
+    assert_eq!(events[0].0, "ExecutionStarted");
+    let with_start: Vec<_> = events.iter().filter(|e| e.1 == events[0].1).collect();
+    assert_eq!(with_start.len(), 1, "{events:?}");
+    let stop = "mutation ($i: ExecutionIdInput!) { stopExecution(input: $i) { id } }";
+    server.ok(&editor, stop, json!({"i": {"id": id}})).await;
+}

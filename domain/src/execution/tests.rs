@@ -822,17 +822,44 @@ fn a_batch_with_one_refused_command_records_nothing() {
 }
 
 #[test]
-fn an_empty_or_nested_batch_is_refused() {
+fn an_empty_or_nested_batch_or_a_start_after_the_first_command_is_refused() {
     for batch in [
         vec![],
         vec![ExecutionCommand::Batch(vec![schedule("fetch", 1)])],
-        vec![start_command("manual", 1)],
+        vec![schedule("fetch", 1), start_command("manual", 1)],
     ] {
         ExecutionTest::with(())
             .given(vec![started()])
             .when(ExecutionCommand::Batch(batch))
             .then_expect_error(ExecutionError::InvalidBatch);
     }
+}
+
+#[test]
+fn a_start_with_its_first_move_is_one_batch_and_a_creation() {
+    let batch = ExecutionCommand::Batch(vec![
+        start_command("manual", 3),
+        schedule("fetch", 1),
+        ExecutionCommand::StartStep {
+            node_id: node("fetch"),
+            attempt: 1,
+            wake_at: None,
+        },
+    ]);
+    assert!(batch.is_creation());
+    assert!(!ExecutionCommand::Batch(vec![schedule("fetch", 1)]).is_creation());
+    ExecutionTest::with(())
+        .given_no_previous_events()
+        .when(batch.clone())
+        .then_expect_events(vec![
+            started(),
+            scheduled("fetch", 1),
+            step_started("fetch", 1),
+        ]);
+    ExecutionTest::with(())
+        .given(vec![started()])
+        .when(batch)
+        .then_expect_error(ExecutionError::AlreadyStarted);
 }
 
 #[test]

@@ -87,6 +87,57 @@ impl Driver {
         }
     }
 
+    /// The execution it drives.
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The first move of a run that is not started yet: `start` and what
+    /// follows from it at once — the first steps scheduled and started,
+    /// instant ones done, a breakpoint, even the end — decided in memory,
+    /// for the start to append in one commit. Returns the commands and the
+    /// steps with side effects to launch once they are committed.
+    pub(crate) async fn first_move(
+        &mut self,
+        start: ExecutionCommand,
+        definition: &WorkflowDefinition,
+    ) -> Result<(Vec<ExecutionCommand>, Vec<Prepared>), DriveError> {
+        let mut state = Execution::default();
+        let mut batch = Batch::default();
+        batch.push(&mut state, start)?;
+        let now = Utc::now();
+        let mut launches = Vec::new();
+        let mut earliest = None;
+        let mut failure = None;
+        for _ in 0..=definition.nodes().len() * 2 + 2 {
+            let before = batch.len();
+            self.advance(
+                &mut state,
+                definition,
+                now,
+                &mut batch,
+                &mut launches,
+                &mut earliest,
+                &mut failure,
+            )
+            .await?;
+            if failure.is_some()
+                || batch.len() == before
+                || state.status() != Some(ExecutionStatus::Running)
+            {
+                break;
+            }
+        }
+        if let Some(error) = failure {
+            fail_running(&mut state, &mut batch, "the execution failed")?;
+            batch.push(&mut state, ExecutionCommand::Fail { error })?;
+        }
+        if batch.len() > toolhub_domain::execution::MAX_BATCH {
+            return Err(DriveError::Broken("the first move is larger than a batch"));
+        }
+        Ok((batch.commands, launches))
+    }
+
     /// The context of the engine's own commands on this execution.
     fn context(&self) -> CommandContext {
         CommandContext::new(ENGINE_ACTOR, self.tenant.clone())
@@ -619,7 +670,7 @@ impl Driver {
     }
 
     /// Runs a prepared step with side effects as a task.
-    fn launch(&mut self, prepared: Prepared) {
+    pub(crate) fn launch(&mut self, prepared: Prepared) {
         let cancel = self.cancel.child_token();
         self.in_flight.insert(
             (prepared.node_id.clone(), prepared.attempt),

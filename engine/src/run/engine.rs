@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use serde_json::Value;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use toolhub_domain::definition::NodeId;
@@ -335,7 +335,7 @@ impl Engine {
             now,
             lease_until,
         );
-        let command = ExecutionCommand::Start {
+        let start = ExecutionCommand::Start {
             tenant: ctx.tenant.clone(),
             workflow_id: request.workflow_id,
             workflow_version: version,
@@ -345,6 +345,25 @@ impl Engine {
             breakpoints,
             deadline: Some(now + chrono_duration(inner.config.execution_timeout)),
         };
+        // When this worker runs it, the run's first move (its first steps
+        // scheduled and started, instant ones done) is decided now and
+        // commits with the start: one commit less before the first step
+        // touches the world. Its side effects are launched only after.
+        let mut claim = if here {
+            self.claim_driver(&id_text, ctx.tenant.clone())
+        } else {
+            Claim::NoSlot
+        };
+        let (command, launches) = match &mut claim {
+            Claim::Driver(driver, _) => match driver.first_move(start.clone(), definition).await {
+                Ok((commands, launches)) => (ExecutionCommand::Batch(commands), launches),
+                Err(error) => {
+                    tracing::debug!(execution = %id_text, %error, "the first move is left to the driver");
+                    (start, Vec::new())
+                }
+            },
+            _ => (start, Vec::new()),
+        };
         let committed = match inner
             .executions
             .execute_with(&id_text, command, ctx, &work)
@@ -352,6 +371,9 @@ impl Engine {
         {
             Ok(committed) => committed,
             Err(error) => {
+                if let Claim::Driver(..) = claim {
+                    inner.running.lock().remove(&id_text);
+                }
                 if let Some(key) = &request.idempotency_key {
                     let _ = release_key(inner.store.db(), ctx.tenant.as_str(), key, &id_text).await;
                 }
@@ -359,11 +381,18 @@ impl Engine {
             }
         };
         inner.stats.started.fetch_add(1, Ordering::Relaxed);
-        if here {
-            self.drive(id_text, ctx.tenant.clone(), true);
-        } else {
+        match claim {
+            Claim::Driver(mut driver, permit) => {
+                // The steps are in the log: now they may touch the world.
+                for prepared in launches {
+                    driver.launch(prepared);
+                }
+                self.spawn_driver(*driver, permit, true);
+            }
+            // No slot here: the queue hands it out.
+            _ if here => self.drive(id_text, ctx.tenant.clone(), true),
             // Workers elsewhere claim it; tell them now.
-            inner.store.announce_work(&id_text);
+            _ => inner.store.announce_work(&id_text),
         }
         Ok(Started {
             execution_id: id,
@@ -542,39 +571,75 @@ impl Engine {
     /// Runs a driver for an execution this worker holds, if a slot is free;
     /// otherwise gives it back to the queue, due now.
     pub(crate) fn drive(&self, id: String, tenant: TenantId, fresh_start: bool) {
-        let inner = self.inner.clone();
+        match self.claim_driver(&id, tenant) {
+            Claim::Driver(driver, permit) => self.spawn_driver(*driver, permit, fresh_start),
+            Claim::Busy => {}
+            Claim::NoSlot => {
+                let inner = self.inner.clone();
+                tokio::spawn(async move {
+                    let _ = inner
+                        .work
+                        .release(&id, &inner.config.worker_id, Some(Utc::now()))
+                        .await;
+                });
+            }
+        }
+    }
+
+    /// A driver for `id` on this worker, holding one of its slots and
+    /// registered as running it.
+    fn claim_driver(&self, id: &str, tenant: TenantId) -> Claim {
+        let inner = &self.inner;
         let Ok(permit) = inner.slots.clone().try_acquire_owned() else {
-            tokio::spawn(async move {
-                let _ = inner
-                    .work
-                    .release(&id, &inner.config.worker_id, Some(Utc::now()))
-                    .await;
-            });
-            return;
+            return Claim::NoSlot;
         };
         let notify = Arc::new(Notify::new());
         let cancel = inner.shutdown.child_token();
         {
             let mut running = inner.running.lock();
-            if running.contains_key(&id) {
-                return;
+            if running.contains_key(id) {
+                return Claim::Busy;
             }
             running.insert(
-                id.clone(),
+                id.to_string(),
                 Running {
                     notify: notify.clone(),
                     cancel: cancel.clone(),
                 },
             );
         }
+        Claim::Driver(
+            Box::new(Driver::new(
+                self.clone(),
+                id.to_string(),
+                tenant,
+                notify,
+                cancel,
+            )),
+            permit,
+        )
+    }
+
+    /// Runs a claimed driver until it is done, then gives its slot back.
+    fn spawn_driver(&self, driver: Driver, permit: OwnedSemaphorePermit, fresh_start: bool) {
         let engine = self.clone();
         tokio::spawn(async move {
-            let driver = Driver::new(engine.clone(), id.clone(), tenant, notify, cancel);
+            let id = driver.id().to_string();
             driver.run(fresh_start).await;
             engine.inner.running.lock().remove(&id);
             drop(permit);
         });
     }
+}
+
+/// What [`Engine::claim_driver`] found.
+enum Claim {
+    /// A driver, with its slot.
+    Driver(Box<Driver>, OwnedSemaphorePermit),
+    /// A driver runs it here already.
+    Busy,
+    /// Every slot is taken.
+    NoSlot,
 }
 
 /// An idempotency key is 1 to 200 printable characters.
