@@ -84,9 +84,9 @@ pub async fn deliver(
             return refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
         }
     };
-    if std::str::from_utf8(&body).is_err() {
+    let Ok(text) = std::str::from_utf8(&body) else {
         return refuse(StatusCode::BAD_REQUEST, "the body is not UTF-8 text");
-    }
+    };
     if let Err(why) = verify(&keys.secrets, &body, &headers) {
         tracing::info!(webhook = %id, reason = why, "refused a webhook delivery");
         return refuse(StatusCode::UNAUTHORIZED, why);
@@ -104,7 +104,7 @@ pub async fn deliver(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let Some(payload) = payload(&body, content_type.as_deref()) else {
+    let Some(payload) = payload(text, content_type.as_deref()) else {
         return refuse(
             StatusCode::BAD_REQUEST,
             "the body is not JSON, though its content type says so",
@@ -161,8 +161,7 @@ fn verify(
 
 /// The body as the execution's input sees it: JSON when the content type
 /// says JSON (`None` when it does not parse), else the text.
-fn payload(body: &Bytes, content_type: Option<&str>) -> Option<Value> {
-    let text = std::str::from_utf8(body).ok()?;
+fn payload(text: &str, content_type: Option<&str>) -> Option<Value> {
     let essence = content_type
         .and_then(|t| t.split(';').next())
         .map(|t| t.trim().to_ascii_lowercase());

@@ -162,7 +162,7 @@ impl Webhooks {
         // Generations that ended are gone from the aggregate: drop their
         // sealed secrets too (a failure here only leaves rows that open
         // nothing, which the next rotation or the deletion removes).
-        if let Ok((state, _)) = self.bus.load(&workflow_id.to_string()).await {
+        if let Ok((state, _)) = self.bus.current(&workflow_id.to_string()).await {
             if let Some(hook) = state.webhook(id) {
                 let keep: Vec<String> = hook
                     .secrets
@@ -223,6 +223,8 @@ impl Webhooks {
         let Ok(workflow_id) = first.text("workflow_id")?.parse::<WorkflowId>() else {
             return Ok(None);
         };
+        // Read from the database, not the cache: a secret revoked or a
+        // webhook deleted through another replica must be refused here too.
         let (state, _) = self.bus.load(&workflow_id.to_string()).await?;
         let Some(hook) = state.webhook(id) else {
             return Ok(None);

@@ -105,30 +105,11 @@ impl Driver {
         let mut state = Execution::default();
         let mut batch = Batch::default();
         batch.push(&mut state, start)?;
-        let now = Utc::now();
-        let mut launches = Vec::new();
-        let mut earliest = None;
-        let mut failure = None;
-        for _ in 0..=definition.nodes().len() * 2 + 2 {
-            let before = batch.len();
-            self.advance(
-                &mut state,
-                definition,
-                now,
-                &mut batch,
-                &mut launches,
-                &mut earliest,
-                &mut failure,
-            )
+        let moved = self
+            .advance_all(&mut state, definition, Utc::now(), &mut batch)
             .await?;
-            if failure.is_some()
-                || batch.len() == before
-                || state.status() != Some(ExecutionStatus::Running)
-            {
-                break;
-            }
-        }
-        if let Some(error) = failure {
+        let launches = moved.launches;
+        if let Some(error) = moved.failure {
             fail_running(&mut state, &mut batch, "the execution failed")?;
             batch.push(&mut state, ExecutionCommand::Fail { error })?;
         }
@@ -301,28 +282,13 @@ impl Driver {
         }
 
         // Running: decide, as far as instant steps allow, in memory.
-        let mut launches = Vec::new();
-        let mut earliest: Option<DateTime<Utc>> = None;
-        let mut failure: Option<String> = None;
-        for _ in 0..=definition.nodes().len() * 2 + 2 {
-            let before = batch.len();
-            self.advance(
-                &mut state,
-                &definition,
-                now,
-                &mut batch,
-                &mut launches,
-                &mut earliest,
-                &mut failure,
-            )
+        let Moved {
+            launches,
+            earliest,
+            failure,
+        } = self
+            .advance_all(&mut state, &definition, now, &mut batch)
             .await?;
-            if failure.is_some() || batch.len() == before {
-                break;
-            }
-            if state.status() != Some(ExecutionStatus::Running) {
-                break;
-            }
-        }
         if let Some(error) = failure {
             self.cancel_in_flight();
             fail_running(&mut state, &mut batch, "the execution failed")?;
@@ -417,6 +383,39 @@ impl Driver {
             batch.push(state, command)?;
         }
         Ok(())
+    }
+
+    /// Advances `state` as far as it goes now — instant steps done, new
+    /// steps started, until nothing more follows or the run stops running —
+    /// into `batch`.
+    async fn advance_all(
+        &mut self,
+        state: &mut Execution,
+        definition: &WorkflowDefinition,
+        now: DateTime<Utc>,
+        batch: &mut Batch,
+    ) -> Result<Moved, DriveError> {
+        let mut moved = Moved::default();
+        for _ in 0..=definition.nodes().len() * 2 + 2 {
+            let before = batch.len();
+            self.advance(
+                state,
+                definition,
+                now,
+                batch,
+                &mut moved.launches,
+                &mut moved.earliest,
+                &mut moved.failure,
+            )
+            .await?;
+            if moved.failure.is_some()
+                || batch.len() == before
+                || state.status() != Some(ExecutionStatus::Running)
+            {
+                break;
+            }
+        }
+        Ok(moved)
     }
 
     /// Decides what follows from `state` now, into `batch` (applied to
@@ -776,6 +775,17 @@ fn running_steps(state: &Execution) -> Vec<(NodeId, u32)> {
             (status == StepStatus::Running).then(|| (node.clone(), attempt))
         })
         .collect()
+}
+
+/// What [`Driver::advance_all`] leaves besides the batch.
+#[derive(Default)]
+struct Moved {
+    /// Steps with side effects, to launch once the batch is recorded.
+    launches: Vec<Prepared>,
+    /// The earliest timer (a delay, a retry's backoff) still to wait for.
+    earliest: Option<DateTime<Utc>>,
+    /// Why the run fails, when a node failed for good.
+    failure: Option<String>,
 }
 
 /// Commands decided against a scratch copy of the state, to be appended as
