@@ -8,8 +8,13 @@
 //! actor recorded with every event, its `org` the tenant, its `roles` what the
 //! caller may do. Tokens are never logged; a rejection says why in general
 //! terms only.
+//!
+//! Machines present an API key (`Bearer thk_…`) instead: it is hashed and
+//! looked up, and it yields a caller whose `sub` is `apikey:<id>`, in the
+//! key's tenant, with the key's role, until the key expires or is revoked.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -17,6 +22,8 @@ use toolhub_domain::{Role, TenantId};
 
 use crate::config::{JwtConfig, JwtKey};
 use crate::error::ApiError;
+use toolhub_eventstore::api_keys::{key_hash, looks_like_key, ApiKeyRecord};
+use toolhub_eventstore::ApiKeys;
 
 /// The claims Toolhub reads from a token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -125,16 +132,9 @@ impl Verifier {
         Ok(Self { key, validation })
     }
 
-    /// Verifies an `Authorization` header value (`Bearer …`).
+    /// Verifies an `Authorization` header value (`Bearer …`) holding a JWT.
     pub fn verify_header(&self, header: Option<&str>) -> Result<Caller, ApiError> {
-        let header = header.ok_or(ApiError::Unauthenticated("a bearer token is required"))?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .ok_or(ApiError::Unauthenticated(
-                "the authorization must be `Bearer <token>`",
-            ))?;
-        self.verify(token.trim())
+        self.verify(bearer(header)?)
     }
 
     /// Verifies a bare token.
@@ -179,6 +179,153 @@ impl Verifier {
             roles: claims.roles.iter().filter_map(|r| Role::parse(r)).collect(),
             expires_at: claims.exp.saturating_add(self.validation.leeway),
         })
+    }
+}
+
+/// The token of an `Authorization` header value (`Bearer …`).
+fn bearer(header: Option<&str>) -> Result<&str, ApiError> {
+    let header = header.ok_or(ApiError::Unauthenticated("a bearer token is required"))?;
+    let token = header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+        .ok_or(ApiError::Unauthenticated(
+            "the authorization must be `Bearer <token>`",
+        ))?;
+    Ok(token.trim())
+}
+
+/// How long a replica trusts what it read about a key: a revocation made
+/// on another replica is honoured here within this.
+pub const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// How often a key's last use is written, at most, per replica.
+const TOUCH_EVERY: Duration = Duration::from_secs(60);
+
+/// The most keys a replica remembers.
+const KEY_CACHE_ENTRIES: usize = 10_000;
+
+/// What a replica remembers of a key it has seen.
+struct SeenKey {
+    /// The key as the table held it.
+    record: ApiKeyRecord,
+    /// When it was read.
+    fetched: Instant,
+    /// When this replica last wrote its last use.
+    touched: Option<Instant>,
+}
+
+/// Verifies the bearer of a request: a JWT, or an API key. Cheap to share.
+pub struct Authenticator {
+    /// Verifies JWTs.
+    verifier: Verifier,
+    /// Looks keys up, and records their use.
+    keys: Arc<ApiKeys>,
+    /// Keys seen lately, by hash.
+    seen: parking_lot::Mutex<lru::LruCache<Vec<u8>, SeenKey>>,
+}
+
+impl Authenticator {
+    /// An authenticator for JWTs checked by `verifier` and keys in `keys`.
+    pub fn new(verifier: Verifier, keys: Arc<ApiKeys>) -> Self {
+        let capacity =
+            std::num::NonZeroUsize::new(KEY_CACHE_ENTRIES).unwrap_or(std::num::NonZeroUsize::MIN);
+        Self {
+            verifier,
+            keys,
+            seen: parking_lot::Mutex::new(lru::LruCache::new(capacity)),
+        }
+    }
+
+    /// The JWT verifier.
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
+    /// Verifies an `Authorization` header value: `Bearer <JWT>` or
+    /// `Bearer thk_…`.
+    pub async fn authenticate(&self, header: Option<&str>) -> Result<Caller, ApiError> {
+        let token = bearer(header)?;
+        if looks_like_key(token) {
+            self.verify_key(token).await
+        } else {
+            self.verifier.verify(token)
+        }
+    }
+
+    /// Forgets every key seen: after a revocation on this replica, so that
+    /// it is honoured here at once.
+    pub fn forget_keys(&self) {
+        self.seen.lock().clear();
+    }
+
+    async fn verify_key(&self, key: &str) -> Result<Caller, ApiError> {
+        let hash = key_hash(key);
+        let remembered = {
+            let mut seen = self.seen.lock();
+            seen.get(&hash)
+                .filter(|s| s.fetched.elapsed() < KEY_CACHE_TTL)
+                .map(|s| s.record.clone())
+        };
+        let record = match remembered {
+            Some(record) => record,
+            None => {
+                let record = self.keys.find(key).await?.ok_or(ApiError::TokenRejected {
+                    reason: "UNKNOWN_API_KEY",
+                    message: "the API key is unknown",
+                })?;
+                let mut seen = self.seen.lock();
+                let touched = seen.peek(&hash).and_then(|s| s.touched);
+                seen.put(
+                    hash.clone(),
+                    SeenKey {
+                        record: record.clone(),
+                        fetched: Instant::now(),
+                        touched,
+                    },
+                );
+                record
+            }
+        };
+        let now = chrono::Utc::now();
+        if record.revoked_at.is_some() {
+            return Err(ApiError::TokenRejected {
+                reason: "API_KEY_REVOKED",
+                message: "the API key was revoked",
+            });
+        }
+        if !record.is_valid_at(now) {
+            return Err(ApiError::TokenRejected {
+                reason: "API_KEY_EXPIRED",
+                message: "the API key has expired",
+            });
+        }
+        self.touch(&hash, &record, now).await;
+        Ok(Caller {
+            sub: format!("apikey:{}", record.id),
+            tenant: record.tenant,
+            roles: vec![record.role],
+            expires_at: record
+                .expires_at
+                .map_or(u64::MAX, |at| at.timestamp().max(0) as u64),
+        })
+    }
+
+    /// Writes the key's last use, at most once a minute per replica. A
+    /// failure to write it is logged and does not refuse the request.
+    async fn touch(&self, hash: &[u8], record: &ApiKeyRecord, now: chrono::DateTime<chrono::Utc>) {
+        {
+            let mut seen = self.seen.lock();
+            let Some(entry) = seen.get_mut(hash) else {
+                return;
+            };
+            if entry.touched.is_some_and(|t| t.elapsed() < TOUCH_EVERY) {
+                return;
+            }
+            entry.touched = Some(Instant::now());
+        }
+        if let Err(error) = self.keys.touch(record.id, now).await {
+            tracing::warn!(%error, key = %record.id, "could not record an API key's use");
+        }
     }
 }
 

@@ -352,6 +352,21 @@ impl DomainErrorCode for SecretError {
     }
 }
 
+impl DomainErrorCode for toolhub_domain::api_key::ApiKeyError {
+    fn to_api(&self) -> ApiError {
+        use toolhub_domain::api_key::ApiKeyError as E;
+        let reason = self.to_string();
+        match self {
+            E::NotFound => ApiError::NotFound,
+            E::AlreadyExists => ApiError::conflict("ALREADY_EXISTS", reason),
+            E::AlreadyRevoked => ApiError::conflict("ALREADY_REVOKED", reason),
+            E::InvalidName => ApiError::validation("input.name", reason),
+            E::ExpiryInThePast => ApiError::validation("input.expiresAt", reason),
+            E::InvalidText(e) => invalid_text(e),
+        }
+    }
+}
+
 impl DomainErrorCode for McpServerError {
     fn to_api(&self) -> ApiError {
         let reason = self.to_string();

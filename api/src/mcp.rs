@@ -126,7 +126,7 @@ const SESSION_OWNERS: usize = 65_536;
 /// task and buffers until it is closed or idle for the execution timeout.
 const SESSIONS_PER_CALLER: usize = 64;
 
-/// What the `/mcp` gate needs: the verifier, who opened each session, and
+/// What the `/mcp` gate needs: the authenticator, who opened each session, and
 /// which sessions are still open.
 #[derive(Clone)]
 pub(crate) struct Gate {
@@ -203,7 +203,7 @@ pub(crate) async fn authenticate(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let caller = match gate.state.verifier.verify_header(authorization) {
+    let caller = match gate.state.auth.authenticate(authorization).await {
         Ok(caller) => caller,
         Err(error) => {
             let mut response = (

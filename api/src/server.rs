@@ -32,7 +32,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 use tracing::Instrument;
 
-use crate::auth::Verifier;
+use crate::auth::{Authenticator, Verifier};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::graphql::{build_schema, Loaders, RequestData, ToolhubSchema};
@@ -42,7 +42,9 @@ use crate::standing::Standing;
 use crate::state::{follow_projections, prime_standing, AppState};
 use crate::throttle::{Kind, Throttle};
 use toolhub_engine::{Engine, EngineHandle};
-use toolhub_eventstore::{CommandBus, KeyStore, Position, SecretVault, StoreError, Webhooks};
+use toolhub_eventstore::{
+    ApiKeys, CommandBus, KeyStore, Position, SecretVault, StoreError, Webhooks,
+};
 
 /// The request id header.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -164,6 +166,7 @@ pub async fn spawn(config: Config) -> Result<Running, StartError> {
         shutdown_rx.clone(),
     ));
     let keys = KeyStore::new(store.db().clone(), config.master_key.clone());
+    sweep_keys(&keys).await;
     let workflows = Arc::new(CommandBus::new(store.clone()));
     let mcp_servers = Arc::new(CommandBus::new(store.clone()));
     let executions = Arc::new(CommandBus::new(store.clone()));
@@ -204,6 +207,7 @@ pub async fn spawn(config: Config) -> Result<Running, StartError> {
         keys.clone(),
         store.db().clone(),
     ));
+    let api_keys = Arc::new(ApiKeys::new(CommandBus::new(store.clone())));
     let state = Arc::new(AppState {
         webhooks,
         hooks_base,
@@ -215,7 +219,8 @@ pub async fn spawn(config: Config) -> Result<Running, StartError> {
         engine,
         store,
         read,
-        verifier,
+        auth: Authenticator::new(verifier, api_keys.clone()),
+        api_keys,
         metrics: Metrics::new(),
         throttle: Throttle::new(&config.limits),
         limits: config.limits.clone(),
@@ -286,6 +291,26 @@ impl Worker {
         self.engine.stop().await;
     }
 }
+
+/// Destroys the keys of deleted secrets and orphaned keys that an older
+/// version may have left (see [`KeyStore::sweep`]). A failure is logged and
+/// the start goes on: the sweep runs again at the next start.
+async fn sweep_keys(keys: &KeyStore) {
+    match keys.sweep(KEY_ORPHAN_AGE).await {
+        Ok(0) => {}
+        Ok(destroyed) => {
+            tracing::warn!(
+                destroyed,
+                "destroyed secret keys that outlived their secret"
+            )
+        }
+        Err(error) => tracing::error!(%error, "could not sweep the secret keys"),
+    }
+}
+
+/// How old a key without any secret event must be before the start's sweep
+/// destroys it: far longer than any creation takes.
+const KEY_ORPHAN_AGE: Duration = Duration::from_secs(3600);
 
 /// Opens the database (applying migrations) and starts only the engine's
 /// workers: for deployments that scale workers apart from the API.
@@ -647,7 +672,7 @@ async fn graphql_http(
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let caller = match app.state.verifier.verify_header(authorization) {
+    let caller = match app.state.auth.authenticate(authorization).await {
         Ok(caller) => caller,
         Err(error) => return error_response(status_of(&error), &error),
     };

@@ -1,5 +1,5 @@
 //! What every request handler shares: the store, the read models, the
-//! command buses, the verifier, the metrics and the limits.
+//! command buses, the authenticator, the metrics and the limits.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,9 +13,9 @@ use toolhub_domain::mcp_server::McpServer;
 use toolhub_domain::workflow::Workflow;
 use toolhub_domain::TenantId;
 use toolhub_engine::Engine;
-use toolhub_eventstore::{CommandBus, EventStore, Position, SecretVault, Webhooks};
+use toolhub_eventstore::{ApiKeys, CommandBus, EventStore, Position, SecretVault, Webhooks};
 
-use crate::auth::Verifier;
+use crate::auth::Authenticator;
 use crate::config::Limits;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -45,8 +45,10 @@ pub struct AppState {
     pub webhook_grace: std::time::Duration,
     /// Runs executions: starts, stops, resumes; MCP discovery and health.
     pub engine: Engine,
-    /// Token verification.
-    pub verifier: Verifier,
+    /// Verifies callers: JWTs and API keys.
+    pub auth: Authenticator,
+    /// API key commands and lookups.
+    pub api_keys: Arc<ApiKeys>,
     /// Prometheus metrics.
     pub metrics: Metrics,
     /// Request limits and bounded waits.

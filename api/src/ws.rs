@@ -110,7 +110,7 @@ pub async fn serve(
 
 /// One socket's state.
 struct Connection {
-    /// The server's state: limits, throttle, verifier.
+    /// The server's state: limits, throttle, authenticator.
     state: Arc<AppState>,
     /// The protocol spoken.
     protocol: WebSocketProtocols,
@@ -160,8 +160,9 @@ impl Connection {
                     .find_map(|k| payload.get(*k))
                     .and_then(|v| v.as_str());
                 let caller = init_state
-                    .verifier
-                    .verify_header(authorization)
+                    .auth
+                    .authenticate(authorization)
+                    .await
                     .map_err(|e| async_graphql::Error::new(e.message()))?;
                 let mut data = Data::default();
                 data.insert(Loaders::new(&init_state, &caller));

@@ -140,3 +140,29 @@ fn the_readme_mcp_example_runs_as_written() {
         "bad arguments were refused: {stdout}"
     );
 }
+
+#[test]
+fn the_readme_api_keys_example_runs_as_written() {
+    let stdout = run_example("api-keys");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(r#"{"data":{"me":{"sub":"apikey:"#)
+                && l.ends_with(r#"","org":"acme","roles":["editor"]}}}"#)),
+        "the key authenticated as itself: {stdout}"
+    );
+    assert!(
+        lines.contains(&r#"{"name":"deploy job","role":"EDITOR","active":true,"used":true}"#),
+        "the key was listed with its use: {stdout}"
+    );
+    assert!(lines.contains(&"false"), "the key was revoked: {stdout}");
+    assert!(
+        lines.contains(&r#"{"code":"UNAUTHENTICATED","reason":"API_KEY_REVOKED"}"#),
+        "the revoked key was refused: {stdout}"
+    );
+    assert!(
+        !stdout.contains("thk_"),
+        "the key itself was never printed: {stdout}"
+    );
+}

@@ -57,6 +57,11 @@ uuid_id!(
     WorkflowId
 );
 uuid_id!(
+    /// Identifies an API key aggregate. Not a secret: the key itself is
+    /// random and stored only as a hash.
+    ApiKeyId
+);
+uuid_id!(
     /// Identifies an execution aggregate.
     ExecutionId
 );
@@ -176,6 +181,12 @@ impl Role {
 /// What the command bus needs to know about an aggregate beyond
 /// [`cqrs_es::Aggregate`].
 pub trait AggregateRoot: cqrs_es::Aggregate {
+    /// The version of the state's shape, stored with its snapshots. Raise
+    /// it when a change of the state's fields changes what a stored state
+    /// means: snapshots of another version are ignored and the aggregate is
+    /// folded from its events.
+    const STATE_VERSION: u32 = 1;
+
     /// The tenant that owns this aggregate, or `None` while it does not exist
     /// yet (no creation event has been applied).
     fn tenant(&self) -> Option<&TenantId>;

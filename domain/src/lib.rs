@@ -1,5 +1,5 @@
-//! The domain of Toolhub: the four aggregates (workflows, executions, secrets
-//! and MCP servers), their commands, events and errors, and the validation of
+//! The domain of Toolhub: the aggregates (workflows, executions, secrets,
+//! MCP servers and API keys), their commands, events and errors, and the validation of
 //! workflow definitions.
 //!
 //! This crate is pure. It must never perform I/O, and it must never depend on
@@ -8,7 +8,9 @@
 //! command being handled. Infrastructure concerns (storage, sealing secret
 //! values, HTTP) live in the crates above it.
 
+pub mod api_key;
 pub mod common;
+pub mod credentials;
 pub mod definition;
 pub mod execution;
 pub mod mcp_server;
@@ -18,6 +20,6 @@ pub mod text;
 pub mod workflow;
 
 pub use common::{
-    AggregateRoot, CommandTraits, ExecutionId, McpServerId, NameChange, Role, SecretId, TenantId,
-    WebhookId, WorkflowId,
+    AggregateRoot, ApiKeyId, CommandTraits, ExecutionId, McpServerId, NameChange, Role, SecretId,
+    TenantId, WebhookId, WorkflowId,
 };

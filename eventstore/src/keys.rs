@@ -19,6 +19,7 @@ use toolhub_domain::secret::SealedValue;
 use toolhub_domain::{SecretId, TenantId};
 use zeroize::{Zeroize, Zeroizing};
 
+use crate::bus::Companion;
 use crate::error::StoreError;
 use crate::sql::{exec, fetch};
 use crate::store::Db;
@@ -147,6 +148,47 @@ fn value_aad(secret: SecretId) -> Vec<u8> {
     format!("toolhub:secret-value:{secret}").into_bytes()
 }
 
+/// Seals `plaintext` under a secret's data key.
+fn seal_under(key: &[u8], secret: SecretId, plaintext: &[u8]) -> Result<SealedValue, KeyError> {
+    let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key));
+    let nonce = random_nonce();
+    let ciphertext = cipher
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: plaintext,
+                aad: &value_aad(secret),
+            },
+        )
+        .map_err(|_| KeyError::Crypto)?;
+    Ok(SealedValue::new(B64.encode(nonce), B64.encode(ciphertext)))
+}
+
+/// A new secret's data key, not stored yet: see [`KeyStore::new_key`].
+pub struct NewKey {
+    /// The secret it is for.
+    secret: SecretId,
+    /// The key bytes, wiped when dropped.
+    key: Zeroizing<[u8; 32]>,
+    /// The write that stores it, wrapped.
+    companion: Companion,
+}
+
+impl NewKey {
+    /// The write that stores the wrapped key: pass it to
+    /// [`CommandBus::execute_with`](crate::CommandBus::execute_with) with
+    /// the command that creates the secret.
+    pub fn companion(&self) -> &Companion {
+        &self.companion
+    }
+}
+
+impl std::fmt::Debug for NewKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NewKey({})", self.secret)
+    }
+}
+
 fn random_nonce() -> [u8; 12] {
     let mut nonce = [0u8; 12];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
@@ -159,11 +201,14 @@ impl KeyStore {
         Self { db, master }
     }
 
-    /// Creates the data key of a new secret. Returns `false`, changing
-    /// nothing, when the secret already has one.
-    pub async fn create_key(&self, tenant: &TenantId, secret: SecretId) -> Result<bool, KeyError> {
-        let mut data_key = Zeroizing::new([0u8; 32]);
-        rand::rngs::OsRng.fill_bytes(data_key.as_mut());
+    /// A new secret's data key, made in memory and wrapped by the master
+    /// key. Its value is sealed under it with [`KeyStore::seal_new`] before
+    /// anything is stored, and the key is stored by [`NewKey::companion`],
+    /// the write that commits with the secret's creation or not at all: a
+    /// created secret always has its key, and a failed creation leaves none.
+    pub fn new_key(&self, tenant: &TenantId, secret: SecretId) -> Result<NewKey, KeyError> {
+        let mut key = Zeroizing::new([0u8; 32]);
+        rand::rngs::OsRng.fill_bytes(key.as_mut());
         let nonce = random_nonce();
         let wrapped = self
             .master
@@ -171,25 +216,75 @@ impl KeyStore {
             .encrypt(
                 Nonce::from_slice(&nonce),
                 Payload {
-                    msg: data_key.as_ref(),
+                    msg: key.as_ref(),
                     aad: &data_key_aad(secret),
                 },
             )
             .map_err(|_| KeyError::Crypto)?;
-        let inserted = exec(
-            &self.db,
-            "INSERT INTO secret_keys (secret_id, tenant, master_key, nonce, wrapped_key) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (secret_id) DO NOTHING",
-            &[
+        // A row already there can only be an orphan (a key stored by a
+        // creation that never committed, in versions that stored keys apart
+        // from the creation): the creation commits only while the secret has
+        // no event, so replacing it takes nobody's key.
+        let companion = Companion {
+            sql: "INSERT INTO secret_keys (secret_id, tenant, master_key, nonce, wrapped_key) \
+                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (secret_id) DO UPDATE SET \
+                  tenant = excluded.tenant, master_key = excluded.master_key, \
+                  nonce = excluded.nonce, wrapped_key = excluded.wrapped_key"
+                .into(),
+            args: vec![
                 secret.to_string().into(),
                 tenant.as_str().into(),
                 self.master.fingerprint().into(),
                 nonce.to_vec().into(),
                 wrapped.into(),
             ],
+        };
+        Ok(NewKey {
+            secret,
+            key,
+            companion,
+        })
+    }
+
+    /// Seals `plaintext` under a new secret's key, before the key is stored.
+    pub fn seal_new(&self, key: &NewKey, plaintext: &[u8]) -> Result<SealedValue, KeyError> {
+        seal_under(key.key.as_ref(), key.secret, plaintext)
+    }
+
+    /// The write that destroys the secret's data key, to commit with the
+    /// secret's deletion: the deletion is recorded exactly when the key is
+    /// gone.
+    pub fn destroy_companion(secret: SecretId) -> Companion {
+        Companion {
+            sql: "DELETE FROM secret_keys WHERE secret_id = $1".into(),
+            args: vec![secret.to_string().into()],
+        }
+    }
+
+    /// Destroys what no key may outlive, for logs written before keys were
+    /// stored and destroyed in the same commit as their secret's creation
+    /// and deletion (a process that died between the two writes): the key
+    /// of every deleted secret, and keys without any secret event that are
+    /// older than `orphan_age` (a creation that never committed). Run at
+    /// start; returns how many keys were destroyed.
+    pub async fn sweep(&self, orphan_age: std::time::Duration) -> Result<u64, KeyError> {
+        let deleted = exec(
+            &self.db,
+            "DELETE FROM secret_keys WHERE secret_id IN (SELECT aggregate_id FROM events \
+             WHERE aggregate_type = 'secret' AND event_type = 'SecretDeleted')",
+            &[],
         )
         .await?;
-        Ok(inserted == 1)
+        let cutoff = chrono::Utc::now()
+            - chrono::Duration::from_std(orphan_age).unwrap_or(chrono::Duration::MAX);
+        let orphans = exec(
+            &self.db,
+            "DELETE FROM secret_keys WHERE created_at < $1 AND NOT EXISTS (SELECT 1 FROM events \
+             WHERE aggregate_type = 'secret' AND aggregate_id = secret_keys.secret_id)",
+            &[cutoff.into()],
+        )
+        .await?;
+        Ok(deleted + orphans)
     }
 
     async fn data_key(
@@ -246,18 +341,7 @@ impl KeyStore {
         plaintext: &[u8],
     ) -> Result<SealedValue, KeyError> {
         let key = self.data_key(tenant, secret).await?;
-        let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&key));
-        let nonce = random_nonce();
-        let ciphertext = cipher
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: plaintext,
-                    aad: &value_aad(secret),
-                },
-            )
-            .map_err(|_| KeyError::Crypto)?;
-        Ok(SealedValue::new(B64.encode(nonce), B64.encode(ciphertext)))
+        seal_under(&key, secret, plaintext)
     }
 
     /// Opens a sealed value of the secret. Only the engine calls this, at the

@@ -21,6 +21,7 @@
 //! (that is the aggregates' job in `toolhub-domain`), never builds read
 //! models, and never sees a secret's plaintext outside [`KeyStore`].
 
+pub mod api_keys;
 pub mod bus;
 pub mod error;
 pub mod keys;
@@ -36,6 +37,7 @@ pub mod upcast;
 pub mod webhooks;
 pub mod work;
 
+pub use api_keys::{ApiKeyRecord, ApiKeys, NewApiKey};
 pub use bus::{BusOptions, CommandBus, Committed, Companion};
 pub use error::{CommandError, ConflictKind, StoreError};
 pub use keys::{KeyError, KeyStore, MasterKey};

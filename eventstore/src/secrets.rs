@@ -7,7 +7,7 @@ use toolhub_domain::{AggregateRoot, SecretId};
 use zeroize::Zeroizing;
 
 use crate::bus::{CommandBus, Committed};
-use crate::error::{CommandError, ConflictKind};
+use crate::error::CommandError;
 use crate::keys::{KeyError, KeyStore};
 use crate::metadata::CommandContext;
 
@@ -46,9 +46,11 @@ impl SecretVault {
         &self.keys
     }
 
-    /// Creates a secret: a new data key, the value sealed under it, then the
-    /// `Create` command. If the command fails, the new key is destroyed again,
-    /// so a failure leaves nothing behind.
+    /// Creates a secret: a new data key made in memory, the value sealed
+    /// under it, then the `Create` command, which stores the wrapped key in
+    /// its own commit. A secret is recorded exactly when its key is stored,
+    /// so no failure, not even one whose commit is uncertain, can leave a
+    /// created secret without its key or a key without its secret.
     pub async fn create(
         &self,
         ctx: &CommandContext,
@@ -57,40 +59,13 @@ impl SecretVault {
         description: String,
         value: Zeroizing<String>,
     ) -> Result<Committed, SecretCommandError> {
-        let mut created = self.keys.create_key(&ctx.tenant, id).await?;
-        if !created {
-            let (state, version) = self
-                .bus
-                .load(&id.to_string())
-                .await
-                .map_err(CommandError::from)?;
-            if version > 0 {
-                return Err(match state.tenant() {
-                    Some(owner) if owner != &ctx.tenant => CommandError::NotFound,
-                    _ => CommandError::Domain(SecretError::AlreadyExists),
-                }
-                .into());
-            }
-            // A key without a secret: a create that was interrupted between
-            // its two writes. Replace the orphan.
-            self.keys.destroy(id).await?;
-            created = self.keys.create_key(&ctx.tenant, id).await?;
-            if !created {
-                return Err(CommandError::Conflict(ConflictKind::LostRace).into());
-            }
-        }
-        let result = async {
-            let sealed = self.keys.seal(&ctx.tenant, id, value.as_bytes()).await?;
-            let command = create_command(ctx, name, description, sealed);
-            Ok::<_, SecretCommandError>(self.bus.execute(&id.to_string(), command, ctx).await?)
-        }
-        .await;
-        if result.is_err() {
-            if let Err(error) = self.keys.destroy(id).await {
-                tracing::warn!(%error, "could not remove the key of a secret that was not created");
-            }
-        }
-        result
+        let key = self.keys.new_key(&ctx.tenant, id)?;
+        let sealed = self.keys.seal_new(&key, value.as_bytes())?;
+        let command = create_command(ctx, name, description, sealed);
+        Ok(self
+            .bus
+            .execute_with(&id.to_string(), command, ctx, key.companion())
+            .await?)
     }
 
     /// Rotates a secret's value: the new value is sealed under the secret's
@@ -135,24 +110,25 @@ impl SecretVault {
         }
     }
 
-    /// Deletes a secret: records the deletion, then destroys its data key.
+    /// Deletes a secret: the deletion is recorded in the same commit that
+    /// destroys its data key, so a recorded deletion always means the key
+    /// is gone, whatever happens to the process.
     pub async fn delete(
         &self,
         ctx: &CommandContext,
         id: SecretId,
         expected_version: Option<u64>,
     ) -> Result<Committed, SecretCommandError> {
-        let committed = self
+        Ok(self
             .bus
-            .execute_expecting(
+            .execute_expecting_with(
                 &id.to_string(),
                 SecretCommand::Delete,
                 ctx,
                 expected_version,
+                &KeyStore::destroy_companion(id),
             )
-            .await?;
-        self.keys.destroy(id).await?;
-        Ok(committed)
+            .await?)
     }
 }
 

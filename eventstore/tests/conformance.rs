@@ -304,6 +304,7 @@ pub async fn state_from_snapshot_and_tail_equals_the_full_fold(db: TestDb) {
         BusOptions {
             cache_capacity: 100,
             snapshot_every: 10,
+            ..BusOptions::default()
         },
     );
     let ctx = ctx("acme");

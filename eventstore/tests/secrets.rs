@@ -240,6 +240,169 @@ async fn on_sqlite_plaintext_never_reaches_the_log_and_delete_shreds_the_key() {
     plaintext_never_reaches_the_log_and_delete_shreds_the_key(TestDb::sqlite().await).await;
 }
 
+/// Makes every deletion from `secret_keys` fail, as a dying process or a
+/// broken connection would between two writes.
+async fn refuse_key_deletions(db: &Db) {
+    let statements: &[&str] = match db {
+        Db::Postgres(_) => &[
+            "CREATE FUNCTION keep_keys() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'keys are kept'; END $$",
+            "CREATE TRIGGER keep_keys BEFORE DELETE ON secret_keys \
+             FOR EACH ROW EXECUTE FUNCTION keep_keys()",
+        ],
+        Db::Sqlite(_) => &["CREATE TRIGGER keep_keys BEFORE DELETE ON secret_keys \
+             BEGIN SELECT RAISE(ABORT, 'keys are kept'); END"],
+    };
+    for sql in statements {
+        toolhub_eventstore::sql::exec(db, sql, &[])
+            .await
+            .expect("install the trigger");
+    }
+}
+
+async fn allow_key_deletions(db: &Db) {
+    let sql = match db {
+        Db::Postgres(_) => "DROP TRIGGER keep_keys ON secret_keys",
+        Db::Sqlite(_) => "DROP TRIGGER keep_keys",
+    };
+    toolhub_eventstore::sql::exec(db, sql, &[])
+        .await
+        .expect("drop the trigger");
+}
+
+async fn shredding_is_certain(db: TestDb) {
+    let store = open(db.url()).await.expect("open the store");
+    let keys = KeyStore::new(store.db().clone(), MasterKey::generate());
+    let vault = SecretVault::new(CommandBus::<Secret>::new(store.clone()), keys.clone());
+    let acme = TenantId::parse("acme").expect("tenant");
+    let ctx = CommandContext::new("admin-1", acme.clone());
+    let create = |id: SecretId, name: &str| {
+        vault.create(
+            &ctx,
+            id,
+            name.into(),
+            String::new(),
+            Zeroizing::new(format!("value of {name}")),
+        )
+    };
+    let opens = |id: SecretId| {
+        let keys = keys.clone();
+        let acme = acme.clone();
+        async move {
+            match keys.seal(&acme, id, b"probe").await {
+                Ok(_) => true,
+                Err(KeyError::NoKey) => false,
+                Err(error) => panic!("unexpected key error: {error}"),
+            }
+        }
+    };
+
+    // A deletion that cannot destroy the key is not recorded either.
+    let kept = SecretId::new();
+    create(kept, "KEPT").await.expect("create");
+    refuse_key_deletions(store.db()).await;
+    let deleted = vault.delete(&ctx, kept, None).await;
+    assert!(deleted.is_err(), "{deleted:?}");
+    allow_key_deletions(store.db()).await;
+    let (state, _) = vault.bus().load(&kept.to_string()).await.expect("load");
+    assert!(
+        !state.is_deleted(),
+        "the deletion was recorded without its key's destruction"
+    );
+    assert!(opens(kept).await, "the secret lives on with its key");
+    vault.delete(&ctx, kept, None).await.expect("delete");
+    assert!(!opens(kept).await, "the key went with the deletion");
+
+    // A deletion recorded without destroying the key (a log from a process
+    // that died between the two): the start's sweep destroys the key.
+    let leaked = SecretId::new();
+    create(leaked, "LEAKED").await.expect("create");
+    vault
+        .bus()
+        .execute(
+            &leaked.to_string(),
+            toolhub_domain::secret::SecretCommand::Delete,
+            &ctx,
+        )
+        .await
+        .expect("record the deletion alone");
+    assert!(opens(leaked).await, "the key outlived its secret");
+    // A key without any secret: a creation that never committed.
+    let orphan = SecretId::new();
+    let new_key = keys.new_key(&acme, orphan).expect("a key");
+    toolhub_eventstore::sql::exec(
+        store.db(),
+        &new_key.companion().sql,
+        &new_key.companion().args,
+    )
+    .await
+    .expect("store the key alone");
+    let live = SecretId::new();
+    create(live, "LIVE").await.expect("create");
+
+    // A young orphan may belong to a creation still under way: kept.
+    assert_eq!(
+        keys.sweep(std::time::Duration::from_secs(3600))
+            .await
+            .expect("sweep"),
+        1
+    );
+    assert!(
+        !opens(leaked).await,
+        "the deleted secret's key was destroyed"
+    );
+    assert!(opens(orphan).await, "a young orphan is kept");
+    assert_eq!(
+        keys.sweep(std::time::Duration::ZERO).await.expect("sweep"),
+        1
+    );
+    assert!(!opens(orphan).await, "an old orphan is destroyed");
+    assert!(opens(live).await, "a live secret keeps its key");
+
+    // A creation that fails leaves no key; one over an orphan's id replaces
+    // the orphan.
+    let refused = SecretId::new();
+    let created = create(refused, "LIVE").await;
+    assert!(created.is_err(), "the name is taken: {created:?}");
+    assert!(!opens(refused).await, "a refused creation left a key");
+    let reused = SecretId::new();
+    let stale = keys.new_key(&acme, reused).expect("a key");
+    toolhub_eventstore::sql::exec(store.db(), &stale.companion().sql, &stale.companion().args)
+        .await
+        .expect("store the key alone");
+    create(reused, "REUSED")
+        .await
+        .expect("create over an orphan key");
+    let sealed = match vault
+        .bus()
+        .load(&reused.to_string())
+        .await
+        .expect("load")
+        .0
+        .value()
+    {
+        Some(value) => value.clone(),
+        None => panic!("the secret has a value"),
+    };
+    assert_eq!(
+        keys.unseal(&acme, reused, &sealed)
+            .await
+            .expect("the value opens with the stored key")
+            .as_slice(),
+        b"value of REUSED"
+    );
+}
+
+#[tokio::test]
+async fn on_postgres_shredding_is_certain() {
+    shredding_is_certain(TestDb::postgres().await).await;
+}
+
+#[tokio::test]
+async fn on_sqlite_shredding_is_certain() {
+    shredding_is_certain(TestDb::sqlite().await).await;
+}
+
 #[test]
 fn a_master_key_must_be_32_bytes_of_base64() {
     assert!(MasterKey::from_base64("too-short").is_err());

@@ -110,6 +110,25 @@ impl TestEnv {
         Config::for_tests(self.db.url(), SECRET)
     }
 
+    /// Every event's aggregate id, type, payload and metadata as text, one
+    /// string per event: for asserting what the log never holds.
+    pub async fn all_event_text(&self) -> Vec<String> {
+        let store = toolhub_eventstore::open(self.db.url())
+            .await
+            .expect("open the store");
+        let rows = toolhub_eventstore::sql::fetch(
+            store.db(),
+            "SELECT aggregate_id || event_type || CAST(payload AS TEXT) || \
+             CAST(metadata AS TEXT) AS t FROM events",
+            &[],
+        )
+        .await
+        .expect("read the events");
+        rows.iter()
+            .map(|row| row.text("t").expect("text"))
+            .collect()
+    }
+
     /// Starts a server on this database.
     pub async fn server(&self) -> TestServer {
         self.server_with(self.config()).await

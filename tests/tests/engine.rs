@@ -1201,3 +1201,117 @@ async fn a_run_s_first_move_commits_with_its_start() {
     let stop = "mutation ($i: ExecutionIdInput!) { stopExecution(input: $i) { id } }";
     server.ok(&editor, stop, json!({"i": {"id": id}})).await;
 }
+
+/// What an upstream received: the `authorization` header of its last
+/// request.
+type Received = std::sync::Arc<std::sync::Mutex<Option<String>>>;
+
+async fn recording_upstream() -> (std::net::SocketAddr, Received, tokio::task::JoinHandle<()>) {
+    use axum::http::HeaderMap;
+    let received: Received = Default::default();
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            axum::routing::get(
+                |axum::extract::State(received): axum::extract::State<Received>,
+                 headers: HeaderMap| async move {
+                    *received.lock().unwrap() = headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    axum::Json(json!({"ok": true}))
+                },
+            ),
+        )
+        .with_state(received.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (address, received, task)
+}
+
+async fn literal_credentials_are_sent_but_never_shown(env: TestEnv) {
+    let (address, received, upstream) = recording_upstream().await;
+    let server = loopback_server(&env).await;
+    let editor = token("ada", "acme", Role::Editor);
+    let admin = token("grace", "acme", Role::Admin);
+    let url = format!("http://{address}/hook?api_key=abc123literal&page=2");
+    let workflow = server
+        .create_workflow(
+            &editor,
+            "Credentials typed in",
+            json!({"nodes": [{"id": "call", "type": "http", "params": {"method": "GET", "url": url,
+                "headers": {"Authorization": "Bearer s3cr3t-literal", "X-Trace": "visible"}}}],
+                "edges": []}),
+        )
+        .await;
+    let execution = server.start_execution(&editor, &workflow, json!({})).await;
+    let finished = server
+        .wait_finished(&editor, &execution, Duration::from_secs(15))
+        .await;
+    assert_eq!(finished["status"], "COMPLETED", "{finished:#}");
+    // Sent as written.
+    assert_eq!(
+        received.lock().unwrap().as_deref(),
+        Some("Bearer s3cr3t-literal")
+    );
+    // Shown nowhere: the workflow, its versions, the run's steps, the audit log.
+    let step = step(&finished, "call");
+    assert_eq!(step["input"]["headers"]["Authorization"], "[redacted]");
+    assert_eq!(step["input"]["headers"]["X-Trace"], "visible");
+    assert_eq!(
+        step["input"]["url"],
+        format!("http://{address}/hook?api_key=[redacted]&page=2")
+    );
+    let shown = server
+        .ok(
+            &admin,
+            "query ($id: ID!) { workflow(id: $id) { definition
+                versions(first: 5) { edges { node { definition } } } }
+              auditLog(first: 50) { edges { node { eventType payload } } } }",
+            json!({"id": workflow}),
+        )
+        .await;
+    let node = &shown["workflow"]["definition"]["nodes"][0]["params"];
+    assert_eq!(node["headers"]["Authorization"], "[redacted]");
+    assert_eq!(node["headers"]["X-Trace"], "visible");
+    let created = shown["auditLog"]["edges"]
+        .as_array()
+        .and_then(|edges| {
+            edges
+                .iter()
+                .find(|e| e["node"]["eventType"] == "WorkflowCreated")
+        })
+        .unwrap_or_else(|| panic!("the creation is audited: {shown:#}"));
+    assert_eq!(
+        created["node"]["payload"]["definition"]["nodes"][0]["params"]["headers"]["Authorization"],
+        "[redacted]"
+    );
+    let text = format!("{shown}{finished}");
+    for literal in ["s3cr3t-literal", "abc123literal"] {
+        assert!(!text.contains(literal), "{literal} is shown: {text}");
+    }
+    // The run recorded no copy either; the definition's event keeps what
+    // was written (the log is immutable), and only it.
+    let holding: Vec<String> = env
+        .all_event_text()
+        .await
+        .into_iter()
+        .filter(|row| row.contains("s3cr3t-literal") || row.contains("abc123literal"))
+        .collect();
+    assert_eq!(holding.len(), 1, "{holding:#?}");
+    assert!(holding[0].contains("WorkflowCreated"), "{holding:#?}");
+    upstream.abort();
+}
+
+#[tokio::test]
+async fn literal_credentials_are_sent_but_never_shown_on_postgres() {
+    literal_credentials_are_sent_but_never_shown(TestEnv::postgres().await).await;
+}
+
+#[tokio::test]
+async fn literal_credentials_are_sent_but_never_shown_on_sqlite() {
+    literal_credentials_are_sent_but_never_shown(TestEnv::sqlite().await).await;
+}

@@ -6,6 +6,7 @@
 //! command's `required_role()`), reads only the caller's tenant, and returns
 //! [`ApiError`]s, which carry the error codes.
 
+pub mod api_keys;
 pub mod audit;
 pub mod executions;
 pub mod mcp_servers;
@@ -46,6 +47,7 @@ pub struct Query(
     mcp_servers::McpServerQuery,
     executions::ExecutionQuery,
     audit::AuditQuery,
+    api_keys::ApiKeyQuery,
 );
 
 /// Every mutation.
@@ -56,6 +58,7 @@ pub struct Mutation(
     mcp_servers::McpServerMutation,
     executions::ExecutionMutation,
     webhooks::WebhookMutation,
+    api_keys::ApiKeyMutation,
 );
 
 /// Every subscription.

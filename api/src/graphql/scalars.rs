@@ -34,6 +34,8 @@ pub enum AggregateType {
     Secret,
     /// An MCP server.
     McpServer,
+    /// An API key.
+    ApiKey,
 }
 
 impl AggregateType {
@@ -44,6 +46,7 @@ impl AggregateType {
             Self::Execution => "execution",
             Self::Secret => "secret",
             Self::McpServer => "mcp_server",
+            Self::ApiKey => "api_key",
         }
     }
 
@@ -54,6 +57,7 @@ impl AggregateType {
             "execution" => Ok(Self::Execution),
             "secret" => Ok(Self::Secret),
             "mcp_server" => Ok(Self::McpServer),
+            "api_key" => Ok(Self::ApiKey),
             other => Err(ApiError::internal(format!(
                 "unknown aggregate type {other:?} in the read model"
             ))),

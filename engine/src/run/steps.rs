@@ -190,6 +190,7 @@ pub(crate) async fn prepare_step(
                 "body": body,
             });
             prepared.masker.mask(&mut recorded);
+            redact_literal_credentials(&mut recorded);
             prepared.recorded_input = recorded;
             let timeout = node
                 .policy()
@@ -230,6 +231,7 @@ pub(crate) async fn prepare_step(
                 "arguments": arguments.clone(),
             });
             prepared.masker.mask(&mut recorded);
+            redact_literal_credentials(&mut recorded);
             prepared.recorded_input = recorded;
             let timeout = node
                 .policy()
@@ -295,6 +297,27 @@ impl Prepared {
             node_id: self.node_id,
             attempt: self.attempt,
             result,
+        }
+    }
+}
+
+/// Takes the literal credentials a user typed into an `http` node (header
+/// values named like credentials, a URL's userinfo and credential query
+/// parameters) out of what is recorded of its input: the request is sent
+/// as written, but the log keeps no copy. Values that came from secrets
+/// are masked already.
+fn redact_literal_credentials(recorded: &mut Value) {
+    use toolhub_domain::credentials::{names_a_credential, redact_url, REDACTED};
+    if let Some(Value::Object(headers)) = recorded.get_mut("headers") {
+        for (name, value) in headers.iter_mut() {
+            if names_a_credential(name) {
+                *value = Value::String(REDACTED.into());
+            }
+        }
+    }
+    if let Some(Value::String(url)) = recorded.get_mut("url") {
+        if let std::borrow::Cow::Owned(redacted) = redact_url(url) {
+            *url = redacted;
         }
     }
 }

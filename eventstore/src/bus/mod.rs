@@ -53,6 +53,11 @@ pub struct Committed {
 pub struct BusOptions {
     /// How many aggregates the in-memory cache holds.
     pub cache_capacity: usize,
+    /// How many bytes of state the cache holds at most, measured as the
+    /// JSON of the states (a workflow holds every version's definition);
+    /// the least recently used are dropped beyond it, and a state larger
+    /// than this is not cached.
+    pub cache_bytes: usize,
     /// A snapshot is written each time an aggregate's version crosses a
     /// multiple of this number, so a cold load never folds more than this
     /// many events.
@@ -63,6 +68,7 @@ impl Default for BusOptions {
     fn default() -> Self {
         Self {
             cache_capacity: 10_000,
+            cache_bytes: 32 * 1024 * 1024,
             snapshot_every: 100,
         }
     }
@@ -73,6 +79,56 @@ struct Cached<A> {
     state: A,
     /// The sequence of that event: where the next append goes.
     version: u64,
+    /// The state's size as JSON, or an estimate of it from the events
+    /// folded into it.
+    bytes: usize,
+}
+
+/// The cache: bounded in entries and in bytes.
+struct Cache<A> {
+    /// The entries, least recently used first out.
+    lru: LruCache<String, Cached<A>>,
+    /// The sum of the entries' `bytes`.
+    bytes: usize,
+    /// The most `bytes` may reach.
+    budget: usize,
+}
+
+impl<A> Cache<A> {
+    fn pop(&mut self, id: &str) -> Option<Cached<A>> {
+        let cached = self.lru.pop(id)?;
+        self.bytes -= cached.bytes;
+        Some(cached)
+    }
+
+    fn put(&mut self, id: &str, cached: Cached<A>) {
+        if cached.bytes > self.budget {
+            if let Some(old) = self.lru.pop(id) {
+                self.bytes -= old.bytes;
+            }
+            return;
+        }
+        self.bytes += cached.bytes;
+        if let Some((_, old)) = self.lru.push(id.to_string(), cached) {
+            self.bytes -= old.bytes;
+        }
+        while self.bytes > self.budget {
+            match self.lru.pop_lru() {
+                Some((_, old)) => self.bytes -= old.bytes,
+                None => break,
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.lru.clear();
+        self.bytes = 0;
+    }
+}
+
+/// The size of a state as JSON: what the cache counts.
+fn weigh<A: serde::Serialize>(state: &A) -> usize {
+    serde_json::to_vec(state).map_or(usize::MAX, |json| json.len())
 }
 
 enum Repo {
@@ -89,7 +145,7 @@ pub struct CommandBus<A: AggregateRoot> {
     /// Loads aggregates (events and snapshots) from the backend.
     repo: Repo,
     /// Recently used aggregates: a guess, checked by the append's primary key.
-    cache: Mutex<LruCache<String, Cached<A>>>,
+    cache: Mutex<Cache<A>>,
     /// Cache size and snapshot interval.
     options: BusOptions,
     /// The aggregate type this bus serves.
@@ -128,7 +184,11 @@ where
         Self {
             store,
             repo,
-            cache: Mutex::new(LruCache::new(capacity)),
+            cache: Mutex::new(Cache {
+                lru: LruCache::new(capacity),
+                bytes: 0,
+                budget: options.cache_bytes,
+            }),
             options,
             _aggregate: PhantomData,
         }
@@ -176,6 +236,20 @@ where
             .await
     }
 
+    /// [`CommandBus::execute_expecting`] with a companion write, as
+    /// [`CommandBus::execute_with`] has.
+    pub async fn execute_expecting_with(
+        &self,
+        id: &str,
+        command: A::Command,
+        ctx: &CommandContext,
+        expected_version: Option<u64>,
+        companion: &Companion,
+    ) -> Result<Committed, CommandError<A::Error>> {
+        self.decide_and_append(id, command, ctx, expected_version, Some(companion))
+            .await
+    }
+
     async fn decide_and_append(
         &self,
         id: &str,
@@ -193,17 +267,24 @@ where
             .build();
         let mut force_fresh = false;
         loop {
-            let (mut state, version, source) = match self.take_cached(id) {
-                Some(cached) if !force_fresh => (cached.state, cached.version, Source::Guessed),
-                _ if !force_fresh && command.is_creation() => (A::default(), 0, Source::Guessed),
+            let (mut state, version, bytes, source) = match self.take_cached(id) {
+                Some(cached) if !force_fresh => (
+                    cached.state,
+                    cached.version,
+                    Some(cached.bytes),
+                    Source::Guessed,
+                ),
+                _ if !force_fresh && command.is_creation() => {
+                    (A::default(), 0, Some(0), Source::Guessed)
+                }
                 _ => {
                     let (state, version) = self.load(id).await?;
-                    (state, version, Source::Fresh)
+                    (state, version, None, Source::Fresh)
                 }
             };
             if let Some(owner) = state.tenant() {
                 if owner != &ctx.tenant {
-                    self.put_cached(id, state, version);
+                    self.put_cached(id, state, version, bytes);
                     return Err(CommandError::NotFound);
                 }
             }
@@ -215,7 +296,7 @@ where
                         force_fresh = true;
                         continue;
                     }
-                    self.put_cached(id, state, version);
+                    self.put_cached(id, state, version, bytes);
                     return Err(CommandError::Conflict(ConflictKind::ExpectedVersion {
                         expected,
                         actual: version,
@@ -238,7 +319,7 @@ where
                 return Err(CommandError::Domain(error));
             }
             if events.is_empty() {
-                self.put_cached(id, state, version);
+                self.put_cached(id, state, version, bytes);
                 return Ok(Committed {
                     version,
                     position: None,
@@ -251,6 +332,7 @@ where
             }
 
             let serialized = serialize::<A>(id, version, &events, ctx)?;
+            let added: usize = serialized.iter().map(|e| e.payload.len()).sum();
             match self
                 .append(id, &ctx.tenant, &events, serialized, companion)
                 .await
@@ -258,7 +340,8 @@ where
                 Ok(position) => {
                     let new_version = version + events.len() as u64;
                     self.maybe_snapshot(id, &state, version, new_version);
-                    self.put_cached(id, state, new_version);
+                    let bytes = bytes.map(|b| b.saturating_add(added));
+                    self.put_cached(id, state, new_version, bytes);
                     self.store.announce(position);
                     return Ok(Committed {
                         version: new_version,
@@ -299,14 +382,38 @@ where
         self.cache.lock().pop(id)
     }
 
-    fn put_cached(&self, id: &str, state: A, version: u64) {
-        let mut cache = self.cache.lock();
+    /// Caches `state` at `version`, weighing it unless its weight is known.
+    fn put_cached(&self, id: &str, state: A, version: u64, bytes: Option<usize>) {
         // A concurrent command on the same aggregate may have put a newer
         // state back already; never replace it with an older one.
-        if cache.peek(id).is_some_and(|c| c.version >= version) {
+        if self
+            .cache
+            .lock()
+            .lru
+            .peek(id)
+            .is_some_and(|c| c.version >= version)
+        {
             return;
         }
-        cache.put(id.to_string(), Cached { state, version });
+        let bytes = bytes.unwrap_or_else(|| weigh(&state));
+        let mut cache = self.cache.lock();
+        if cache.lru.peek(id).is_some_and(|c| c.version >= version) {
+            return;
+        }
+        cache.put(
+            id,
+            Cached {
+                state,
+                version,
+                bytes,
+            },
+        );
+    }
+
+    /// How many aggregates the cache holds, and their bytes.
+    pub fn cached(&self) -> (usize, usize) {
+        let cache = self.cache.lock();
+        (cache.lru.len(), cache.bytes)
     }
 
     /// The state of `id` as this bus last knew it — from the cache, or
@@ -317,11 +424,11 @@ where
     where
         A: Clone,
     {
-        if let Some(cached) = self.cache.lock().get(id) {
+        if let Some(cached) = self.cache.lock().lru.get(id) {
             return Ok((cached.state.clone(), cached.version));
         }
         let (state, version) = self.load(id).await?;
-        self.put_cached(id, state.clone(), version);
+        self.put_cached(id, state.clone(), version, None);
         Ok((state, version))
     }
 
@@ -332,7 +439,7 @@ where
         A: Clone,
     {
         let (state, version) = self.load(id).await?;
-        self.put_cached(id, state.clone(), version);
+        self.put_cached(id, state.clone(), version, None);
         Ok((state, version))
     }
 
@@ -349,13 +456,11 @@ where
             Repo::Postgres(repo) => repo.get_snapshot::<A>(id).await?,
             Repo::Sqlite(repo) => repo.get_snapshot::<A>(id).await?,
         };
-        let (mut state, version) = match snapshot {
-            Some(snapshot) => match serde_json::from_value::<A>(snapshot.aggregate) {
-                Ok(state) => (state, snapshot.current_sequence as u64),
-                // A snapshot of an older shape of the state: fold from the
-                // start instead.
-                Err(_) => (A::default(), 0),
-            },
+        let (mut state, version) = match snapshot
+            .and_then(|s| snapshot::open::<A>(s.aggregate).map(|state| (state, s.current_sequence)))
+        {
+            Some((state, sequence)) => (state, sequence as u64),
+            // None, or one of another shape of the state: fold from the start.
             None => (A::default(), 0),
         };
         let events = match &self.repo {
@@ -404,7 +509,7 @@ where
         if every == 0 || new_version / every == old_version / every {
             return;
         }
-        let payload = match serde_json::to_value(state) {
+        let payload = match snapshot::seal(state) {
             Ok(payload) => payload,
             Err(error) => {
                 tracing::warn!(%error, aggregate = A::TYPE, "could not serialise a snapshot");

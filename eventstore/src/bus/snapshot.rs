@@ -1,8 +1,15 @@
 //! Snapshots: an aggregate's state at a version, so that a cold load folds
 //! at most `snapshot_every` events. Events never change, so a snapshot at
 //! any version stays true; one row per aggregate, replaced as it grows.
+//!
+//! A snapshot is the state's JSON wrapped with the state's schema version
+//! ([`AggregateRoot::STATE_VERSION`]): `{"stateVersion": 1, "state": …}`.
+//! One of another version (or none, as written before versions existed) is
+//! ignored and the aggregate folded from its first event, because a state
+//! whose meaning changed may still deserialise.
 
-use serde_json::Value;
+use serde_json::{json, Value};
+use toolhub_domain::AggregateRoot;
 
 use crate::error::StoreError;
 use crate::sql::{exec, Arg};
@@ -38,4 +45,20 @@ pub(crate) async fn write(
     )
     .await?;
     Ok(())
+}
+
+/// The snapshot payload of `state`.
+pub(crate) fn seal<A: AggregateRoot>(state: &A) -> Result<Value, serde_json::Error> {
+    Ok(json!({ "stateVersion": A::STATE_VERSION, "state": serde_json::to_value(state)? }))
+}
+
+/// The state in a snapshot payload, when it is of the current version.
+pub(crate) fn open<A: AggregateRoot>(payload: Value) -> Option<A> {
+    let Value::Object(mut payload) = payload else {
+        return None;
+    };
+    if payload.get("stateVersion").and_then(Value::as_u64) != Some(u64::from(A::STATE_VERSION)) {
+        return None;
+    }
+    serde_json::from_value(payload.remove("state")?).ok()
 }

@@ -157,7 +157,7 @@ impl Projection for WorkflowsProjection {
                             aggregate_version: 0,
                             name,
                             description,
-                            definition: serde_json::to_value(&definition)?,
+                            definition: shown_definition(&definition)?,
                             version: 1,
                             archived: false,
                             triggers: Value::Array(vec![]),
@@ -179,7 +179,7 @@ impl Projection for WorkflowsProjection {
                                 comment,
                             } => {
                                 row.version = version;
-                                row.definition = serde_json::to_value(&definition)?;
+                                row.definition = shown_definition(&definition)?;
                                 version_of(row, comment, None);
                             }
                             WorkflowEvent::WorkflowReverted {
@@ -189,7 +189,7 @@ impl Projection for WorkflowsProjection {
                                 comment,
                             } => {
                                 row.version = version;
-                                row.definition = serde_json::to_value(&definition)?;
+                                row.definition = shown_definition(&definition)?;
                                 version_of(row, comment, Some(from_version));
                             }
                             WorkflowEvent::WorkflowRenamed { name } => row.name = name,
@@ -302,4 +302,12 @@ async fn apply_webhooks(
         }
     }
     Ok(())
+}
+
+/// A definition as the read models show it: literal credentials of its
+/// `http` nodes redacted (see [`crate::redact`]).
+fn shown_definition<T: serde::Serialize>(definition: &T) -> Result<Value, StoreError> {
+    let mut value = serde_json::to_value(definition)?;
+    crate::redact::redact_definition(&mut value);
+    Ok(value)
 }
