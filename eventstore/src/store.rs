@@ -604,6 +604,28 @@ impl EventStore {
         rows.iter().map(|row| self.recorded(row)).collect()
     }
 
+    /// Every event of one aggregate, in sequence order, decoded and upcast:
+    /// what time-travel folds. Includes events committed but not yet past
+    /// the commit-safe horizon; callers bound it by position, time or
+    /// sequence.
+    pub async fn stream(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 \
+             ORDER BY sequence"
+        );
+        let rows = fetch(
+            &self.inner.db,
+            &sql,
+            &[Arg::from(aggregate_type), Arg::from(aggregate_id)],
+        )
+        .await?;
+        rows.iter().map(|row| self.recorded(row)).collect()
+    }
+
     /// Decodes (and upcasts) one row selected with [`EVENT_COLUMNS`].
     fn recorded(&self, row: &Row) -> Result<RecordedEvent, StoreError> {
         let sequence = row.int("sequence")?;

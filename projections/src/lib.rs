@@ -17,6 +17,7 @@
 //! appends to the log, never decides whether a command is allowed, and never
 //! stores a secret value, sealed or not.
 
+pub mod as_of;
 mod consistency;
 mod cursor;
 pub mod projection;

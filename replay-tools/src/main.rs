@@ -15,6 +15,13 @@
 //! `toolhub-replay stalls` lists the projections stopped at such an event,
 //! with the position and the error (see the runbook).
 //!
+//! `toolhub-replay at TYPE ID (--position P | --time T | --version N)`
+//! prints a workflow, secret (metadata only) or MCP server as its events up
+//! to that point made it, as the read models show it, in JSON.
+//! `toolhub-replay diff workflow ID FROM TO` prints what changed between two
+//! definition versions of a workflow (an RFC 6902 patch, nodes and edges).
+//! Both see every tenant: they are operators' and auditors' tools.
+//!
 //! `DATABASE_URL` selects the database; without it, the embedded SQLite file
 //! `TOOLHUB_DATA_DIR/toolhub.db` (default `./toolhub-data`) is used. Pending
 //! migrations are applied first.
@@ -31,10 +38,23 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
+use toolhub_domain::mcp_server::McpServer;
+use toolhub_domain::secret::Secret;
+use toolhub_domain::workflow::Workflow;
 use toolhub_eventstore::store::redact_url;
 use toolhub_eventstore::{EventStore, StoreOptions};
 use toolhub_projections::rebuild::{log_length, rebuild_many};
 use toolhub_projections::Projection;
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Workflow => "workflow",
+            Self::Secret => "secret",
+            Self::McpServer => "MCP server",
+        }
+    }
+}
 
 /// Toolhub's replay tools: rebuild read models from the event log.
 #[derive(Parser)]
@@ -81,6 +101,69 @@ enum Command {
     /// Lists the projections stopped at an event they cannot decode or
     /// apply.
     Stalls,
+    /// Prints an entity as its events up to a point made it, as JSON.
+    #[command(group(clap::ArgGroup::new("moment").required(true).args(["position", "time", "version"])))]
+    At {
+        /// What kind of entity.
+        #[arg(value_enum)]
+        kind: Kind,
+        /// Its id.
+        id: String,
+        /// The events at or before this position (`TRANSACTION.GLOBAL`, as
+        /// the API returns positions).
+        #[arg(long, value_parser = parse_position)]
+        position: Option<toolhub_eventstore::Position>,
+        /// The events recorded at or before this instant (RFC 3339).
+        #[arg(long, value_parser = parse_time)]
+        time: Option<chrono::DateTime<chrono::Utc>>,
+        /// The entity's first N events.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        version: Option<u64>,
+    },
+    /// Prints what changed between two definition versions of a workflow.
+    Diff {
+        /// Only workflows have versions to compare.
+        #[arg(value_enum)]
+        kind: DiffKind,
+        /// The workflow's id.
+        id: String,
+        /// The definition version to compare from.
+        #[arg(value_parser = clap::value_parser!(u64).range(1..))]
+        from: u64,
+        /// The definition version to compare to.
+        #[arg(value_parser = clap::value_parser!(u64).range(1..))]
+        to: u64,
+    },
+}
+
+/// The kinds of entity `at` can show.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Kind {
+    /// A workflow.
+    Workflow,
+    /// A secret's metadata.
+    Secret,
+    /// An MCP server.
+    #[value(name = "mcp-server")]
+    McpServer,
+}
+
+/// The kinds of entity `diff` compares.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DiffKind {
+    /// A workflow's definitions.
+    Workflow,
+}
+
+fn parse_position(text: &str) -> Result<toolhub_eventstore::Position, String> {
+    text.parse()
+        .map_err(|_| format!("{text:?} is not a position such as 0.42 or 754.42"))
+}
+
+fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|_| format!("{text:?} is not an RFC 3339 time such as 2026-12-01T09:00:00Z"))
 }
 
 #[tokio::main]
@@ -146,6 +229,62 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot read the event at position {position}"))?
                 .ok_or_else(|| anyhow!("no event at position {position}"))?;
             println!("{}", serde_json::to_string_pretty(&event)?);
+            Ok(())
+        }
+        Command::At {
+            kind,
+            id,
+            position,
+            time,
+            version,
+        } => {
+            use toolhub_projections::as_of::{self, fold_any_tenant, AsOf};
+            let moment = match (position, time, version) {
+                (Some(position), _, _) => AsOf::Position(position),
+                (_, Some(time), _) => AsOf::Time(time),
+                (_, _, Some(version)) => AsOf::Version(version),
+                _ => return Err(anyhow!("name the moment: --position, --time or --version")),
+            };
+            let store = open(&url).await?;
+            let missing = || anyhow!("no {} {id} at that point", kind.name());
+            let shown = match kind {
+                Kind::Workflow => {
+                    let folded = fold_any_tenant::<Workflow>(&store, &id, moment)
+                        .await?
+                        .ok_or_else(missing)?;
+                    serde_json::to_value(as_of::workflow_view(&id, &folded)?)?
+                }
+                Kind::Secret => {
+                    let folded = fold_any_tenant::<Secret>(&store, &id, moment)
+                        .await?
+                        .ok_or_else(missing)?;
+                    serde_json::to_value(as_of::secret_view(&id, &folded))?
+                }
+                Kind::McpServer => {
+                    let folded = fold_any_tenant::<McpServer>(&store, &id, moment)
+                        .await?
+                        .ok_or_else(missing)?;
+                    serde_json::to_value(as_of::mcp_server_view(&id, &folded)?)?
+                }
+            };
+            println!("{}", serde_json::to_string_pretty(&shown)?);
+            Ok(())
+        }
+        Command::Diff {
+            kind: DiffKind::Workflow,
+            id,
+            from,
+            to,
+        } => {
+            use toolhub_projections::as_of::{fold_any_tenant, workflow_diff, AsOf};
+            let store = open(&url).await?;
+            let folded = fold_any_tenant::<Workflow>(&store, &id, AsOf::Version(u64::MAX))
+                .await?
+                .ok_or_else(|| anyhow!("no workflow {id}"))?;
+            let latest = folded.state.current_version();
+            let diff = workflow_diff(&folded.state, from, to)?
+                .ok_or_else(|| anyhow!("workflow {id} has definition versions 1 to {latest}"))?;
+            println!("{}", serde_json::to_string_pretty(&diff)?);
             Ok(())
         }
         Command::Stalls => {

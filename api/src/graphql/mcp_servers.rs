@@ -262,14 +262,32 @@ impl McpServerQuery {
         }))
     }
 
-    /// One MCP server. Another tenant's server is `NOT_FOUND`.
+    /// One MCP server. Another tenant's server is `NOT_FOUND`, and so is a
+    /// deregistered one. With `asOf`, the server as its events up to that
+    /// point made it (its `tools` are today's).
     async fn mcp_server(
         &self,
         ctx: &Context<'_>,
         id: ID,
         consistency: Option<Consistency>,
+        as_of: Option<super::scalars::AsOf>,
     ) -> async_graphql::Result<Option<McpServer>> {
-        one::<McpServer>(ctx, Role::Viewer, &id, consistency).await
+        match as_of {
+            None => one::<McpServer>(ctx, Role::Viewer, &id, consistency).await,
+            Some(as_of) => {
+                super::at::<toolhub_domain::mcp_server::McpServer, _>(
+                    ctx,
+                    Role::Viewer,
+                    &id,
+                    &as_of,
+                    |id, folded| {
+                        let view = crate::read::as_of::mcp_server_view(id, folded)?;
+                        Ok((!view.deregistered).then_some(McpServer(view)))
+                    },
+                )
+                .await
+            }
+        }
     }
 }
 

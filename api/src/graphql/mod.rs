@@ -309,6 +309,35 @@ pub(crate) async fn one<V: ReadBack>(
     Ok(Some(entity))
 }
 
+/// One entity by id as of a point of its history, for a caller with at
+/// least `role`: folded from the log by the domain, shown by `view`. Before
+/// it existed, or for another tenant, it is `NOT_FOUND`.
+pub(crate) async fn at<A, V>(
+    ctx: &Context<'_>,
+    role: Role,
+    id: &str,
+    as_of: &scalars::AsOf,
+    view: impl FnOnce(
+        &str,
+        &crate::read::Folded<A>,
+    ) -> Result<Option<V>, toolhub_eventstore::StoreError>,
+) -> async_graphql::Result<Option<V>>
+where
+    A: AggregateRoot,
+{
+    let caller = caller(ctx, role)?;
+    let moment = as_of.moment()?;
+    let state = state(ctx)?;
+    let folded = crate::read::as_of::fold::<A>(&state.store, &caller.tenant, id, moment)
+        .await
+        .map_err(ApiError::from)?
+        .ok_or(ApiError::NotFound)?;
+    let shown = view(id, &folded)
+        .map_err(ApiError::from)?
+        .ok_or(ApiError::NotFound)?;
+    Ok(Some(shown))
+}
+
 /// What every mutation answers: the entity's id, its version after the
 /// command, the position of the command's last event, and the entity as the
 /// read models show it once they reach that position (`None` when they did

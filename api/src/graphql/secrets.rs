@@ -145,14 +145,32 @@ impl SecretQuery {
         Ok(connection(page, had_cursor, Secret::from))
     }
 
-    /// One secret's metadata. Another tenant's secret is `NOT_FOUND`.
+    /// One secret's metadata. Another tenant's secret is `NOT_FOUND`, and
+    /// so is a deleted one. With `asOf`, its metadata as its events up to
+    /// that point made it (never a value).
     async fn secret(
         &self,
         ctx: &Context<'_>,
         id: ID,
         consistency: Option<Consistency>,
+        as_of: Option<super::scalars::AsOf>,
     ) -> async_graphql::Result<Option<Secret>> {
-        one::<Secret>(ctx, Role::Editor, &id, consistency).await
+        match as_of {
+            None => one::<Secret>(ctx, Role::Editor, &id, consistency).await,
+            Some(as_of) => {
+                super::at::<toolhub_domain::secret::Secret, _>(
+                    ctx,
+                    Role::Editor,
+                    &id,
+                    &as_of,
+                    |id, folded| {
+                        let view = crate::read::as_of::secret_view(id, folded);
+                        Ok((!view.deleted).then(|| Secret::from(view)))
+                    },
+                )
+                .await
+            }
+        }
     }
 }
 

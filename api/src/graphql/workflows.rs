@@ -433,15 +433,110 @@ impl WorkflowQuery {
         Ok(connection(page, had_cursor, Workflow))
     }
 
-    /// One workflow. Another tenant's workflow is `NOT_FOUND`.
+    /// One workflow. Another tenant's workflow is `NOT_FOUND`. With
+    /// `asOf`, the workflow as its events up to that point made it (its
+    /// nested lists, `versions` and `webhooks`, are today's).
     async fn workflow(
         &self,
         ctx: &Context<'_>,
         id: ID,
         consistency: Option<Consistency>,
+        as_of: Option<super::scalars::AsOf>,
     ) -> async_graphql::Result<Option<Workflow>> {
-        one::<Workflow>(ctx, Role::Viewer, &id, consistency).await
+        match as_of {
+            None => one::<Workflow>(ctx, Role::Viewer, &id, consistency).await,
+            Some(as_of) => {
+                super::at::<toolhub_domain::workflow::Workflow, _>(
+                    ctx,
+                    Role::Viewer,
+                    &id,
+                    &as_of,
+                    |id, folded| {
+                        Ok(Some(Workflow(crate::read::as_of::workflow_view(
+                            id, folded,
+                        )?)))
+                    },
+                )
+                .await
+            }
+        }
     }
+
+    /// What changed in a workflow's definition from definition version
+    /// `from` to `to`: an RFC 6902 patch, and the nodes and edges added,
+    /// removed or changed. Literal credentials are redacted on both sides.
+    async fn workflow_diff(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        from: i32,
+        to: i32,
+    ) -> async_graphql::Result<Option<WorkflowDiff>> {
+        let caller = super::caller(ctx, Role::Viewer)?;
+        let state = super::state(ctx)?;
+        let version = |v: i32, field: &str| {
+            u64::try_from(v)
+                .ok()
+                .filter(|v| *v >= 1)
+                .ok_or_else(|| ApiError::validation(field, "a definition version, from 1"))
+        };
+        let (from, to) = (version(from, "from")?, version(to, "to")?);
+        let folded = crate::read::as_of::fold::<toolhub_domain::workflow::Workflow>(
+            &state.store,
+            &caller.tenant,
+            &id,
+            crate::read::Moment::Version(u64::MAX),
+        )
+        .await
+        .map_err(ApiError::from)?
+        .ok_or(ApiError::NotFound)?;
+        let latest = folded.state.current_version();
+        for (v, field) in [(from, "from"), (to, "to")] {
+            if v > latest {
+                return Err(ApiError::validation(
+                    field,
+                    format!("the workflow has definition versions 1 to {latest}"),
+                )
+                .into());
+            }
+        }
+        let diff = crate::read::as_of::workflow_diff(&folded.state, from, to)
+            .map_err(ApiError::from)?
+            .ok_or(ApiError::NotFound)?;
+        Ok(Some(WorkflowDiff {
+            patch: async_graphql::Json(diff.patch),
+            added_nodes: diff.added_nodes,
+            removed_nodes: diff.removed_nodes,
+            changed_nodes: diff.changed_nodes,
+            added_edges: diff
+                .added_edges
+                .into_iter()
+                .map(async_graphql::Json)
+                .collect(),
+            removed_edges: diff
+                .removed_edges
+                .into_iter()
+                .map(async_graphql::Json)
+                .collect(),
+        }))
+    }
+}
+
+/// What changed between two definition versions of a workflow.
+#[derive(async_graphql::SimpleObject)]
+pub struct WorkflowDiff {
+    /// An RFC 6902 JSON Patch from `from` to `to`.
+    patch: async_graphql::Json<serde_json::Value>,
+    /// Ids of nodes in `to` only.
+    added_nodes: Vec<String>,
+    /// Ids of nodes in `from` only.
+    removed_nodes: Vec<String>,
+    /// Ids of nodes in both whose definition differs.
+    changed_nodes: Vec<String>,
+    /// Edges in `to` only.
+    added_edges: Vec<async_graphql::Json<serde_json::Value>>,
+    /// Edges in `from` only.
+    removed_edges: Vec<async_graphql::Json<serde_json::Value>>,
 }
 
 /// Workflow mutations.

@@ -24,7 +24,8 @@ macro_rules! table_row {
         }
     ) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, PartialEq)]
+        #[derive(Debug, Clone, PartialEq, serde::Serialize)]
+        #[serde(rename_all = "camelCase")]
         $vis struct $name {
             $( $(#[$field_meta])* pub $field: $ty, )*
         }

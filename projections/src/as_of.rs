@@ -1,0 +1,286 @@
+//! Entities as of any moment: folded from the log up to a position, a time
+//! or one of their own versions, by the domain's own `apply` (the code that
+//! handles commands), and shown as the read models show them today.
+//!
+//! - **Position**: the events at or before a position of the log, in the
+//!   commit-safe order positions follow (what a mutation returned, what
+//!   the audit log shows).
+//! - **Time**: the events recorded at or before an instant (the commit's
+//!   clock when the event was stored).
+//! - **Version**: the entity's first `version` events (its own sequence).
+//!
+//! Before its first event an entity does not exist (`None`), and another
+//! tenant's entity never exists for the caller, at any point.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use toolhub_domain::mcp_server::McpServer;
+use toolhub_domain::secret::Secret;
+use toolhub_domain::workflow::Workflow;
+use toolhub_domain::{AggregateRoot, TenantId};
+use toolhub_eventstore::{EventStore, Position, RecordedEvent, StoreError};
+
+use crate::projection::{McpServerView, SecretView, WorkflowView};
+
+/// A point in an entity's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsOf {
+    /// The events at or before this position of the log.
+    Position(Position),
+    /// The events recorded at or before this instant.
+    Time(DateTime<Utc>),
+    /// The entity's first `n` events.
+    Version(u64),
+}
+
+impl AsOf {
+    fn includes(&self, event: &RecordedEvent) -> bool {
+        match self {
+            Self::Position(position) => event.position <= *position,
+            Self::Time(time) => event.recorded_at <= *time,
+            Self::Version(version) => event.sequence <= *version,
+        }
+    }
+}
+
+/// An aggregate folded up to a point, with the events that made it.
+#[derive(Debug, Clone)]
+pub struct Folded<A> {
+    /// The state after the last included event.
+    pub state: A,
+    /// The events folded, in their order (the first is the creation).
+    pub events: Vec<RecordedEvent>,
+}
+
+impl<A> Folded<A> {
+    /// The version reached: the sequence of the last event folded.
+    pub fn version(&self) -> u64 {
+        self.events.last().map_or(0, |e| e.sequence)
+    }
+
+    fn first(&self) -> &RecordedEvent {
+        &self.events[0]
+    }
+
+    fn last(&self) -> &RecordedEvent {
+        &self.events[self.events.len() - 1]
+    }
+}
+
+/// Folds the aggregate `id` of type `A` up to `as_of`, for `tenant`: `None`
+/// when it did not exist then, or is another tenant's.
+pub async fn fold<A>(
+    store: &EventStore,
+    tenant: &TenantId,
+    id: &str,
+    as_of: AsOf,
+) -> Result<Option<Folded<A>>, StoreError>
+where
+    A: AggregateRoot,
+{
+    fold_for(store, Some(tenant), id, as_of).await
+}
+
+/// [`fold`] for an operator's tool, which sees every tenant: `None` only
+/// when the aggregate did not exist then.
+pub async fn fold_any_tenant<A>(
+    store: &EventStore,
+    id: &str,
+    as_of: AsOf,
+) -> Result<Option<Folded<A>>, StoreError>
+where
+    A: AggregateRoot,
+{
+    fold_for(store, None, id, as_of).await
+}
+
+async fn fold_for<A>(
+    store: &EventStore,
+    tenant: Option<&TenantId>,
+    id: &str,
+    as_of: AsOf,
+) -> Result<Option<Folded<A>>, StoreError>
+where
+    A: AggregateRoot,
+{
+    let stream = store.stream(A::TYPE, id).await?;
+    let mut state = A::default();
+    let mut events = Vec::new();
+    for event in stream {
+        // A stream is in sequence order, and so in position and (up to
+        // clock steps) time order: the first event past the point ends it.
+        if !as_of.includes(&event) {
+            break;
+        }
+        state.apply(serde_json::from_value(event.payload.clone())?);
+        events.push(event);
+    }
+    if events.is_empty() || state.tenant().is_none() {
+        return Ok(None);
+    }
+    if tenant.is_some_and(|tenant| state.tenant() != Some(tenant)) {
+        return Ok(None);
+    }
+    Ok(Some(Folded { state, events }))
+}
+
+/// A workflow as the `workflows` read model shows it, from its folded
+/// state: the same fields, the same redaction.
+pub fn workflow_view(id: &str, folded: &Folded<Workflow>) -> Result<WorkflowView, StoreError> {
+    let state = &folded.state;
+    let mut definition = match state.current_definition() {
+        Some(definition) => serde_json::to_value(definition)?,
+        None => Value::Null,
+    };
+    crate::redact::redact_definition(&mut definition);
+    Ok(WorkflowView {
+        id: id.to_string(),
+        tenant: tenant_of(state),
+        aggregate_version: folded.version(),
+        name: state.name().to_string(),
+        description: state.description().to_string(),
+        definition,
+        version: state.current_version(),
+        archived: state.is_archived(),
+        triggers: serde_json::to_value(state.triggers())?,
+        created_by: folded.first().metadata.actor.clone(),
+        created_at: folded.first().recorded_at,
+        updated_by: folded.last().metadata.actor.clone(),
+        updated_at: folded.last().recorded_at,
+    })
+}
+
+/// A secret's metadata as the `secrets` read model shows it.
+pub fn secret_view(id: &str, folded: &Folded<Secret>) -> SecretView {
+    let state = &folded.state;
+    SecretView {
+        id: id.to_string(),
+        tenant: tenant_of(state),
+        aggregate_version: folded.version(),
+        name: state.name().to_string(),
+        description: state.description().to_string(),
+        rotation_count: state.rotation(),
+        deleted: state.is_deleted(),
+        created_by: folded.first().metadata.actor.clone(),
+        created_at: folded.first().recorded_at,
+        updated_at: folded.last().recorded_at,
+    }
+}
+
+/// An MCP server as the `mcp_servers` read model shows it.
+pub fn mcp_server_view(id: &str, folded: &Folded<McpServer>) -> Result<McpServerView, StoreError> {
+    let state = &folded.state;
+    let mut transport = match state.transport() {
+        Some(transport) => serde_json::to_value(transport)?,
+        None => Value::Null,
+    };
+    crate::redact::redact_transport(&mut transport);
+    let health = state.health();
+    let checked_at = folded
+        .events
+        .iter()
+        .rev()
+        .find(|e| e.event_type == "McpServerHealthChecked")
+        .map(|e| e.recorded_at);
+    Ok(McpServerView {
+        id: id.to_string(),
+        tenant: tenant_of(state),
+        aggregate_version: folded.version(),
+        name: state.name().to_string(),
+        transport,
+        enabled: state.is_enabled(),
+        deregistered: state.is_deregistered(),
+        healthy: health.map(|h| h.healthy),
+        latency_ms: health.map(|h| h.latency_ms),
+        health_detail: health.and_then(|h| h.detail.clone()),
+        checked_at,
+        created_at: folded.first().recorded_at,
+        updated_at: folded.last().recorded_at,
+    })
+}
+
+fn tenant_of<A: AggregateRoot>(state: &A) -> String {
+    state.tenant().map(ToString::to_string).unwrap_or_default()
+}
+
+/// What changed in a workflow's definition between two of its definition
+/// versions.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkflowDiff {
+    /// An RFC 6902 JSON Patch that turns version `from` into `to` (both as
+    /// shown: literal credentials redacted).
+    pub patch: Value,
+    /// Ids of the nodes in `to` and not in `from`.
+    pub added_nodes: Vec<String>,
+    /// Ids of the nodes in `from` and not in `to`.
+    pub removed_nodes: Vec<String>,
+    /// Ids of the nodes in both whose JSON differs.
+    pub changed_nodes: Vec<String>,
+    /// Edges in `to` and not in `from`.
+    pub added_edges: Vec<Value>,
+    /// Edges in `from` and not in `to`.
+    pub removed_edges: Vec<Value>,
+}
+
+/// The difference between definition versions `from` and `to` of a
+/// workflow; `None` when either version does not exist.
+pub fn workflow_diff(
+    workflow: &Workflow,
+    from: u64,
+    to: u64,
+) -> Result<Option<WorkflowDiff>, StoreError> {
+    let shown = |version: u64| -> Result<Option<Value>, StoreError> {
+        let Some(definition) = workflow.definition(version) else {
+            return Ok(None);
+        };
+        let mut value = serde_json::to_value(definition)?;
+        crate::redact::redact_definition(&mut value);
+        Ok(Some(value))
+    };
+    let (Some(before), Some(after)) = (shown(from)?, shown(to)?) else {
+        return Ok(None);
+    };
+    let patch = serde_json::to_value(json_patch::diff(&before, &after))?;
+    let nodes = |definition: &Value| -> std::collections::BTreeMap<String, Value> {
+        definition["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| Some((n["id"].as_str()?.to_string(), n.clone())))
+            .collect()
+    };
+    let edges = |definition: &Value| -> Vec<Value> {
+        definition["edges"].as_array().cloned().unwrap_or_default()
+    };
+    let (old_nodes, new_nodes) = (nodes(&before), nodes(&after));
+    let (old_edges, new_edges) = (edges(&before), edges(&after));
+    Ok(Some(WorkflowDiff {
+        patch,
+        added_nodes: new_nodes
+            .keys()
+            .filter(|id| !old_nodes.contains_key(*id))
+            .cloned()
+            .collect(),
+        removed_nodes: old_nodes
+            .keys()
+            .filter(|id| !new_nodes.contains_key(*id))
+            .cloned()
+            .collect(),
+        changed_nodes: new_nodes
+            .iter()
+            .filter(|(id, node)| old_nodes.get(*id).is_some_and(|old| old != *node))
+            .map(|(id, _)| id.clone())
+            .collect(),
+        added_edges: new_edges
+            .iter()
+            .filter(|e| !old_edges.contains(e))
+            .cloned()
+            .collect(),
+        removed_edges: old_edges
+            .iter()
+            .filter(|e| !new_edges.contains(e))
+            .cloned()
+            .collect(),
+    }))
+}
