@@ -350,3 +350,110 @@ async fn on_postgres_secrets_and_servers_as_of() {
 async fn on_sqlite_secrets_and_servers_as_of() {
     secrets_and_servers_as_of(TestEnv::sqlite().await).await;
 }
+
+async fn an_execution_steps_back_through_its_timeline(env: TestEnv) {
+    let server = env.server().await;
+    let editor = token("ada", "acme", Role::Editor);
+    let workflow = server
+        .create_workflow(
+            &editor,
+            "Two steps",
+            json!({"nodes": [node("a", 1), node("b", 2)], "edges": [{"from": "a", "to": "b"}]}),
+        )
+        .await;
+    let execution = server.start_execution(&editor, &workflow, json!({})).await;
+    let finished = server
+        .wait_finished(&editor, &execution, std::time::Duration::from_secs(15))
+        .await;
+    assert_eq!(finished["status"], "COMPLETED", "{finished:#}");
+    let entry = "sequence position eventType recordedAt actor status pausedAt
+        nodes { id state attempt } outputs";
+    let data = server
+        .ok(
+            &editor,
+            &format!(
+                "query ($id: ID!) {{ execution(id: $id) {{
+                    timeline {{ {entry} }}
+                    first: at(sequence: 1) {{ {entry} }}
+                    never: at(time: \"2000-01-01T00:00:00Z\") {{ sequence }} }} }}"
+            ),
+            json!({"id": execution}),
+        )
+        .await;
+    let timeline = data["execution"]["timeline"]
+        .as_array()
+        .expect("a timeline");
+    assert!(timeline.len() >= 4, "{data:#}");
+    for (n, entry) in timeline.iter().enumerate() {
+        assert_eq!(entry["sequence"], n as u64 + 1, "{data:#}");
+    }
+    assert_eq!(timeline[0]["eventType"], "ExecutionStarted");
+    assert_eq!(timeline[0]["actor"], "ada");
+    assert_eq!(timeline[0]["status"], "RUNNING");
+    assert_eq!(data["execution"]["first"], timeline[0]);
+    assert_eq!(data["execution"]["never"], Value::Null);
+    let last = &timeline[timeline.len() - 1];
+    assert_eq!(last["status"], "COMPLETED");
+    assert_eq!(
+        last["nodes"],
+        json!([{"id": "a", "state": "DONE", "attempt": 1}, {"id": "b", "state": "DONE", "attempt": 1}])
+    );
+    assert_eq!(
+        last["outputs"],
+        json!({"a": {"value": 1}, "b": {"value": 2}})
+    );
+    // The slider in between: a is done before b is, and outputs only grow.
+    let a_done = timeline
+        .iter()
+        .position(|e| e["outputs"].get("a").is_some())
+        .expect("a finishes");
+    let b_done = timeline
+        .iter()
+        .position(|e| e["outputs"].get("b").is_some())
+        .expect("b finishes");
+    assert!(a_done < b_done, "{data:#}");
+    assert_eq!(timeline[a_done]["nodes"][0]["state"], "DONE");
+    assert_ne!(timeline[a_done]["nodes"][1]["state"], "DONE");
+    // Positions follow the log.
+    let positions: Vec<&str> = timeline
+        .iter()
+        .filter_map(|e| e["position"].as_str())
+        .collect();
+    assert_eq!(positions.len(), timeline.len());
+    // Bad arguments and other tenants.
+    for (args, field) in [
+        ("sequence: 0", "sequence"),
+        ("sequence: 1, time: \"2026-01-01T00:00:00Z\"", "at"),
+    ] {
+        let (_, body) = server
+            .post(
+                Some(&editor),
+                &format!(
+                    "query ($id: ID!) {{ execution(id: $id) {{ at({args}) {{ sequence }} }} }}"
+                ),
+                json!({"id": execution}),
+            )
+            .await;
+        assert_eq!(first_error_code(&body), "VALIDATION", "{body}");
+        assert_eq!(body["errors"][0]["extensions"]["field"], field, "{body}");
+    }
+    let other = token("mallory", "globex", Role::Admin);
+    let (_, body) = server
+        .post(
+            Some(&other),
+            "query ($id: ID!) { execution(id: $id) { timeline { sequence } } }",
+            json!({"id": execution}),
+        )
+        .await;
+    assert_eq!(first_error_code(&body), "NOT_FOUND", "{body}");
+}
+
+#[tokio::test]
+async fn on_postgres_an_execution_steps_back_through_its_timeline() {
+    an_execution_steps_back_through_its_timeline(TestEnv::postgres().await).await;
+}
+
+#[tokio::test]
+async fn on_sqlite_an_execution_steps_back_through_its_timeline() {
+    an_execution_steps_back_through_its_timeline(TestEnv::sqlite().await).await;
+}

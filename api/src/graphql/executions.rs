@@ -185,6 +185,56 @@ impl Execution {
             })
             .collect())
     }
+    /// Every event of the run, in order, each with the run as it stood
+    /// right after it: status, where each node stood, the outputs so far.
+    /// What a debugger's slider steps through. At most `first` (default
+    /// 100, at most 500) entries from the `offset`-th (default 0).
+    #[graphql(complexity = "crate::graphql::steps_cost(first, child_complexity)")]
+    async fn timeline(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        offset: Option<i32>,
+    ) -> async_graphql::Result<Vec<TimelineEntry>> {
+        let first = match first {
+            None => DEFAULT_STEPS,
+            Some(n) if n >= 1 => (n as usize).min(MAX_STEPS),
+            Some(_) => return Err(ApiError::validation("first", "must be at least 1").into()),
+        };
+        let offset = match offset {
+            None => 0,
+            Some(n) if n >= 0 => n as usize,
+            Some(_) => return Err(ApiError::validation("offset", "must not be negative").into()),
+        };
+        let entries = timeline(ctx, &self.0.id, |_| true).await?;
+        Ok(entries.into_iter().skip(offset).take(first).collect())
+    }
+    /// The run as it stood right after its event `sequence` (from 1), or
+    /// after the last event recorded at or before `time`: exactly one of
+    /// the two. `null` before its first event.
+    async fn at(
+        &self,
+        ctx: &Context<'_>,
+        sequence: Option<i32>,
+        time: Option<DateTime<Utc>>,
+    ) -> async_graphql::Result<Option<TimelineEntry>> {
+        let entries = match (sequence, time) {
+            (Some(sequence), None) if sequence >= 1 => {
+                let sequence = sequence as u64;
+                timeline(ctx, &self.0.id, |e| e.sequence <= sequence).await?
+            }
+            (Some(_), None) => {
+                return Err(ApiError::validation("sequence", "must be at least 1").into())
+            }
+            (None, Some(time)) => timeline(ctx, &self.0.id, |e| e.recorded_at <= time).await?,
+            _ => {
+                return Err(
+                    ApiError::validation("at", "give exactly one of sequence or time").into(),
+                )
+            }
+        };
+        Ok(entries.into_iter().last())
+    }
     /// The attempts of the nodes, in order: at most `first` (default 100,
     /// at most 500) from the `offset`-th (default 0). Steps are only ever
     /// added at the end, so paging by offset is stable.
@@ -260,6 +310,116 @@ impl From<NodeState> for NodeStateValue {
             NodeState::Skipped => Self::Skipped,
         }
     }
+}
+
+/// One event of an execution, and the execution as it stood after it.
+#[derive(SimpleObject)]
+pub struct TimelineEntry {
+    /// The event's sequence in the execution, from 1.
+    sequence: u64,
+    /// Where the event is in the log.
+    position: String,
+    /// The event's type (`ExecutionStarted`, `StepSucceeded`, …).
+    event_type: String,
+    /// When it was recorded.
+    recorded_at: DateTime<Utc>,
+    /// Who caused it (`engine` for the engine's moves).
+    actor: String,
+    /// The event's payload, as recorded (secrets masked).
+    payload: Json,
+    /// The execution's status after it.
+    status: ExecutionStatus,
+    /// The node it was paused before, if it was.
+    paused_at: Option<String>,
+    /// Where every node stood after it.
+    nodes: Vec<ExecutionNode>,
+    /// The outputs of the nodes done so far, by node id.
+    outputs: Json,
+}
+
+fn status_of(status: toolhub_domain::execution::ExecutionStatus) -> ExecutionStatus {
+    use toolhub_domain::execution::ExecutionStatus as S;
+    match status {
+        S::Running => ExecutionStatus::Running,
+        S::Paused => ExecutionStatus::Paused,
+        S::Stopping => ExecutionStatus::Stopping,
+        S::Cancelled => ExecutionStatus::Cancelled,
+        S::Completed => ExecutionStatus::Completed,
+        S::Failed => ExecutionStatus::Failed,
+    }
+}
+
+/// The timeline of execution `id` for the caller: its events that `keep`
+/// keeps (a prefix of them), each with the execution folded up to it by
+/// the domain and planned by the engine's own planner.
+async fn timeline(
+    ctx: &Context<'_>,
+    id: &str,
+    keep: impl Fn(&toolhub_eventstore::RecordedEvent) -> bool,
+) -> async_graphql::Result<Vec<TimelineEntry>> {
+    use cqrs_es::Aggregate;
+    let caller = caller(ctx, Role::Viewer)?;
+    let state = state(ctx)?;
+    let events = state
+        .store
+        .stream("execution", id)
+        .await
+        .map_err(ApiError::from)?;
+    let mut execution = toolhub_domain::execution::Execution::default();
+    let mut workflow: Option<toolhub_domain::workflow::Workflow> = None;
+    let mut entries = Vec::new();
+    for event in events {
+        if !keep(&event) {
+            break;
+        }
+        let payload = serde_json::from_value(event.payload.clone())
+            .map_err(|e| ApiError::internal(format!("an execution event does not decode: {e}")))?;
+        execution.apply(payload);
+        if execution.tenant() != Some(&caller.tenant) {
+            return Err(ApiError::NotFound.into());
+        }
+        if workflow.is_none() {
+            let workflow_id = execution.workflow_id().ok_or(ApiError::NotFound)?;
+            let (folded, _) = state
+                .workflows
+                .current(&workflow_id.to_string())
+                .await
+                .map_err(ApiError::from)?;
+            workflow = Some(folded);
+        }
+        let definition = workflow
+            .as_ref()
+            .and_then(|w| w.definition(execution.workflow_version()))
+            .ok_or(ApiError::NotFound)?;
+        let planned = plan(definition, &execution);
+        let nodes = planned
+            .nodes
+            .into_iter()
+            .map(|(node, node_state)| ExecutionNode {
+                attempt: execution.latest_attempt(node.as_str()).map(|(a, _)| a),
+                breakpoint: execution.breakpoints().contains(node.as_str()),
+                id: node.to_string(),
+                state: NodeStateValue::from(node_state),
+            })
+            .collect();
+        let outputs = serde_json::to_value(execution.outputs()).map_err(ApiError::internal)?;
+        entries.push(TimelineEntry {
+            sequence: event.sequence,
+            position: event.position.to_string(),
+            event_type: event.event_type,
+            recorded_at: event.recorded_at,
+            actor: event.metadata.actor,
+            payload: async_graphql::Json(event.payload),
+            status: execution
+                .status()
+                .map(status_of)
+                .unwrap_or(ExecutionStatus::Running),
+            paused_at: execution.paused_at().map(ToString::to_string),
+            nodes,
+            outputs: async_graphql::Json(outputs),
+        });
+    }
+    Ok(entries)
 }
 
 /// One node of an execution, for a debugger.
