@@ -18,6 +18,7 @@
 //! stores a secret value, sealed or not.
 
 pub mod as_of;
+pub mod chain;
 mod consistency;
 mod cursor;
 pub mod projection;

@@ -67,9 +67,12 @@ pub struct RunnerHandle {
 }
 
 impl ProjectorRunner {
-    /// Starts every read model's projector.
+    /// Starts every read model's projector, and the pass that extends the
+    /// log's hash chain.
     pub fn start(store: EventStore, options: RunnerOptions) -> RunnerHandle {
-        Self::start_with(store, crate::projection::all(), options)
+        let mut projections = crate::projection::all();
+        projections.push(std::sync::Arc::new(crate::chain::ChainProjection));
+        Self::start_with(store, projections, options)
     }
 
     /// Starts the given projections' projectors.

@@ -22,6 +22,13 @@
 //! definition versions of a workflow (an RFC 6902 patch, nodes and edges).
 //! Both see every tenant: they are operators' and auditors' tools.
 //!
+//! `toolhub-replay verify [--expect POSITION=HASH]` recomputes the log's hash
+//! chain from the events and compares it with the recorded one: it prints
+//! the head (position and hash) an auditor can record elsewhere, and exits
+//! with status 1 naming the first position that does not match (an event
+//! altered, removed, inserted or moved). With `--expect`, a head recorded
+//! earlier must still be in the chain with the same hash.
+//!
 //! `DATABASE_URL` selects the database; without it, the embedded SQLite file
 //! `TOOLHUB_DATA_DIR/toolhub.db` (default `./toolhub-data`) is used. Pending
 //! migrations are applied first.
@@ -120,6 +127,17 @@ enum Command {
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         version: Option<u64>,
     },
+    /// Recomputes the log's hash chain and compares it with the recorded
+    /// one; prints the head to record.
+    Verify {
+        /// A head recorded earlier, as `verify` printed it
+        /// (`TRANSACTION.GLOBAL=HEX`): it must still be in the chain.
+        #[arg(long, value_parser = parse_head)]
+        expect: Option<(toolhub_eventstore::Position, String)>,
+        /// How many events are read at a time.
+        #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        batch_size: u32,
+    },
     /// Prints what changed between two definition versions of a workflow.
     Diff {
         /// Only workflows have versions to compare.
@@ -153,6 +171,17 @@ enum Kind {
 enum DiffKind {
     /// A workflow's definitions.
     Workflow,
+}
+
+fn parse_head(text: &str) -> Result<(toolhub_eventstore::Position, String), String> {
+    let (position, hash) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not POSITION=HASH as verify prints it"))?;
+    let hash = hash.trim().to_ascii_lowercase();
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("{hash:?} is not a SHA-256 in hex (64 digits)"));
+    }
+    Ok((parse_position(position.trim())?, hash))
 }
 
 fn parse_position(text: &str) -> Result<toolhub_eventstore::Position, String> {
@@ -285,6 +314,67 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let diff = workflow_diff(&folded.state, from, to)?
                 .ok_or_else(|| anyhow!("workflow {id} has definition versions 1 to {latest}"))?;
             println!("{}", serde_json::to_string_pretty(&diff)?);
+            Ok(())
+        }
+        Command::Verify { expect, batch_size } => {
+            let store = open(&url).await?;
+            let length = log_length(&store)
+                .await
+                .context("cannot count the events to verify")?;
+            let bar = progress_bar("verify", length);
+            let found = toolhub_projections::chain::verify(&store, batch_size, |done| {
+                if done > bar.length().unwrap_or(0) {
+                    bar.set_length(done);
+                }
+                bar.set_position(done);
+            })
+            .await;
+            bar.finish_and_clear();
+            let found = found.context("cannot verify the hash chain")?;
+            if let Some(fault) = &found.fault {
+                return Err(anyhow!(
+                    "the log does not match its hash chain at {fault} ({} events before it verified)",
+                    found.verified
+                ));
+            }
+            println!("verified: {} events", found.verified);
+            if found.unchained > 0 {
+                println!(
+                    "not chained yet: {} events (the chain pass runs behind the log)",
+                    found.unchained
+                );
+            }
+            match &found.head {
+                Some(head) => println!(
+                    "head: {}={}",
+                    head.position,
+                    head.hash
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<String>()
+                ),
+                None => println!("head: none (no event is chained yet)"),
+            }
+            if let Some((position, hash)) = expect {
+                let verified_through = found.head.as_ref().map(|h| h.position);
+                let recorded = toolhub_projections::chain::link_at(&store, position)
+                    .await
+                    .context("cannot read the hash chain")?;
+                let matches = recorded.as_ref().is_some_and(|link| {
+                    link.hash
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<String>()
+                        == hash
+                });
+                if !matches || verified_through.is_none_or(|through| through < position) {
+                    return Err(anyhow!(
+                        "the recorded head {position}={hash} is not in the verified chain: \
+                         the log changed at or before it"
+                    ));
+                }
+                println!("expected head {position}: matches");
+            }
             Ok(())
         }
         Command::Stalls => {
