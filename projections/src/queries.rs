@@ -577,6 +577,38 @@ impl ReadModels {
             .collect::<Result<_, _>>()?)
     }
 
+    /// Up to `limit` audit entries after `after`, of one tenant or of all,
+    /// in commit order: what `toolhub-replay export` streams, a batch at a
+    /// time (memory stays flat in the size of the export).
+    pub async fn export_after(
+        &self,
+        tenant: Option<&TenantId>,
+        after: Position,
+        filter: &AuditFilter,
+        limit: u32,
+    ) -> Result<Vec<AuditEntryView>, ReadError> {
+        let mut args = vec![
+            Arg::from(after.transaction.min(i64::MAX as u64) as i64),
+            Arg::from(after.global),
+        ];
+        let mut conditions = Self::audit_conditions(filter, &mut args);
+        if let Some(tenant) = tenant {
+            args.push(Arg::from(tenant.as_str()));
+            conditions.push_str(&format!(" AND tenant = ${}", args.len()));
+        }
+        args.push(Arg::from(i64::from(limit.clamp(1, 50_000))));
+        let sql = format!(
+            "SELECT * FROM rm_audit WHERE (transaction_id, global_position) > ($1, $2){conditions} \
+             ORDER BY transaction_id, global_position LIMIT ${}",
+            args.len()
+        );
+        let rows = fetch(self.db(), &sql, &args).await?;
+        Ok(rows
+            .iter()
+            .map(view::<AuditRow, AuditEntryView>)
+            .collect::<Result<_, _>>()?)
+    }
+
     /// Every event of one aggregate, in sequence order.
     pub async fn history(
         &self,

@@ -29,6 +29,13 @@
 //! altered, removed, inserted or moved). With `--expect`, a head recorded
 //! earlier must still be in the chain with the same hash.
 //!
+//! `toolhub-replay export [--from T|P] [--to T|P] [--tenant T] [--actor A]
+//! [--aggregate-type K] [--format jsonl|csv]` streams the audit log (the
+//! audit read model: payloads redacted as the API shows them) to standard
+//! output, oldest first, a batch at a time, so memory stays flat however
+//! large the export. `--from` is inclusive, `--to` exclusive; each is a
+//! time (RFC 3339) or a position.
+//!
 //! `DATABASE_URL` selects the database; without it, the embedded SQLite file
 //! `TOOLHUB_DATA_DIR/toolhub.db` (default `./toolhub-data`) is used. Pending
 //! migrations are applied first.
@@ -138,6 +145,30 @@ enum Command {
         #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         batch_size: u32,
     },
+    /// Streams the audit log to standard output, oldest first.
+    Export {
+        /// From this time (RFC 3339) or position, inclusive.
+        #[arg(long, value_parser = parse_bound)]
+        from: Option<Bound>,
+        /// Up to this time or position, exclusive.
+        #[arg(long, value_parser = parse_bound)]
+        to: Option<Bound>,
+        /// Only this organisation.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only events caused by this actor (`apikey:<id>` for an API key).
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only events of this kind of entity.
+        #[arg(long, value_enum)]
+        aggregate_type: Option<AggregateKind>,
+        /// One JSON object per line, or CSV with a header.
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: Format,
+        /// How many entries are read at a time.
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=50_000))]
+        batch_size: u32,
+    },
     /// Prints what changed between two definition versions of a workflow.
     Diff {
         /// Only workflows have versions to compare.
@@ -171,6 +202,64 @@ enum Kind {
 enum DiffKind {
     /// A workflow's definitions.
     Workflow,
+}
+
+/// The kinds of entity in the log.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum AggregateKind {
+    /// Workflows.
+    Workflow,
+    /// Executions.
+    Execution,
+    /// Secrets.
+    Secret,
+    /// MCP servers.
+    #[value(name = "mcp-server")]
+    McpServer,
+    /// API keys.
+    #[value(name = "api-key")]
+    ApiKey,
+}
+
+impl AggregateKind {
+    fn stored(self) -> &'static str {
+        match self {
+            Self::Workflow => "workflow",
+            Self::Execution => "execution",
+            Self::Secret => "secret",
+            Self::McpServer => "mcp_server",
+            Self::ApiKey => "api_key",
+        }
+    }
+}
+
+/// How `export` writes.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Format {
+    /// One JSON object per line.
+    Jsonl,
+    /// CSV with a header line; the payload as JSON text.
+    Csv,
+}
+
+/// One end of an export.
+#[derive(Clone, Copy, Debug)]
+enum Bound {
+    /// A time.
+    Time(chrono::DateTime<chrono::Utc>),
+    /// A position.
+    Position(toolhub_eventstore::Position),
+}
+
+fn parse_bound(text: &str) -> Result<Bound, String> {
+    if let Ok(position) = text.parse() {
+        return Ok(Bound::Position(position));
+    }
+    parse_time(text).map(Bound::Time).map_err(|_| {
+        format!(
+            "{text:?} is neither an RFC 3339 time (2026-12-01T09:00:00Z) nor a position (754.42)"
+        )
+    })
 }
 
 fn parse_head(text: &str) -> Result<(toolhub_eventstore::Position, String), String> {
@@ -315,6 +404,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .ok_or_else(|| anyhow!("workflow {id} has definition versions 1 to {latest}"))?;
             println!("{}", serde_json::to_string_pretty(&diff)?);
             Ok(())
+        }
+        Command::Export {
+            from,
+            to,
+            tenant,
+            actor,
+            aggregate_type,
+            format,
+            batch_size,
+        } => {
+            let tenant = tenant
+                .map(|t| {
+                    toolhub_domain::TenantId::parse(t.clone())
+                        .map_err(|_| anyhow!("{t:?} is not an organisation id"))
+                })
+                .transpose()?;
+            let store = open(&url).await?;
+            export(
+                &store,
+                from,
+                to,
+                tenant,
+                actor,
+                aggregate_type,
+                format,
+                batch_size,
+            )
+            .await
         }
         Command::Verify { expect, batch_size } => {
             let store = open(&url).await?;
@@ -495,4 +612,140 @@ fn progress_bar(name: &str, length: u64) -> ProgressBar {
 /// A rate rounded to whole events per second.
 fn rate(per_second: f64) -> u64 {
     per_second.round().max(0.0) as u64
+}
+
+/// Streams the audit read model to standard output.
+#[allow(clippy::too_many_arguments)]
+async fn export(
+    store: &EventStore,
+    from: Option<Bound>,
+    to: Option<Bound>,
+    tenant: Option<toolhub_domain::TenantId>,
+    actor: Option<String>,
+    aggregate_type: Option<AggregateKind>,
+    format: Format,
+    batch_size: u32,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    use toolhub_eventstore::Position;
+    let read = toolhub_projections::ReadModels::new(store);
+    let filter = toolhub_projections::AuditFilter {
+        aggregate_type: aggregate_type.map(|k| k.stored().to_string()),
+        aggregate_id: None,
+        actor,
+        from: match from {
+            Some(Bound::Time(t)) => Some(t),
+            _ => None,
+        },
+        to: match to {
+            Some(Bound::Time(t)) => Some(t),
+            _ => None,
+        },
+    };
+    // Just before the first position wanted: nothing sits between the
+    // two within one transaction.
+    let mut after = match from {
+        Some(Bound::Position(p)) => Position::new(p.transaction, p.global - 1),
+        _ => Position::ZERO,
+    };
+    let until = match to {
+        Some(Bound::Position(p)) => Some(p),
+        _ => None,
+    };
+    let out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+    let (mut json_out, mut csv_out) = match format {
+        Format::Jsonl => (Some(out), None),
+        Format::Csv => (None, Some(csv::Writer::from_writer(out))),
+    };
+    if let Some(writer) = csv_out.as_mut() {
+        writer.write_record([
+            "position",
+            "tenant",
+            "aggregate_type",
+            "aggregate_id",
+            "sequence",
+            "event_type",
+            "event_version",
+            "actor",
+            "correlation_id",
+            "causation_id",
+            "request_id",
+            "recorded_at",
+            "payload",
+        ])?;
+    }
+    let bar = ProgressBar::new_spinner();
+    bar.set_prefix("export");
+    let mut written = 0u64;
+    'batches: loop {
+        let entries = read
+            .export_after(tenant.as_ref(), after, &filter, batch_size)
+            .await
+            .context("cannot read the audit log")?;
+        let full = entries.len() as u32 == batch_size;
+        for entry in entries {
+            if until.is_some_and(|until| entry.position >= until) {
+                break 'batches;
+            }
+            after = entry.position;
+            let recorded_at = entry
+                .recorded_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            match (json_out.as_mut(), csv_out.as_mut()) {
+                (Some(out), _) => {
+                    serde_json::to_writer(
+                        &mut *out,
+                        &serde_json::json!({
+                            "position": entry.position.to_string(),
+                            "tenant": entry.tenant,
+                            "aggregateType": entry.aggregate_type,
+                            "aggregateId": entry.aggregate_id,
+                            "sequence": entry.sequence,
+                            "eventType": entry.event_type,
+                            "eventVersion": entry.event_version,
+                            "actor": entry.actor,
+                            "correlationId": entry.correlation_id,
+                            "causationId": entry.causation_id,
+                            "requestId": entry.request_id,
+                            "recordedAt": recorded_at,
+                            "payload": entry.payload,
+                        }),
+                    )?;
+                    out.write_all(b"\n")?;
+                }
+                (None, Some(writer)) => {
+                    writer.write_record([
+                        entry.position.to_string().as_str(),
+                        &entry.tenant,
+                        &entry.aggregate_type,
+                        &entry.aggregate_id,
+                        &entry.sequence.to_string(),
+                        &entry.event_type,
+                        &entry.event_version,
+                        &entry.actor,
+                        &entry.correlation_id,
+                        &entry.causation_id,
+                        &entry.request_id,
+                        &recorded_at,
+                        &entry.payload.to_string(),
+                    ])?;
+                }
+                (None, None) => {}
+            }
+            written += 1;
+        }
+        bar.set_position(written);
+        if !full {
+            break;
+        }
+    }
+    if let Some(writer) = csv_out.as_mut() {
+        writer.flush()?;
+    }
+    if let Some(out) = json_out.as_mut() {
+        out.flush()?;
+    }
+    bar.finish_and_clear();
+    eprintln!("exported {written} events");
+    Ok(())
 }
