@@ -82,10 +82,20 @@ async fn run_copy(pool: &sqlx::PgPool) -> (f64, u64) {
 #[tokio::main]
 async fn main() {
     let smoke = env_u64("BENCH_SMOKE", 0) == 1;
-    let events = if smoke { 2_000 } else { env_u64("BENCH_EVENTS", 1_000_000).max(10) };
-    let rounds = if smoke { 1 } else { env_u64("BENCH_ROUNDS", 3).max(1) };
+    let events = if smoke {
+        2_000
+    } else {
+        env_u64("BENCH_EVENTS", 1_000_000).max(10)
+    };
+    let rounds = if smoke {
+        1
+    } else {
+        env_u64("BENCH_ROUNDS", 3).max(1)
+    };
     let db = TestDb::postgres().await;
-    let store = toolhub_eventstore::open(db.url()).await.expect("open the store");
+    let store = toolhub_eventstore::open(db.url())
+        .await
+        .expect("open the store");
     let Db::Postgres(pool) = store.db() else {
         panic!("a PostgreSQL test database");
     };
@@ -146,7 +156,10 @@ async fn main() {
     println!();
     println!("| what | events/s (median of {rounds}) | ratio to COPY |");
     println!("| --- | --- | --- |");
-    println!("| `toolhub-replay export` (JSON lines) | {export:.0} | {:.2}× |", export / copy);
+    println!(
+        "| `toolhub-replay export` (JSON lines) | {export:.0} | {:.2}× |",
+        export / copy
+    );
     println!("| baseline: `COPY (SELECT … ORDER BY …) TO STDOUT` (CSV) | {copy:.0} | 1.00× |");
     println!();
     println!(

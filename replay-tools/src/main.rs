@@ -20,7 +20,9 @@
 //! to that point made it, as the read models show it, in JSON.
 //! `toolhub-replay diff workflow ID FROM TO` prints what changed between two
 //! definition versions of a workflow (an RFC 6902 patch, nodes and edges).
-//! Both see every tenant: they are operators' and auditors' tools.
+//! `toolhub-replay timeline EXECUTION_ID` prints a run's events as a table:
+//! when, what, which node and attempt, and why a step failed.
+//! These see every tenant: they are operators' and auditors' tools.
 //!
 //! `toolhub-replay verify [--expect POSITION=HASH]` recomputes the log's hash
 //! chain from the events and compares it with the recorded one: it prints
@@ -144,6 +146,11 @@ enum Command {
         /// How many events are read at a time.
         #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         batch_size: u32,
+    },
+    /// Prints a run's events as a table, oldest first.
+    Timeline {
+        /// The execution's id.
+        id: String,
     },
     /// Streams the audit log to standard output, oldest first.
     Export {
@@ -403,6 +410,51 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let diff = workflow_diff(&folded.state, from, to)?
                 .ok_or_else(|| anyhow!("workflow {id} has definition versions 1 to {latest}"))?;
             println!("{}", serde_json::to_string_pretty(&diff)?);
+            Ok(())
+        }
+        Command::Timeline { id } => {
+            let store = open(&url).await?;
+            let events = store
+                .stream("execution", &id)
+                .await
+                .context("cannot read the execution's events")?;
+            if events.is_empty() {
+                return Err(anyhow!("no execution {id}"));
+            }
+            println!(
+                "{:>4}  {:<27}  {:<22}  {:<20}  {:>7}  detail",
+                "seq", "recorded", "event", "node", "attempt"
+            );
+            for event in events {
+                let text = |field: &str| {
+                    event.payload[field]
+                        .as_str()
+                        .map(|s| s.replace(['\n', '\r'], " "))
+                        .unwrap_or_default()
+                };
+                let attempt = event.payload["attempt"]
+                    .as_u64()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                let mut detail = [text("error"), text("reason"), text("status")]
+                    .into_iter()
+                    .find(|s| !s.is_empty())
+                    .unwrap_or_default();
+                if detail.chars().count() > 80 {
+                    detail = detail.chars().take(79).collect::<String>() + "…";
+                }
+                println!(
+                    "{:>4}  {:<27}  {:<22}  {:<20}  {:>7}  {}",
+                    event.sequence,
+                    event
+                        .recorded_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                    event.event_type,
+                    text("node_id"),
+                    attempt,
+                    detail
+                );
+            }
             Ok(())
         }
         Command::Export {

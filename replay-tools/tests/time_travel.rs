@@ -148,3 +148,83 @@ async fn at_and_diff_on_postgres() {
 async fn at_and_diff_on_sqlite() {
     at_and_diff(TestDb::sqlite().await).await;
 }
+
+async fn a_timeline_is_a_table(db: TestDb) {
+    use toolhub_domain::definition::NodeId;
+    use toolhub_domain::execution::{Execution, ExecutionCommand};
+    use toolhub_domain::ExecutionId;
+    let url = db.url().to_string();
+    let store = toolhub_eventstore::open(&url)
+        .await
+        .expect("open the store");
+    let ctx = CommandContext::new("alice", TenantId::parse("acme").expect("a tenant"));
+    let executions: CommandBus<Execution> = CommandBus::new(store.clone());
+    let fetch = NodeId::parse("fetch").expect("a node id");
+    let id = ExecutionId::new().to_string();
+    for command in [
+        ExecutionCommand::Start {
+            tenant: ctx.tenant.clone(),
+            workflow_id: WorkflowId::new(),
+            workflow_version: 1,
+            input: json!({}),
+            trigger: "manual".into(),
+            source: None,
+            breakpoints: vec![],
+            deadline: None,
+        },
+        ExecutionCommand::ScheduleStep {
+            node_id: fetch.clone(),
+            attempt: 1,
+            input: json!({}),
+        },
+        ExecutionCommand::StartStep {
+            node_id: fetch.clone(),
+            attempt: 1,
+            wake_at: None,
+        },
+        ExecutionCommand::FailStep {
+            node_id: fetch.clone(),
+            attempt: 1,
+            error: "HTTP 503 from\nupstream".into(),
+            retryable: false,
+        },
+    ] {
+        executions
+            .execute(&id, command, &ctx)
+            .await
+            .expect("execution command");
+    }
+    let output = replay(&url, &["timeline", &id]).await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 5, "a header and one line per event: {text}");
+    assert!(
+        lines[0].contains("event") && lines[0].contains("node"),
+        "{text}"
+    );
+    assert!(lines[1].contains("ExecutionStarted"), "{text}");
+    assert!(
+        lines[4].contains("StepFailed")
+            && lines[4].contains("fetch")
+            && lines[4].contains("HTTP 503 from upstream"),
+        "{text}"
+    );
+    let missing = replay(&url, &["timeline", &WorkflowId::new().to_string()]).await;
+    assert_eq!(missing.status.code(), Some(1));
+    assert_eq!(replay(&url, &["timeline"]).await.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn a_timeline_is_a_table_on_postgres() {
+    a_timeline_is_a_table(TestDb::postgres().await).await;
+}
+
+#[tokio::test]
+async fn a_timeline_is_a_table_on_sqlite() {
+    a_timeline_is_a_table(TestDb::sqlite().await).await;
+}
