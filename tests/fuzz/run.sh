@@ -166,7 +166,7 @@ fuzz() {
       --header "Authorization: Bearer $token" \
       --checks no_server_error,no_internal_error,every_error_has_a_known_code \
       --mode all \
-      --phases coverage,fuzzing \
+      --phases fuzzing \
       --max-time "$FUZZ_SECONDS" \
       --workers 2 \
       --request-timeout 60 \
