@@ -35,7 +35,7 @@ use tracing::Instrument;
 use crate::auth::{Authenticator, Verifier};
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::graphql::{build_schema, Loaders, RequestData, ToolhubSchema};
+use crate::graphql::{build_schema, nesting, Loaders, RequestData, ToolhubSchema};
 use crate::metrics::Metrics;
 use crate::read::{ProjectorRunner, ReadModels, RunnerHandle, RunnerOptions};
 use crate::standing::Standing;
@@ -375,7 +375,9 @@ impl DocumentCache {
     /// document that does not parse is left for the executor, which reports
     /// the error as usual.
     fn attach(&self, mut request: async_graphql::Request) -> async_graphql::Request {
-        if request.query.len() > Self::MAX_LEN {
+        // Too deep a document would overflow the parser's stack: the
+        // executor refuses it unparsed (`graphql::nesting`).
+        if request.query.len() > Self::MAX_LEN || nesting::too_deep(&request.query) {
             return request;
         }
         if let Some(document) = self.parsed.lock().get(&request.query) {
@@ -630,6 +632,9 @@ async fn graphiql() -> Html<String> {
 /// document that does not parse, or names no operation it has, counts as
 /// a query: the executor refuses it anyway).
 fn operation_kind(request: &mut async_graphql::Request) -> Kind {
+    if nesting::too_deep(&request.query) {
+        return Kind::Query;
+    }
     let name = request.operation_name.clone();
     let Ok(document) = request.parsed_query() else {
         return Kind::Query;

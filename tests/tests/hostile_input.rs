@@ -3,7 +3,8 @@
 //! another writer committed below validation is projected, escaped, and
 //! other tenants' later changes still appear; a row no code can decode
 //! makes `/health/ready` fail naming the projection and the position, and
-//! shows in `/metrics` — never a silent skip.
+//! shows in `/metrics` — never a silent skip. A document nested thousands
+//! of levels deep is refused before parsing, not a stack overflow.
 
 use std::time::Duration;
 
@@ -244,4 +245,71 @@ async fn an_undecodable_row_makes_readiness_fail_naming_projection_and_position_
 async fn an_undecodable_row_makes_readiness_fail_naming_projection_and_position_on_sqlite() {
     an_undecodable_row_makes_readiness_fail_naming_projection_and_position(TestEnv::sqlite().await)
         .await;
+}
+
+/// `[{a: [{a: … 1 …}]}]`, `levels` deep, as a GraphQL literal.
+fn nested_literal(levels: usize) -> String {
+    let mut value = "1".to_string();
+    for level in 0..levels {
+        value = if level % 2 == 0 {
+            format!("{{a: {value}}}")
+        } else {
+            format!("[{value}]")
+        };
+    }
+    value
+}
+
+/// The document is parsed the same way on both backends, so SQLite is
+/// enough here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_literal_nested_thousands_deep_is_refused_and_the_service_keeps_serving() {
+    let server = TestEnv::sqlite().await.server().await;
+    let editor = token("ed", "acme", Role::Editor);
+    let refused = |body: &Value| {
+        assert_eq!(
+            body["errors"][0]["extensions"]["code"], "VALIDATION",
+            "{body}"
+        );
+        assert!(
+            body["errors"][0]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("nests deeper than 128 levels")),
+            "{body}"
+        );
+    };
+
+    // As a JSON argument: this once overflowed the stack after parsing.
+    let query = format!(
+        "mutation {{ createWorkflow(input: {{name: \"Deep\", definition: {}}}) {{ id }} }}",
+        nested_literal(600)
+    );
+    let (status, body) = server.post(Some(&editor), &query, json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    refused(&body);
+
+    // Anywhere in the document: this once overflowed the parser's stack.
+    let query = format!(
+        "{{ workflow(id: \"x\", unknown: {}) {{ id }} }}",
+        nested_literal(5_000)
+    );
+    let (status, body) = server.post(Some(&editor), &query, json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    refused(&body);
+
+    // Brackets inside strings and comments do not count.
+    let query = format!("# {}\n{{ me {{ sub }} }}", "[".repeat(1_000));
+    let data = server.ok(&editor, &query, json!({})).await;
+    assert_eq!(data["me"]["sub"], "ed");
+
+    // A literal a hundred levels deep still reaches the resolver.
+    let query = format!(
+        "mutation {{ createWorkflow(input: {{name: \"Nested\", definition: {{nodes: [{{id: \"t\", type: \"transform\", params: {{template: {}}}}}], edges: []}}}}) {{ id }} }}",
+        nested_literal(100)
+    );
+    let data = server.ok(&editor, &query, json!({})).await;
+    assert!(data["createWorkflow"]["id"].is_string(), "{data}");
+
+    let (status, body) = server.get("/health/ready").await;
+    assert_eq!(status, 200, "{body}");
 }

@@ -10,6 +10,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod executions;
 pub mod mcp_servers;
+pub mod nesting;
 pub mod scalars;
 pub mod secrets;
 pub mod subscriptions;
@@ -76,7 +77,8 @@ pub fn build_schema(state: Option<Arc<AppState>>, limits: &Limits) -> ToolhubSch
     .limit_depth(limits.depth)
     .limit_complexity(limits.complexity)
     .limit_recursive_depth(64)
-    .limit_directives(16);
+    .limit_directives(16)
+    .extension(nesting::NestingLimit);
     let builder = if limits.introspection {
         builder
     } else {
