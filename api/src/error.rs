@@ -5,9 +5,10 @@
 //! token was refused, such as `TOKEN_EXPIRED`), `FORBIDDEN`, `NOT_FOUND`,
 //! `CONFLICT`, `VALIDATION` (with `field` and `reason`), `RATE_LIMITED`
 //! (with `reason`, and `retryAfter` in seconds when waiting helps),
-//! `TIMEOUT`, `OVERLOADED` or `INTERNAL` — and a message written for them. An internal fault is logged
-//! here, with the request id of the span it happens in, and the client gets
-//! nothing of it but the request id.
+//! `TIMEOUT`, `OVERLOADED`, `UNAVAILABLE` (the database cannot be used
+//! just now: retry shortly) or `INTERNAL` — and a message written for them.
+//! An internal fault is logged here, with the request id of the span it
+//! happens in, and the client gets nothing of it but the request id.
 
 use async_graphql::ErrorExtensions;
 use toolhub_domain::definition::DefinitionError;
@@ -52,6 +53,13 @@ pub enum ApiError {
     Timeout,
     /// The server is serving as many requests as it allows.
     Overloaded,
+    /// The database cannot be used just now: it is down or restarting, the
+    /// connection was lost, or no pooled connection came free in time.
+    /// Retrying shortly is what helps.
+    Unavailable {
+        /// What failed, for the log only.
+        detail: String,
+    },
     /// A valid token without the role the operation needs.
     Forbidden {
         /// The least role that would do.
@@ -129,6 +137,7 @@ impl ApiError {
             },
             Self::Timeout => "the request took longer than the server allows".to_string(),
             Self::Overloaded => "the server is busy; retry shortly".to_string(),
+            Self::Unavailable { .. } => "the database is unavailable; retry shortly".to_string(),
             Self::Forbidden { required } => format!("this operation needs the {required} role"),
             Self::NotFound => "not found".to_string(),
             Self::Conflict { message, .. } => message.clone(),
@@ -144,6 +153,7 @@ impl ApiError {
             Self::RateLimited { .. } => "RATE_LIMITED",
             Self::Timeout => "TIMEOUT",
             Self::Overloaded => "OVERLOADED",
+            Self::Unavailable { .. } => "UNAVAILABLE",
             Self::Forbidden { .. } => "FORBIDDEN",
             Self::NotFound => "NOT_FOUND",
             Self::Conflict { .. } => "CONFLICT",
@@ -154,8 +164,10 @@ impl ApiError {
 
     /// The error as GraphQL shows it. Internal details are logged here.
     pub fn to_graphql(&self) -> async_graphql::Error {
-        if let Self::Internal { detail } = self {
-            tracing::error!(%detail, "internal error");
+        match self {
+            Self::Internal { detail } => tracing::error!(%detail, "internal error"),
+            Self::Unavailable { detail } => tracing::warn!(%detail, "the database is unavailable"),
+            _ => {}
         }
         let error = async_graphql::Error::new(self.message());
         error.extend_with(|_, ext| {
@@ -211,9 +223,27 @@ impl From<ApiError> for async_graphql::Error {
     }
 }
 
+impl ApiError {
+    /// A fault of the storage layer: `UNAVAILABLE` when the database could
+    /// not be used just now, `TIMEOUT` when it cancelled a statement that
+    /// ran or waited too long, `INTERNAL` otherwise.
+    pub fn store(error: StoreError) -> Self {
+        if error.is_unavailable() {
+            Self::Unavailable {
+                detail: error.to_string(),
+            }
+        } else if error.is_timeout() {
+            tracing::warn!(%error, "the database cancelled a statement");
+            Self::Timeout
+        } else {
+            Self::internal(error)
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(value: StoreError) -> Self {
-        Self::internal(value)
+        Self::store(value)
     }
 }
 
@@ -221,7 +251,7 @@ impl From<ReadError> for ApiError {
     fn from(value: ReadError) -> Self {
         match value {
             ReadError::InvalidCursor => Self::validation("after", "not a cursor of this list"),
-            other => Self::internal(other),
+            ReadError::Store(error) => Self::store(error),
         }
     }
 }
@@ -233,7 +263,7 @@ impl From<WaitError> for ApiError {
                 "NOT_CAUGHT_UP",
                 "the read models have not reached the requested position yet; retry shortly",
             ),
-            other => Self::internal(other),
+            WaitError::Store(error) => Self::store(error),
         }
     }
 }
@@ -273,7 +303,7 @@ impl<E: DomainErrorCode> From<CommandError<E>> for ApiError {
             CommandError::Domain(e) => e.to_api(),
             CommandError::NotFound => Self::NotFound,
             CommandError::Conflict(kind) => conflict_of(kind),
-            CommandError::Store(e) => Self::internal(e),
+            CommandError::Store(e) => Self::store(e),
         }
     }
 }
@@ -283,6 +313,7 @@ impl From<SecretCommandError> for ApiError {
         match value {
             SecretCommandError::Command(e) => e.into(),
             SecretCommandError::Key(KeyError::NoKey | KeyError::WrongTenant) => Self::NotFound,
+            SecretCommandError::Key(KeyError::Store(e)) => Self::store(e),
             SecretCommandError::Key(e) => Self::internal(e),
         }
     }
@@ -302,7 +333,7 @@ impl From<toolhub_engine::EngineError> for ApiError {
             E::McpServer(e) => e.into(),
             // The server's own failure, already stripped of secrets.
             E::Mcp(e) => Self::conflict("MCP_UNAVAILABLE", e.to_string()),
-            E::Store(e) => Self::internal(e),
+            E::Store(e) => Self::store(e),
         }
     }
 }

@@ -531,7 +531,7 @@ fn error_response(status: StatusCode, error: &ApiError) -> Response {
             retry_after: Some(seconds),
             ..
         } => Some(*seconds),
-        ApiError::Overloaded => Some(1),
+        ApiError::Overloaded | ApiError::Unavailable { .. } => Some(1),
         _ => None,
     };
     if let Some(seconds) = retry_after {
@@ -547,7 +547,9 @@ fn status_of(error: &ApiError) -> StatusCode {
     match error {
         ApiError::Unauthenticated(_) | ApiError::TokenRejected { .. } => StatusCode::UNAUTHORIZED,
         ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-        ApiError::Timeout | ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+        ApiError::Timeout | ApiError::Overloaded | ApiError::Unavailable { .. } => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         _ => StatusCode::BAD_REQUEST,
     }
 }

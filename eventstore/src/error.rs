@@ -31,6 +31,46 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// Whether the database could not be used just now, through no fault of
+    /// the request: it is down or restarting, refuses connections, dropped
+    /// the connection, or no pooled connection came free in time. The same
+    /// request may well succeed shortly.
+    pub fn is_unavailable(&self) -> bool {
+        let Self::Database(error) = self else {
+            return false;
+        };
+        match error {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                // Connection exceptions, insufficient resources (too many
+                // connections), and the server shutting down, crashing or
+                // starting up (57P01, 57P02, 57P03).
+                code.starts_with("08")
+                    || code.starts_with("53")
+                    || matches!(code.as_ref(), "57P01" | "57P02" | "57P03")
+            }),
+            _ => false,
+        }
+    }
+
+    /// Whether the database cancelled the statement for running, or
+    /// waiting for a lock, longer than allowed (`statement_timeout`,
+    /// `lock_timeout`). Nothing of it was committed.
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            Self::Database(sqlx::Error::Database(db)) => {
+                matches!(db.code().as_deref(), Some("57014" | "55P03"))
+            }
+            _ => false,
+        }
+    }
+}
+
 impl From<cqrs_es::persist::PersistenceError> for StoreError {
     fn from(value: cqrs_es::persist::PersistenceError) -> Self {
         Self::Repository(value.to_string())

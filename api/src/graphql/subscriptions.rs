@@ -6,6 +6,13 @@
 //! timer, because notifications are only hints. Reading by position from the
 //! read model is what makes resumption exact: `events(after: p)` yields
 //! every event after `p` once, in log order, whoever wrote it.
+//!
+//! A subscription outlives the database's outages: a read that fails
+//! because the database cannot be used just now (`UNAVAILABLE`, `TIMEOUT`)
+//! is retried with a growing pause, from the same position, until it
+//! succeeds or the server stops; the subscriber sees a pause, then every
+//! entry it missed, in order. Any other failure is reported and ends the
+//! subscription.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -35,6 +42,19 @@ const BATCH: u32 = 200;
 /// nothing.
 const POLL: Duration = Duration::from_secs(5);
 
+/// The first pause before a read that failed because the database was
+/// unavailable is tried again; it doubles up to [`MAX_RETRY_PAUSE`].
+const RETRY_PAUSE: Duration = Duration::from_millis(250);
+
+/// The longest pause between tries while the database is unavailable.
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(2);
+
+/// Whether a failed read is worth trying again as it is: the database was
+/// unavailable or too slow, which says nothing about the subscription.
+fn is_passing(error: &ApiError) -> bool {
+    matches!(error, ApiError::Unavailable { .. } | ApiError::Timeout)
+}
+
 /// Filters for `events`.
 #[derive(InputObject, Default, Clone)]
 pub struct EventFilterInput {
@@ -62,6 +82,9 @@ struct Follower {
     /// Whether the log may hold entries this follower has not read: true
     /// after a wake-up or a full batch, false once a read came back short.
     unread: bool,
+    /// The pause before the next try after a read failed because the
+    /// database was unavailable; reset by a read that succeeds.
+    retry_pause: Duration,
     /// Counts the subscription in the metrics while it lives.
     _guard: SubscriptionGuard,
 }
@@ -76,12 +99,59 @@ impl Follower {
             projected: state.projected.clone(),
             shutdown: state.shutdown.clone(),
             unread: true,
+            retry_pause: RETRY_PAUSE,
             _guard: SubscriptionGuard::new(&state.metrics.active_subscriptions),
         }
     }
 
-    /// The next non-empty batch, or `None` at shutdown. Errors end the
-    /// stream after being reported.
+    /// Waits before trying again a read that failed with `error`, when the
+    /// failure is one that passes (the database unavailable or too slow):
+    /// true then, false at shutdown or for any other failure.
+    async fn pause_after(&mut self, error: &ApiError) -> bool {
+        if !is_passing(error) {
+            return false;
+        }
+        tracing::debug!(
+            code = error.code(),
+            pause_ms = self.retry_pause.as_millis() as u64,
+            "a subscription's read failed; trying again"
+        );
+        let pause = self.retry_pause;
+        self.retry_pause = (self.retry_pause * 2).min(MAX_RETRY_PAUSE);
+        tokio::select! {
+            _ = self.shutdown.changed() => false,
+            _ = tokio::time::sleep(pause) => !*self.shutdown.borrow(),
+        }
+    }
+
+    /// Loads what a subscription shows with `load`, trying again while the
+    /// database is unavailable: `None` at shutdown, an error for any other
+    /// failure.
+    async fn load_with<T, F, Fut>(
+        &mut self,
+        load: &F,
+        id: &str,
+    ) -> Option<Result<Option<T>, ApiError>>
+    where
+        F: Fn(Arc<AppState>, TenantId, String) -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>, ApiError>>,
+    {
+        loop {
+            match load(self.state.clone(), self.tenant.clone(), id.to_string()).await {
+                Ok(entity) => {
+                    self.retry_pause = RETRY_PAUSE;
+                    return Some(Ok(entity));
+                }
+                Err(error) if self.pause_after(&error).await => continue,
+                Err(error) if is_passing(&error) => return None,
+                Err(error) => return Some(Err(error)),
+            }
+        }
+    }
+
+    /// The next non-empty batch, or `None` at shutdown. A read that fails
+    /// because the database is unavailable is tried again; any other error
+    /// ends the stream after being reported.
     async fn next_batch(&mut self) -> Option<Result<Vec<Arc<AuditEntryView>>, ApiError>> {
         loop {
             if *self.shutdown.borrow() {
@@ -112,8 +182,14 @@ impl Follower {
                 )
                 .await;
             match batch {
+                Err(error) if self.pause_after(&error).await => {
+                    // Read again from the same position.
+                    self.unread = true;
+                }
+                Err(error) if is_passing(&error) => return None,
                 Err(error) => return Some(Err(error)),
                 Ok(entries) => {
+                    self.retry_pause = RETRY_PAUSE;
                     // A full batch may have left more behind it; a short one
                     // read everything there was.
                     self.unread = entries.len() >= BATCH as usize;
@@ -352,8 +428,7 @@ where
                 }
                 loop {
                     while let Some(id) = ids.pop_front() {
-                        let state = follower.state.clone();
-                        match load(state, follower.tenant.clone(), id).await {
+                        match follower.load_with(load.as_ref(), &id).await? {
                             Ok(Some(entity)) if keep(&entity) => {
                                 return Some((Ok(entity), (follower, ids, false)))
                             }
@@ -427,10 +502,9 @@ where
                 match follower.next_batch().await? {
                     Err(error) => return Some((Err(error.into()), (follower, true))),
                     Ok(_) => {
-                        let state = follower.state.clone();
                         // The entity's read model may trail the audit log.
-                        let _ = state.wait_for(follower.after).await;
-                        match load(state, follower.tenant.clone(), id.clone()).await {
+                        let _ = follower.state.wait_for(follower.after).await;
+                        match follower.load_with(load.as_ref(), &id).await? {
                             Ok(Some(entity)) => return Some((Ok(entity), (follower, false))),
                             Ok(None) => continue,
                             Err(error) => return Some((Err(error.into()), (follower, true))),
