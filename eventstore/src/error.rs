@@ -72,8 +72,20 @@ impl StoreError {
 }
 
 impl From<cqrs_es::persist::PersistenceError> for StoreError {
+    /// Loads go through postgres-es and sqlite-es, which box the database's
+    /// error: it is taken back out, so that an unavailable database or a
+    /// cancelled statement is told apart from other failures.
     fn from(value: cqrs_es::persist::PersistenceError) -> Self {
-        Self::Repository(value.to_string())
+        use cqrs_es::persist::PersistenceError as P;
+        match value {
+            P::ConnectionError(error) | P::UnknownError(error) => {
+                match error.downcast::<sqlx::Error>() {
+                    Ok(database) => Self::Database(*database),
+                    Err(other) => Self::Repository(other.to_string()),
+                }
+            }
+            other => Self::Repository(other.to_string()),
+        }
     }
 }
 

@@ -374,6 +374,21 @@ async fn a_database_restart_under_write_load_loses_no_acknowledged_write() {
         );
     }
 
+    // A command that loads its entity before deciding (an id no bus has
+    // cached) fails the same way: the load's error is the database's.
+    let (_, body) = server
+        .post(
+            Some(&editor),
+            "mutation ($i: RenameWorkflowInput!) { renameWorkflow(input: $i) { id } }",
+            json!({"i": {"id": uuid::Uuid::now_v7().to_string(), "name": "renamed"}}),
+        )
+        .await;
+    assert_eq!(
+        toolhub_tests::first_error_code(&body),
+        "UNAVAILABLE",
+        "a command that loads first, while the database is down: {body}"
+    );
+
     tokio::task::block_in_place(|| cluster_ref.pg_ctl_start());
     let restarted = start.elapsed();
     let deadline = Instant::now() + Duration::from_secs(20);
