@@ -43,6 +43,24 @@ fn refuse(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(json!({ "error": message }))).into_response()
 }
 
+/// Whether a failure is the database being unusable just now (down,
+/// restarting, every connection busy, a statement cancelled).
+fn database_unavailable(error: &toolhub_eventstore::StoreError) -> bool {
+    error.is_unavailable() || error.is_timeout()
+}
+
+/// `503` with `Retry-After`: senders retry a delivery later.
+fn unavailable() -> Response {
+    let mut response = refuse(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the service cannot take deliveries right now; retry shortly",
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
 /// `POST /hooks/{id}`: verifies a delivery and starts the webhook's
 /// workflow with it.
 pub async fn deliver(
@@ -79,6 +97,12 @@ pub async fn deliver(
     let keys = match state.webhooks.delivery_keys(id, Utc::now()).await {
         Ok(Some(keys)) => keys,
         Ok(None) => return refuse(StatusCode::NOT_FOUND, "not found"),
+        Err(toolhub_eventstore::WebhookCommandError::Command(
+            toolhub_eventstore::CommandError::Store(error),
+        )) if database_unavailable(&error) => {
+            tracing::warn!(%error, webhook = %id, "the database is unavailable: a delivery was refused");
+            return unavailable();
+        }
         Err(error) => {
             tracing::error!(%error, webhook = %id, "could not look up a webhook");
             return refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
@@ -213,6 +237,13 @@ async fn start(
         Err(EngineError::Execution(toolhub_eventstore::CommandError::Domain(e))) => {
             // The input holds what no input may (a control character).
             refuse(StatusCode::BAD_REQUEST, &e.to_string())
+        }
+        Err(EngineError::Store(error))
+        | Err(EngineError::Execution(toolhub_eventstore::CommandError::Store(error)))
+            if database_unavailable(&error) =>
+        {
+            tracing::warn!(%error, webhook = %id, "the database is unavailable: a delivery was refused");
+            unavailable()
         }
         Err(error) => {
             tracing::error!(%error, webhook = %id, "could not start a webhook's execution");

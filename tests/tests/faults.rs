@@ -389,6 +389,25 @@ async fn a_database_restart_under_write_load_loses_no_acknowledged_write() {
         "a command that loads first, while the database is down: {body}"
     );
 
+    // A webhook delivery is refused with 503 and Retry-After, which
+    // senders retry, not a 500.
+    let delivery = server
+        .http
+        .post(format!("{}/hooks/{}", server.url, uuid::Uuid::new_v4()))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .expect("the delivery is answered");
+    assert_eq!(delivery.status().as_u16(), 503);
+    assert_eq!(
+        delivery
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+
     tokio::task::block_in_place(|| cluster_ref.pg_ctl_start());
     let restarted = start.elapsed();
     let deadline = Instant::now() + Duration::from_secs(20);
