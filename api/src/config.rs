@@ -103,7 +103,9 @@ pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(30);
 pub struct Limits {
     /// The largest request body, in bytes.
     pub body_bytes: usize,
-    /// The deepest GraphQL selection.
+    /// The deepest GraphQL selection: 16, so that the introspection query
+    /// GraphiQL and graphql-js clients send (14 fields deep, then a leaf)
+    /// passes.
     pub depth: usize,
     /// The most expensive GraphQL query (async-graphql's complexity).
     pub complexity: usize,
@@ -286,7 +288,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             body_bytes: 1024 * 1024,
-            depth: 12,
+            depth: 16,
             complexity: 10_000,
             consistency_wait: Duration::from_secs(5),
             ready_max_lag_events: 10_000,

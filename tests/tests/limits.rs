@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use toolhub_domain::Role;
-use toolhub_tests::{hello_definition, token, token_with, TestEnv, TestServer, WsClient, WsEnd};
+use toolhub_tests::{
+    first_error_code, hello_definition, token, token_with, TestEnv, TestServer, WsClient, WsEnd,
+};
 
 const WORKFLOW_CHANGED: &str =
     "subscription ($id: ID!) { workflowChanged(id: $id) { id name version } }";
@@ -470,6 +472,35 @@ async fn a_request_beyond_the_concurrency_limit_is_answered_overloaded() {
     // The slow one ends on its own bound, and the place is free again.
     assert_eq!(slow.await.unwrap(), 200);
     server.ok(&viewer, "{ me { sub } }", json!({})).await;
+}
+
+#[tokio::test]
+async fn the_standard_introspection_query_is_answered_and_deeper_queries_are_not() {
+    let env = TestEnv::sqlite().await;
+    let server = env.server().await;
+    let viewer = token("ada", "acme", Role::Viewer);
+    // What GraphiQL (served at GET /graphql) and graphql-js clients send.
+    let introspection = include_str!("../fixtures/introspection.graphql");
+    let data = server.ok(&viewer, introspection, json!({})).await;
+    let types = data["__schema"]["types"].as_array().expect("the types");
+    assert!(
+        types.iter().any(|t| t["name"] == "Workflow"),
+        "the schema is handed out: {} types",
+        types.len()
+    );
+    // Seventeen levels of selection are still refused.
+    let mut deep = String::from("__typename");
+    for _ in 0..16 {
+        deep = format!("ofType {{ {deep} }}");
+    }
+    let (_, body) = server
+        .post(
+            Some(&viewer),
+            &format!("{{ __type(name: \"Query\") {{ {deep} }} }}"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(first_error_code(&body), "VALIDATION", "{body}");
 }
 
 #[tokio::test]
