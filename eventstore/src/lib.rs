@@ -24,6 +24,7 @@
 pub mod api_keys;
 pub mod bus;
 pub mod error;
+pub mod history;
 pub mod keys;
 pub mod leader;
 pub mod metadata;
@@ -40,6 +41,7 @@ pub mod work;
 pub use api_keys::{ApiKeyRecord, ApiKeys, NewApiKey};
 pub use bus::{BusOptions, CommandBus, Committed, Companion};
 pub use error::{CommandError, ConflictKind, StoreError};
+pub use history::Until;
 pub use keys::{KeyError, KeyStore, MasterKey};
 pub use leader::Leadership;
 pub use metadata::{CommandContext, EventMetadata};

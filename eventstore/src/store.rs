@@ -627,7 +627,7 @@ impl EventStore {
     }
 
     /// Decodes (and upcasts) one row selected with [`EVENT_COLUMNS`].
-    fn recorded(&self, row: &Row) -> Result<RecordedEvent, StoreError> {
+    pub(crate) fn recorded(&self, row: &Row) -> Result<RecordedEvent, StoreError> {
         let sequence = row.int("sequence")?;
         let serialized = SerializedEvent::new(
             row.text("aggregate_id")?,
@@ -729,7 +729,7 @@ impl EventStore {
 
 /// The columns of the log that [`EventStore::read_after_on`] selects: the
 /// transaction id as text (PostgreSQL's `xid8` outgrows `bigint`).
-const EVENT_COLUMNS: &str = "CAST(transaction_id AS TEXT) AS tx, global_position, \
+pub(crate) const EVENT_COLUMNS: &str = "CAST(transaction_id AS TEXT) AS tx, global_position, \
      aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, \
      recorded_at";
 

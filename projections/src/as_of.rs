@@ -18,7 +18,7 @@ use toolhub_domain::mcp_server::McpServer;
 use toolhub_domain::secret::Secret;
 use toolhub_domain::workflow::Workflow;
 use toolhub_domain::{AggregateRoot, TenantId};
-use toolhub_eventstore::{EventStore, Position, RecordedEvent, StoreError};
+use toolhub_eventstore::{EventStore, Position, RecordedEvent, StoreError, Until};
 
 use crate::projection::{McpServerView, SecretView, WorkflowView};
 
@@ -34,36 +34,39 @@ pub enum AsOf {
 }
 
 impl AsOf {
-    fn includes(&self, event: &RecordedEvent) -> bool {
+    /// The same point, as the event store bounds a stream.
+    fn until(self) -> Until {
         match self {
-            Self::Position(position) => event.position <= *position,
-            Self::Time(time) => event.recorded_at <= *time,
-            Self::Version(version) => event.sequence <= *version,
+            Self::Position(position) => Until::Position(position),
+            Self::Time(time) => Until::Time(time),
+            Self::Version(version) => Until::Sequence(version),
         }
     }
 }
 
-/// An aggregate folded up to a point, with the events that made it.
+/// An aggregate folded up to a point.
 #[derive(Debug, Clone)]
 pub struct Folded<A> {
     /// The state after the last included event.
     pub state: A,
-    /// The events folded, in their order (the first is the creation).
-    pub events: Vec<RecordedEvent>,
+    /// Its first event (the creation).
+    pub first: RecordedEvent,
+    /// The last event folded.
+    pub last: RecordedEvent,
 }
 
 impl<A> Folded<A> {
     /// The version reached: the sequence of the last event folded.
     pub fn version(&self) -> u64 {
-        self.events.last().map_or(0, |e| e.sequence)
+        self.last.sequence
     }
 
     fn first(&self) -> &RecordedEvent {
-        &self.events[0]
+        &self.first
     }
 
     fn last(&self) -> &RecordedEvent {
-        &self.events[self.events.len() - 1]
+        &self.last
     }
 }
 
@@ -94,6 +97,10 @@ where
     fold_for(store, None, id, as_of).await
 }
 
+/// Folds from the checkpoint before the point (kept every
+/// `snapshot_every` events by the command bus), so the cost is a few
+/// indexed reads and at most one checkpoint interval of events, at any
+/// depth of the history; without a checkpoint, from the first event.
 async fn fold_for<A>(
     store: &EventStore,
     tenant: Option<&TenantId>,
@@ -103,25 +110,66 @@ async fn fold_for<A>(
 where
     A: AggregateRoot,
 {
-    let stream = store.stream(A::TYPE, id).await?;
-    let mut state = A::default();
-    let mut events = Vec::new();
-    for event in stream {
-        // A stream is in sequence order, and so in position and (up to
-        // clock steps) time order: the first event past the point ends it.
-        if !as_of.includes(&event) {
-            break;
-        }
+    let Some(up_to) = store
+        .last_sequence_until(A::TYPE, id, as_of.until())
+        .await?
+    else {
+        return Ok(None);
+    };
+    let (mut state, after) = store
+        .checkpoint_before::<A>(id, up_to)
+        .await?
+        .unwrap_or_else(|| (A::default(), 0));
+    let events = store.stream_range(A::TYPE, id, after, up_to).await?;
+    let mut first = None;
+    let mut last = None;
+    for event in events {
         state.apply(serde_json::from_value(event.payload.clone())?);
-        events.push(event);
+        if first.is_none() && event.sequence == 1 {
+            first = Some(event.clone());
+        }
+        last = Some(event);
     }
-    if events.is_empty() || state.tenant().is_none() {
+    let Some(last) = last else {
+        return Ok(None);
+    };
+    if state.tenant().is_none() {
         return Ok(None);
     }
     if tenant.is_some_and(|tenant| state.tenant() != Some(tenant)) {
         return Ok(None);
     }
-    Ok(Some(Folded { state, events }))
+    let first = match first {
+        Some(first) => first,
+        None => store
+            .stream_range(A::TYPE, id, 0, 1)
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt(format!("{} {id} has no first event", A::TYPE)))?,
+    };
+    Ok(Some(Folded { state, first, last }))
+}
+
+/// An MCP server as of a point, shown as the `mcp_servers` read model shows
+/// it (with when its last health check up to then was recorded).
+pub async fn mcp_server(
+    store: &EventStore,
+    tenant: Option<&TenantId>,
+    id: &str,
+    as_of: AsOf,
+) -> Result<Option<McpServerView>, StoreError> {
+    let Some(folded) = fold_for::<McpServer>(store, tenant, id, as_of).await? else {
+        return Ok(None);
+    };
+    let checked_at = store
+        .last_recorded(
+            type_name::<McpServer>(),
+            id,
+            "McpServerHealthChecked",
+            folded.version(),
+        )
+        .await?;
+    mcp_server_view(id, &folded, checked_at).map(Some)
 }
 
 /// A workflow as the `workflows` read model shows it, from its folded
@@ -167,8 +215,13 @@ pub fn secret_view(id: &str, folded: &Folded<Secret>) -> SecretView {
     }
 }
 
-/// An MCP server as the `mcp_servers` read model shows it.
-pub fn mcp_server_view(id: &str, folded: &Folded<McpServer>) -> Result<McpServerView, StoreError> {
+/// An MCP server as the `mcp_servers` read model shows it, given when its
+/// last health check was recorded.
+pub fn mcp_server_view(
+    id: &str,
+    folded: &Folded<McpServer>,
+    checked_at: Option<DateTime<Utc>>,
+) -> Result<McpServerView, StoreError> {
     let state = &folded.state;
     let mut transport = match state.transport() {
         Some(transport) => serde_json::to_value(transport)?,
@@ -176,12 +229,6 @@ pub fn mcp_server_view(id: &str, folded: &Folded<McpServer>) -> Result<McpServer
     };
     crate::redact::redact_transport(&mut transport);
     let health = state.health();
-    let checked_at = folded
-        .events
-        .iter()
-        .rev()
-        .find(|e| e.event_type == "McpServerHealthChecked")
-        .map(|e| e.recorded_at);
     Ok(McpServerView {
         id: id.to_string(),
         tenant: tenant_of(state),
@@ -197,6 +244,11 @@ pub fn mcp_server_view(id: &str, folded: &Folded<McpServer>) -> Result<McpServer
         created_at: folded.first().recorded_at,
         updated_at: folded.last().recorded_at,
     })
+}
+
+/// The stored aggregate type of `A`.
+fn type_name<A: AggregateRoot>() -> &'static str {
+    A::TYPE
 }
 
 fn tenant_of<A: AggregateRoot>(state: &A) -> String {

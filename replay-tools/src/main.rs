@@ -54,7 +54,6 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
-use toolhub_domain::mcp_server::McpServer;
 use toolhub_domain::secret::Secret;
 use toolhub_domain::workflow::Workflow;
 use toolhub_eventstore::store::redact_url;
@@ -385,12 +384,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .ok_or_else(missing)?;
                     serde_json::to_value(as_of::secret_view(&id, &folded))?
                 }
-                Kind::McpServer => {
-                    let folded = fold_any_tenant::<McpServer>(&store, &id, moment)
+                Kind::McpServer => serde_json::to_value(
+                    as_of::mcp_server(&store, None, &id, moment)
                         .await?
-                        .ok_or_else(missing)?;
-                    serde_json::to_value(as_of::mcp_server_view(&id, &folded)?)?
-                }
+                        .ok_or_else(missing)?,
+                )?,
             };
             println!("{}", serde_json::to_string_pretty(&shown)?);
             Ok(())

@@ -275,17 +275,16 @@ impl McpServerQuery {
         match as_of {
             None => one::<McpServer>(ctx, Role::Viewer, &id, consistency).await,
             Some(as_of) => {
-                super::at::<toolhub_domain::mcp_server::McpServer, _>(
-                    ctx,
-                    Role::Viewer,
-                    &id,
-                    &as_of,
-                    |id, folded| {
-                        let view = crate::read::as_of::mcp_server_view(id, folded)?;
-                        Ok((!view.deregistered).then_some(McpServer(view)))
-                    },
-                )
-                .await
+                let caller = super::caller(ctx, Role::Viewer)?;
+                let moment = as_of.moment()?;
+                let state = super::state(ctx)?;
+                let view =
+                    crate::read::as_of::mcp_server(&state.store, Some(&caller.tenant), &id, moment)
+                        .await
+                        .map_err(ApiError::from)?
+                        .filter(|view| !view.deregistered)
+                        .ok_or(ApiError::NotFound)?;
+                Ok(Some(McpServer(view)))
             }
         }
     }

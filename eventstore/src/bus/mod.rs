@@ -23,7 +23,7 @@ use sqlite_es::SqliteEventRepository;
 use toolhub_domain::{AggregateRoot, CommandTraits, NameChange, TenantId};
 
 mod append;
-mod snapshot;
+pub(crate) mod snapshot;
 
 pub use append::Companion;
 use append::{AppendError, NameUpdate, NewEvent};

@@ -1,6 +1,8 @@
 //! Snapshots: an aggregate's state at a version, so that a cold load folds
 //! at most `snapshot_every` events. Events never change, so a snapshot at
 //! any version stays true; one row per aggregate, replaced as it grows.
+//! Each snapshot is also kept as a checkpoint (`checkpoints`, one row per
+//! version), from which time-travel folds to any earlier point.
 //!
 //! A snapshot is the state's JSON wrapped with the state's schema version
 //! ([`AggregateRoot::STATE_VERSION`]): `{"stateVersion": 1, "state": …}`.
@@ -15,7 +17,8 @@ use crate::error::StoreError;
 use crate::sql::{exec, Arg};
 use crate::store::Db;
 
-/// Writes (or advances) the snapshot of `id` at `version`.
+/// Writes (or advances) the snapshot of `id` at `version`, and keeps it as
+/// a checkpoint.
 pub(crate) async fn write(
     db: &Db,
     aggregate_type: &str,
@@ -26,6 +29,19 @@ pub(crate) async fn write(
 ) -> Result<(), StoreError> {
     let version = version as i64;
     let ordinal = version / every.max(1) as i64;
+    let payload = serde_json::to_string(&payload)?;
+    exec(
+        db,
+        "INSERT INTO checkpoints (aggregate_type, aggregate_id, sequence, payload) \
+         VALUES ($1, $2, $3, $4::json) ON CONFLICT DO NOTHING",
+        &[
+            aggregate_type.into(),
+            id.into(),
+            version.into(),
+            Arg::JsonText(Some(payload.clone())),
+        ],
+    )
+    .await?;
     exec(
         db,
         "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload) \
@@ -40,7 +56,7 @@ pub(crate) async fn write(
             id.into(),
             version.into(),
             ordinal.into(),
-            Arg::JsonText(Some(serde_json::to_string(&payload)?)),
+            Arg::JsonText(Some(payload)),
         ],
     )
     .await?;

@@ -1,0 +1,14 @@
+-- Checkpoints: an aggregate's state at past versions, written with its
+-- snapshots (every `snapshot_every` events) and kept, where `snapshots`
+-- keeps only the latest. Folding an entity as of any point of a long
+-- history starts from the checkpoint before that point, so it reads at
+-- most one interval of events. Derived data: events never change, so a
+-- checkpoint stays true; a missing one only costs speed.
+CREATE TABLE checkpoints
+(
+    aggregate_type text                       NOT NULL,
+    aggregate_id   text                       NOT NULL,
+    sequence       bigint CHECK (sequence > 0) NOT NULL,
+    payload        json                       NOT NULL,
+    PRIMARY KEY (aggregate_type, aggregate_id, sequence)
+);
