@@ -1,8 +1,15 @@
-//! One aggregate's history up to a point, read so that folding to any point
-//! costs the same at any depth: the last event at or before the point is
-//! found by the database, the state starts from the checkpoint before it
-//! (see [`crate::bus`]'s snapshots), and only the events between the two
-//! are read and folded.
+//! One aggregate folded up to a point of its history, at the same cost at
+//! any depth: the state starts from the newest checkpoint at or before the
+//! point (see [`crate::bus`]'s snapshots, which are kept as checkpoints
+//! with the position and time of their event), and only the events after
+//! it, up to the point, are read and folded — at most one checkpoint
+//! interval.
+//!
+//! An aggregate's events commit one command after another, so along its
+//! sequence both their positions and (but for a clock stepping back) their
+//! recorded times grow: the events at or before a point are a prefix of
+//! the stream, and so are its checkpoints. That is what lets the bound be
+//! found without reading the stream.
 
 use chrono::{DateTime, Utc};
 use toolhub_domain::AggregateRoot;
@@ -24,49 +31,141 @@ pub enum Until {
     Sequence(u64),
 }
 
-impl EventStore {
-    /// The sequence of the last event of aggregate `id` at or before
-    /// `until`: `None` when it had no event then.
-    ///
-    /// An aggregate's events commit one command after another, so along
-    /// its sequence both their positions and (but for a clock stepping
-    /// back) their recorded times grow: the events at or before a point
-    /// are a prefix of the stream.
-    pub async fn last_sequence_until(
-        &self,
-        aggregate_type: &str,
-        aggregate_id: &str,
-        until: Until,
-    ) -> Result<Option<u64>, StoreError> {
-        let db = self.db();
-        let (condition, bound): (&str, Vec<Arg>) = match (until, db) {
-            (Until::Sequence(n), _) => ("sequence <= $3", vec![Arg::from(n)]),
-            (Until::Position(p), Db::Postgres(_)) => (
-                "(transaction_id, global_position) <= ($3::text::xid8, $4)",
+impl Until {
+    /// The condition, on a row of `events` or `checkpoints` (which share
+    /// the column names), that it is at or before the point, with its
+    /// arguments numbered from `$first`.
+    fn condition(self, db: &Db, first: usize) -> (String, Vec<Arg>) {
+        let (a, b) = (first, first + 1);
+        match (self, db) {
+            (Self::Sequence(n), _) => (format!("sequence <= ${a}"), vec![Arg::from(n)]),
+            (Self::Position(p), Db::Postgres(_)) => (
+                format!("(transaction_id, global_position) <= (${a}::text::xid8, ${b})"),
                 vec![Arg::from(p.transaction.to_string()), Arg::from(p.global)],
             ),
             // SQLite's transaction ids are all 0: the global position is
             // the commit order.
-            (Until::Position(p), Db::Sqlite(_)) => {
-                ("global_position <= $3", vec![Arg::from(p.global)])
+            (Self::Position(p), Db::Sqlite(_)) => (
+                format!("global_position <= ${a}"),
+                vec![Arg::from(p.global)],
+            ),
+            (Self::Time(t), Db::Postgres(_)) => {
+                (format!("recorded_at <= ${a}"), vec![Arg::from(t)])
             }
-            (Until::Time(t), Db::Postgres(_)) => ("recorded_at <= $3", vec![Arg::from(t)]),
             // SQLite stores the time as text to the millisecond
-            // (`…T10:00:00.123Z`); the bound in the same form, truncated,
+            // (`…T10:00:00.123Z`): the bound in the same form, truncated,
             // compares as the times do.
-            (Until::Time(t), Db::Sqlite(_)) => (
-                "recorded_at <= $3",
+            (Self::Time(t), Db::Sqlite(_)) => (
+                format!("recorded_at <= ${a}"),
                 vec![Arg::from(t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())],
             ),
-        };
+        }
+    }
+}
+
+/// An aggregate folded up to a point.
+#[derive(Debug, Clone)]
+pub struct Folded<A> {
+    /// The state after the last event folded.
+    pub state: A,
+    /// Its first event (the creation).
+    pub first: RecordedEvent,
+    /// The last event at or before the point.
+    pub last: RecordedEvent,
+}
+
+impl<A> Folded<A> {
+    /// The version reached: the sequence of the last event folded.
+    pub fn version(&self) -> u64 {
+        self.last.sequence
+    }
+}
+
+impl EventStore {
+    /// Folds aggregate `id` of type `A` with its own `apply` up to `until`:
+    /// `None` when it had no event then.
+    ///
+    /// Three statements, whatever the depth: the newest usable checkpoint
+    /// at or before the point; the events after it that are at or before
+    /// the point (bounded above by the first checkpoint past the point, so
+    /// that the database reads at most one interval); and, when it was not
+    /// among those, the first event.
+    pub async fn fold_until<A: AggregateRoot>(
+        &self,
+        id: &str,
+        until: Until,
+    ) -> Result<Option<Folded<A>>, StoreError> {
+        let db = self.db();
+        // A few recent checkpoints, in case the newest is of another shape
+        // of the state; past those, folding from the first event is as
+        // fast as looking on.
+        let (condition, bound) = until.condition(db, 3);
         let sql = format!(
-            "SELECT sequence FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 \
-               AND {condition} ORDER BY sequence DESC LIMIT 1"
+            "SELECT sequence, payload FROM checkpoints \
+              WHERE aggregate_type = $1 AND aggregate_id = $2 AND {condition} \
+              ORDER BY sequence DESC LIMIT 3"
         );
-        let mut args = vec![Arg::from(aggregate_type), Arg::from(aggregate_id)];
+        let mut args: Vec<Arg> = vec![A::TYPE.into(), id.into()];
+        args.extend(bound);
+        let mut start = None;
+        for row in fetch(db, &sql, &args).await? {
+            if let Some(state) = snapshot::open::<A>(row.json("payload")?) {
+                start = Some((state, row.uint("sequence")?));
+                break;
+            }
+        }
+        let (mut state, after) = start.unwrap_or_else(|| (A::default(), 0));
+        // The events after the checkpoint and at or before the point: a
+        // prefix of the rest of the stream, which ends before the first
+        // checkpoint past the point.
+        let (condition, bound) = until.condition(db, 4);
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events \
+              WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3 \
+                AND {condition} \
+                AND sequence < COALESCE((SELECT MIN(sequence) FROM checkpoints \
+                                          WHERE aggregate_type = $1 AND aggregate_id = $2 \
+                                            AND NOT ({condition})), {}) \
+              ORDER BY sequence",
+            i64::MAX
+        );
+        let mut args: Vec<Arg> = vec![A::TYPE.into(), id.into(), Arg::from(after)];
         args.extend(bound);
         let rows = fetch(db, &sql, &args).await?;
-        rows.first().map(|row| row.uint("sequence")).transpose()
+        let mut first = None;
+        let mut last = None;
+        for row in &rows {
+            let event = self.recorded(row)?;
+            state.apply(serde_json::from_value(event.payload.clone())?);
+            if event.sequence == 1 {
+                first = Some(event.clone());
+            }
+            last = Some(event);
+        }
+        let last = match last {
+            Some(last) => last,
+            // Nothing after the checkpoint: it is at the point itself.
+            None if after > 0 => match self
+                .stream_range(A::TYPE, id, after - 1, after)
+                .await?
+                .pop()
+            {
+                Some(event) => event,
+                None => return Ok(None),
+            },
+            None => return Ok(None),
+        };
+        let first = match first {
+            Some(first) => first,
+            None => self
+                .stream_range(A::TYPE, id, 0, 1)
+                .await?
+                .pop()
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!("{} {id} has no first event", A::TYPE))
+                })?,
+        };
+        Ok(Some(Folded { state, first, last }))
     }
 
     /// The events of aggregate `id` with a sequence in `after + 1 ..= up_to`,
@@ -94,37 +193,6 @@ impl EventStore {
         )
         .await?;
         rows.iter().map(|row| self.recorded(row)).collect()
-    }
-
-    /// The newest checkpoint of aggregate `id` of type `A` strictly before
-    /// version `before`: its state and version. Checkpoints of another
-    /// shape of the state ([`AggregateRoot::STATE_VERSION`]) are passed
-    /// over, as snapshots are.
-    pub async fn checkpoint_before<A: AggregateRoot>(
-        &self,
-        aggregate_id: &str,
-        before: u64,
-    ) -> Result<Option<(A, u64)>, StoreError> {
-        // A few recent rows, in case the newest is of another shape; past
-        // those, folding from the first event is as fast as looking on.
-        let rows = fetch(
-            self.db(),
-            "SELECT sequence, payload FROM checkpoints \
-              WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence < $3 \
-              ORDER BY sequence DESC LIMIT 3",
-            &[
-                Arg::from(A::TYPE),
-                Arg::from(aggregate_id),
-                Arg::from(before),
-            ],
-        )
-        .await?;
-        for row in rows {
-            if let Some(state) = snapshot::open::<A>(row.json("payload")?) {
-                return Ok(Some((state, row.uint("sequence")?)));
-            }
-        }
-        Ok(None)
     }
 
     /// When the last event of type `event_type` of aggregate `id`, up to

@@ -10,5 +10,11 @@ CREATE TABLE checkpoints
     aggregate_id   text                       NOT NULL,
     sequence       bigint CHECK (sequence > 0) NOT NULL,
     payload        json                       NOT NULL,
+    -- Where the event at `sequence` is, copied from `events`: a fold to a
+    -- position or a time finds the checkpoint before it without reading
+    -- the aggregate's events.
+    transaction_id  xid8                      NOT NULL,
+    global_position bigint                    NOT NULL,
+    recorded_at     timestamptz               NOT NULL,
     PRIMARY KEY (aggregate_type, aggregate_id, sequence)
 );

@@ -10,5 +10,11 @@ CREATE TABLE checkpoints
     aggregate_id   text                         NOT NULL,
     sequence       integer CHECK (sequence > 0) NOT NULL,
     payload        text                         NOT NULL,
+    -- Where the event at `sequence` is, copied from `events`: a fold to a
+    -- position or a time finds the checkpoint before it without reading
+    -- the aggregate's events.
+    transaction_id  integer                     NOT NULL,
+    global_position integer                     NOT NULL,
+    recorded_at     text                        NOT NULL,
     PRIMARY KEY (aggregate_type, aggregate_id, sequence)
 ) STRICT;

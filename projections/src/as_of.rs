@@ -18,7 +18,8 @@ use toolhub_domain::mcp_server::McpServer;
 use toolhub_domain::secret::Secret;
 use toolhub_domain::workflow::Workflow;
 use toolhub_domain::{AggregateRoot, TenantId};
-use toolhub_eventstore::{EventStore, Position, RecordedEvent, StoreError, Until};
+pub use toolhub_eventstore::history::Folded;
+use toolhub_eventstore::{EventStore, Position, StoreError, Until};
 
 use crate::projection::{McpServerView, SecretView, WorkflowView};
 
@@ -41,32 +42,6 @@ impl AsOf {
             Self::Time(time) => Until::Time(time),
             Self::Version(version) => Until::Sequence(version),
         }
-    }
-}
-
-/// An aggregate folded up to a point.
-#[derive(Debug, Clone)]
-pub struct Folded<A> {
-    /// The state after the last included event.
-    pub state: A,
-    /// Its first event (the creation).
-    pub first: RecordedEvent,
-    /// The last event folded.
-    pub last: RecordedEvent,
-}
-
-impl<A> Folded<A> {
-    /// The version reached: the sequence of the last event folded.
-    pub fn version(&self) -> u64 {
-        self.last.sequence
-    }
-
-    fn first(&self) -> &RecordedEvent {
-        &self.first
-    }
-
-    fn last(&self) -> &RecordedEvent {
-        &self.last
     }
 }
 
@@ -100,7 +75,7 @@ where
 /// Folds from the checkpoint before the point (kept every
 /// `snapshot_every` events by the command bus), so the cost is a few
 /// indexed reads and at most one checkpoint interval of events, at any
-/// depth of the history; without a checkpoint, from the first event.
+/// depth of the history ([`EventStore::fold_until`]).
 async fn fold_for<A>(
     store: &EventStore,
     tenant: Option<&TenantId>,
@@ -110,44 +85,14 @@ async fn fold_for<A>(
 where
     A: AggregateRoot,
 {
-    let Some(up_to) = store
-        .last_sequence_until(A::TYPE, id, as_of.until())
-        .await?
-    else {
+    let Some(folded) = store.fold_until::<A>(id, as_of.until()).await? else {
         return Ok(None);
     };
-    let (mut state, after) = store
-        .checkpoint_before::<A>(id, up_to)
-        .await?
-        .unwrap_or_else(|| (A::default(), 0));
-    let events = store.stream_range(A::TYPE, id, after, up_to).await?;
-    let mut first = None;
-    let mut last = None;
-    for event in events {
-        state.apply(serde_json::from_value(event.payload.clone())?);
-        if first.is_none() && event.sequence == 1 {
-            first = Some(event.clone());
-        }
-        last = Some(event);
+    match folded.state.tenant() {
+        None => Ok(None),
+        Some(owner) if tenant.is_some_and(|tenant| tenant != owner) => Ok(None),
+        Some(_) => Ok(Some(folded)),
     }
-    let Some(last) = last else {
-        return Ok(None);
-    };
-    if state.tenant().is_none() {
-        return Ok(None);
-    }
-    if tenant.is_some_and(|tenant| state.tenant() != Some(tenant)) {
-        return Ok(None);
-    }
-    let first = match first {
-        Some(first) => first,
-        None => store
-            .stream_range(A::TYPE, id, 0, 1)
-            .await?
-            .pop()
-            .ok_or_else(|| StoreError::Corrupt(format!("{} {id} has no first event", A::TYPE)))?,
-    };
-    Ok(Some(Folded { state, first, last }))
 }
 
 /// An MCP server as of a point, shown as the `mcp_servers` read model shows
@@ -191,10 +136,10 @@ pub fn workflow_view(id: &str, folded: &Folded<Workflow>) -> Result<WorkflowView
         version: state.current_version(),
         archived: state.is_archived(),
         triggers: serde_json::to_value(state.triggers())?,
-        created_by: folded.first().metadata.actor.clone(),
-        created_at: folded.first().recorded_at,
-        updated_by: folded.last().metadata.actor.clone(),
-        updated_at: folded.last().recorded_at,
+        created_by: folded.first.metadata.actor.clone(),
+        created_at: folded.first.recorded_at,
+        updated_by: folded.last.metadata.actor.clone(),
+        updated_at: folded.last.recorded_at,
     })
 }
 
@@ -209,9 +154,9 @@ pub fn secret_view(id: &str, folded: &Folded<Secret>) -> SecretView {
         description: state.description().to_string(),
         rotation_count: state.rotation(),
         deleted: state.is_deleted(),
-        created_by: folded.first().metadata.actor.clone(),
-        created_at: folded.first().recorded_at,
-        updated_at: folded.last().recorded_at,
+        created_by: folded.first.metadata.actor.clone(),
+        created_at: folded.first.recorded_at,
+        updated_at: folded.last.recorded_at,
     }
 }
 
@@ -241,8 +186,8 @@ pub fn mcp_server_view(
         latency_ms: health.map(|h| h.latency_ms),
         health_detail: health.and_then(|h| h.detail.clone()),
         checked_at,
-        created_at: folded.first().recorded_at,
-        updated_at: folded.last().recorded_at,
+        created_at: folded.first.recorded_at,
+        updated_at: folded.last.recorded_at,
     })
 }
 

@@ -166,15 +166,17 @@ async fn as_of_equals_a_fold_from_the_first_event(db: TestDb) {
     .await
     .expect("edit a checkpoint");
     let at = |v: u64| as_of::mcp_server(&store, Some(&acme), &id, AsOf::Version(v));
+    for v in [40, 45, 59] {
+        assert_eq!(
+            at(v).await.expect("as of").expect("exists").name,
+            "edited",
+            "the answer at {v} comes from the checkpoint at 40"
+        );
+    }
     assert_eq!(
-        at(45).await.expect("as of").expect("exists").name,
-        "edited",
-        "the answer at 45 comes from the checkpoint at 40"
-    );
-    assert_eq!(
-        at(40).await.expect("as of").expect("exists"),
-        reference(&id, &events[..40]),
-        "the checkpoint at 40 is not used for version 40 itself"
+        at(39).await.expect("as of").expect("exists"),
+        reference(&id, &events[..39]),
+        "nor before it"
     );
     assert_eq!(
         at(61).await.expect("as of").expect("exists"),
@@ -196,7 +198,8 @@ async fn as_of_equals_a_fold_from_the_first_event(db: TestDb) {
     .expect("age a checkpoint");
     assert_eq!(
         at(45).await.expect("as of").expect("exists"),
-        reference(&id, &events[..45])
+        reference(&id, &events[..45]),
+        "with the checkpoint at 40 unusable, the one at 20 is used"
     );
     exec(store.db(), "DELETE FROM checkpoints", &[])
         .await

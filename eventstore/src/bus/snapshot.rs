@@ -32,8 +32,12 @@ pub(crate) async fn write(
     let payload = serde_json::to_string(&payload)?;
     exec(
         db,
-        "INSERT INTO checkpoints (aggregate_type, aggregate_id, sequence, payload) \
-         VALUES ($1, $2, $3, $4::json) ON CONFLICT DO NOTHING",
+        "INSERT INTO checkpoints (aggregate_type, aggregate_id, sequence, payload, \
+                                  transaction_id, global_position, recorded_at) \
+         SELECT aggregate_type, aggregate_id, sequence, $4::json, \
+                transaction_id, global_position, recorded_at \
+           FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3 \
+         ON CONFLICT DO NOTHING",
         &[
             aggregate_type.into(),
             id.into(),
