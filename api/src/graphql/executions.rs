@@ -562,6 +562,28 @@ impl ExecutionQuery {
         Ok(connection(page, had_cursor, Execution))
     }
 
+    /// Replays an execution without side effects: the engine's decisions
+    /// re-taken over the recorded events and step outputs, against the
+    /// pinned workflow version, with no tool call, no HTTP request and no
+    /// secret unsealed. Reports whether the same steps, in the same order,
+    /// with the same inputs, would be taken today, and names every
+    /// divergence by node and reason (see `docs/time-travel.md`). Another
+    /// tenant's execution is `NOT_FOUND`.
+    async fn replay_execution(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> async_graphql::Result<ReplayReport> {
+        let caller = caller(ctx, Role::Viewer)?;
+        let execution = parse_id(&id, "id").map(ExecutionId::from_uuid)?;
+        let report = state(ctx)?
+            .engine
+            .replay(&caller.tenant, execution, &toolhub_engine::expr::Cel)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(ReplayReport::new(execution, report))
+    }
+
     /// One execution. Another tenant's execution is `NOT_FOUND`.
     async fn execution(
         &self,
@@ -743,5 +765,107 @@ impl ExecutionMutation {
             .await
             .map_err(ApiError::from);
         payload(ctx, id, result).await
+    }
+}
+
+/// What kind of decision differs between the record and the engine now.
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+pub enum DivergenceKind {
+    /// A step was recorded that the engine would not schedule now.
+    UnexpectedStep,
+    /// The run completed without a step the engine would run.
+    MissingStep,
+    /// A step was scheduled before one the engine schedules first.
+    Order,
+    /// A step's recorded input is not the one the engine computes.
+    Input,
+    /// A condition's or a transform's recorded result is not the one the
+    /// engine computes.
+    Output,
+    /// A node skipped that the engine would not skip, or scheduled where
+    /// the engine skips it.
+    Skip,
+    /// A retry the node's retry policy does not allow, or one it asks for
+    /// that was not made.
+    Retry,
+    /// A pause before a node that was not ready.
+    Pause,
+    /// The run's recorded output differs.
+    End,
+}
+
+impl From<toolhub_engine::replay::DivergenceKind> for DivergenceKind {
+    fn from(kind: toolhub_engine::replay::DivergenceKind) -> Self {
+        use toolhub_engine::replay::DivergenceKind as K;
+        match kind {
+            K::UnexpectedStep => Self::UnexpectedStep,
+            K::MissingStep => Self::MissingStep,
+            K::Order => Self::Order,
+            K::Input => Self::Input,
+            K::Output => Self::Output,
+            K::Skip => Self::Skip,
+            K::Retry => Self::Retry,
+            K::Pause => Self::Pause,
+            K::End => Self::End,
+        }
+    }
+}
+
+/// One decision that differs between the record and the engine now.
+#[derive(SimpleObject)]
+pub struct Divergence {
+    /// The sequence (from 1) of the recorded event where it shows.
+    sequence: u64,
+    /// That event's position in the log.
+    position: String,
+    /// The node concerned; null for the run as a whole.
+    node_id: Option<String>,
+    /// What differs.
+    kind: DivergenceKind,
+    /// What the engine decides now (secrets stand as `***`).
+    expected: Json,
+    /// What was recorded.
+    recorded: Json,
+    /// Why they differ, in words.
+    reason: String,
+}
+
+/// What `replayExecution` found.
+#[derive(SimpleObject)]
+pub struct ReplayReport {
+    /// The execution replayed.
+    execution_id: ID,
+    /// The pinned workflow version it was replayed against.
+    workflow_version: u64,
+    /// How many step decisions were compared: every attempt scheduled,
+    /// retried or skipped.
+    steps_checked: u32,
+    /// Whether the engine would take every recorded decision again.
+    deterministic: bool,
+    /// Every decision that differs, in the order of the record.
+    divergences: Vec<Divergence>,
+}
+
+impl ReplayReport {
+    fn new(id: ExecutionId, report: toolhub_engine::replay::ReplayReport) -> Self {
+        Self {
+            execution_id: ID(id.to_string()),
+            workflow_version: report.workflow_version,
+            steps_checked: report.steps_checked,
+            deterministic: report.deterministic(),
+            divergences: report
+                .divergences
+                .into_iter()
+                .map(|d| Divergence {
+                    sequence: d.sequence,
+                    position: d.position,
+                    node_id: d.node_id.map(|n| n.to_string()),
+                    kind: d.kind.into(),
+                    expected: async_graphql::Json(d.expected),
+                    recorded: async_graphql::Json(d.recorded),
+                    reason: d.reason,
+                })
+                .collect(),
+        }
     }
 }

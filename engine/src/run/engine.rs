@@ -11,8 +11,8 @@ use serde_json::Value;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use toolhub_domain::definition::NodeId;
-use toolhub_domain::execution::{Execution, ExecutionCommand, ExecutionError};
+use toolhub_domain::definition::{NodeId, WorkflowDefinition};
+use toolhub_domain::execution::{Execution, ExecutionCommand, ExecutionError, ExecutionEvent};
 use toolhub_domain::mcp_server::{McpServer, McpServerError};
 use toolhub_domain::workflow::Workflow;
 use toolhub_domain::{AggregateRoot, ExecutionId, McpServerId, TenantId, WorkflowId};
@@ -272,6 +272,59 @@ impl Engine {
             engine: self.clone(),
             tasks,
         }
+    }
+
+    /// Replays execution `id` over its recorded events against its pinned
+    /// workflow version ([`crate::replay`]): no step runs, no secret is
+    /// unsealed. Another tenant's execution is [`EngineError::NotFound`].
+    pub async fn replay(
+        &self,
+        tenant: &TenantId,
+        id: ExecutionId,
+        conditions: &dyn crate::expr::Conditions,
+    ) -> Result<crate::replay::ReplayReport, EngineError> {
+        let (definition, events) = self.recorded(tenant, id).await?;
+        Ok(crate::replay::replay(&definition, &events, conditions))
+    }
+
+    /// Execution `id`'s events, decoded, and its pinned definition; for the
+    /// caller's tenant only.
+    pub async fn recorded(
+        &self,
+        tenant: &TenantId,
+        id: ExecutionId,
+    ) -> Result<(WorkflowDefinition, Vec<crate::replay::ReplayEvent>), EngineError> {
+        let inner = &self.inner;
+        let rows = inner.store.stream("execution", &id.to_string()).await?;
+        let mut events = Vec::with_capacity(rows.len());
+        for row in rows {
+            let event: ExecutionEvent = serde_json::from_value(row.payload).map_err(|e| {
+                StoreError::Corrupt(format!("execution event {}: {e}", row.sequence))
+            })?;
+            events.push(crate::replay::ReplayEvent {
+                sequence: row.sequence,
+                position: row.position.to_string(),
+                event,
+            });
+        }
+        let Some(ExecutionEvent::ExecutionStarted {
+            tenant: owner,
+            workflow_id,
+            workflow_version,
+            ..
+        }) = events.first().map(|e| &e.event)
+        else {
+            return Err(EngineError::NotFound);
+        };
+        if owner != tenant {
+            return Err(EngineError::NotFound);
+        }
+        let (workflow, _) = inner.workflows.current(&workflow_id.to_string()).await?;
+        let definition = workflow
+            .definition(*workflow_version)
+            .cloned()
+            .ok_or(EngineError::NotFound)?;
+        Ok((definition, events))
     }
 
     /// Starts an execution of the workflow's current version.
