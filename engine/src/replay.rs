@@ -38,8 +38,9 @@
 //! - `ExecutionFailed` on a node's failure: the failure left no retry the
 //!   policy allows (`RETRY`).
 //!
-//! What people do (breakpoints set, resumes, stops, cancellations) and what
-//! the world does (a deadline, an outcome) is taken as recorded. After a
+//! What people do (breakpoints set, resumes, stops, cancellations), what
+//! the world does (a deadline, an outcome) and the steps a fork copied
+//! from its original are taken as recorded. After a
 //! divergence, replay goes on with the recorded event, so that one change
 //! is reported once, at the node where it happens, and not again at every
 //! node after it.
@@ -440,7 +441,10 @@ impl Replayer<'_> {
                     }
                 }
             }
+            // A fork's copies are the original's record, taken as they are.
             ExecutionEvent::ExecutionStarted { .. }
+            | ExecutionEvent::ExecutionForked { .. }
+            | ExecutionEvent::StepCopied { .. }
             | ExecutionEvent::BreakpointsSet { .. }
             | ExecutionEvent::ExecutionResumed { .. }
             | ExecutionEvent::ExecutionStopRequested
