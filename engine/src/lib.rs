@@ -41,5 +41,6 @@ pub mod template;
 
 pub use config::{Clock, EngineConfig, ManualClock};
 pub use run::{
-    Engine, EngineError, EngineHandle, EngineStats, Fire, Scheduler, StartRequest, Started,
+    Engine, EngineError, EngineHandle, EngineStats, Fire, ForkRequest, Scheduler, StartRequest,
+    Started,
 };

@@ -17,5 +17,7 @@ mod lookup;
 mod schedule;
 pub(crate) mod steps;
 
-pub use engine::{Engine, EngineError, EngineHandle, EngineStats, StartRequest, Started};
+pub use engine::{
+    Engine, EngineError, EngineHandle, EngineStats, ForkRequest, StartRequest, Started,
+};
 pub use schedule::{fire_key, Fire, Scheduler, SCHEDULER_ACTOR};
