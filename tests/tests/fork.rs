@@ -1,7 +1,7 @@
 //! `forkExecution`: a failed run forked from its middle, with an output
 //! overridden, completes; its copied steps are the original's, with the
-//! original's positions; lineage both ways; validation and tenants; on both
-//! backends.
+//! original's positions; lineage both ways; a paused run forked; validation
+//! and tenants; on both backends.
 
 use std::time::Duration;
 
@@ -277,6 +277,46 @@ async fn a_failed_run_forked_from_its_middle_completes_with_the_override(env: Te
         .all(|s| s["copiedFrom"].is_null()));
     let before = server.ok(&editor, LINEAGE, json!({"id": original})).await["execution"].clone();
     assert_eq!(before["forks"]["edges"].as_array().unwrap().len(), 2);
+
+    // A run still going (paused at a breakpoint) may be forked too: what
+    // it recorded so far is copied, and the fork has no breakpoint.
+    let chain = server
+        .create_workflow(
+            &editor,
+            "Chain",
+            json!({
+                "nodes": [
+                    {"id": "a", "type": "transform", "params": {"template": "{{input.word}}"}},
+                    {"id": "b", "type": "transform", "params": {"template": "{{nodes.a}}!"}},
+                    {"id": "c", "type": "transform", "params": {"template": "{{nodes.b}}?"}}
+                ],
+                "edges": [{"from": "a", "to": "b"}, {"from": "b", "to": "c"}]
+            }),
+        )
+        .await;
+    let paused = server
+        .start_execution_with(
+            &editor,
+            json!({"workflowId": chain, "input": {"word": "hi"}, "breakpoints": ["c"]}),
+        )
+        .await;
+    server
+        .wait_execution(&editor, &paused, within, |e| e["status"] == "PAUSED")
+        .await;
+    let from_paused = server
+        .ok(
+            &editor,
+            FORK,
+            json!({"input": {"id": paused, "fromNode": "c", "outputOverrides": {"b": "ho!"}}}),
+        )
+        .await["forkExecution"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let from_paused = server.wait_finished(&editor, &from_paused, within).await;
+    assert_eq!(from_paused["status"], "COMPLETED", "{from_paused:#}");
+    assert_eq!(from_paused["output"], json!({"c": "ho!?"}));
+    assert_eq!(server.execution(&editor, &paused).await["status"], "PAUSED");
 
     // Validation, roles and tenants.
     let cases = [
