@@ -27,12 +27,19 @@
 //! it holds: refusing it would lose the fact, and the read side stores any
 //! text escaped where its database cannot hold it.
 //!
+//! A fork is a new execution of the same pinned version that records,
+//! right after its start, the execution it was forked from
+//! ([`ExecutionCommand::RecordFork`]) and then copies steps of the original
+//! ([`ExecutionCommand::CopyStep`]) before any step of its own: a copied
+//! step counts as succeeded (or skipped), so the planner and the engine
+//! treat it as done and the run goes on live from there.
+//!
 //! The state keeps what the engine needs to decide the next move (every
 //! step's status, the outputs so far, the input, the breakpoints) — the same
 //! state a debugger shows at any point of the history. [`plan`] reads it
 //! against the workflow's definition.
 
-use crate::common::{AggregateRoot, CommandTraits, Role, TenantId, WorkflowId};
+use crate::common::{AggregateRoot, CommandTraits, ExecutionId, Role, TenantId, WorkflowId};
 use crate::definition::NodeId;
 use chrono::{DateTime, Utc};
 use cqrs_es::DomainEvent;
@@ -181,6 +188,17 @@ pub struct Execution {
     /// Nodes on a branch not taken, recorded as skipped.
     #[serde(default)]
     skipped: BTreeSet<NodeId>,
+    /// For a fork: the execution it was forked from, and the node it runs
+    /// live from.
+    #[serde(default)]
+    forked_from: Option<(ExecutionId, NodeId)>,
+    /// For a fork: true until its first step of its own (scheduled, retried
+    /// or skipped); steps are copied only while it is.
+    #[serde(default)]
+    copying: bool,
+    /// The nodes whose step was copied from the original.
+    #[serde(default)]
+    copied: BTreeSet<NodeId>,
 }
 
 impl Execution {
@@ -279,6 +297,17 @@ impl Execution {
     pub fn skipped(&self) -> &BTreeSet<NodeId> {
         &self.skipped
     }
+
+    /// For a fork: the execution it was forked from and the node it runs
+    /// live from.
+    pub fn forked_from(&self) -> Option<(&ExecutionId, &NodeId)> {
+        self.forked_from.as_ref().map(|(id, node)| (id, node))
+    }
+
+    /// Whether the node's step was copied from the original (a fork).
+    pub fn is_copied(&self, node_id: &str) -> bool {
+        self.copied.contains(node_id)
+    }
 }
 
 /// What the engine or a user may ask of an execution. Every command needs the
@@ -357,6 +386,34 @@ pub enum ExecutionCommand {
     SkipStep {
         /// The node.
         node_id: NodeId,
+    },
+    /// Records that the execution is a fork of another: right after its
+    /// start, before any step.
+    RecordFork {
+        /// The execution it was forked from.
+        forked_from: ExecutionId,
+        /// The node it runs live from.
+        from_node: NodeId,
+    },
+    /// Copies a step of the original into a fork, before any step of the
+    /// fork's own: it counts as succeeded with `output`, or as skipped.
+    CopyStep {
+        /// The node.
+        node_id: NodeId,
+        /// The original's succeeded attempt (0 for a skipped node).
+        attempt: u32,
+        /// The original's recorded input (secrets masked).
+        input: Value,
+        /// The output, the original's or its override; `Value::Null` for a
+        /// skipped node.
+        output: Value,
+        /// The node was skipped in the original.
+        skipped: bool,
+        /// The sequence of the original's event copied (its success or its
+        /// skip).
+        original_sequence: u64,
+        /// That event's position in the log.
+        original_position: String,
     },
     /// Replaces the breakpoints.
     SetBreakpoints {
@@ -508,6 +565,32 @@ pub enum ExecutionEvent {
         /// The node.
         node_id: NodeId,
     },
+    /// The execution is a fork of another (emitted by
+    /// [`ExecutionCommand::RecordFork`]).
+    ExecutionForked {
+        /// The execution it was forked from.
+        forked_from: ExecutionId,
+        /// The node it runs live from.
+        from_node: NodeId,
+    },
+    /// A step of the original was copied into this fork (emitted by
+    /// [`ExecutionCommand::CopyStep`]).
+    StepCopied {
+        /// The node.
+        node_id: NodeId,
+        /// The original's succeeded attempt (0 for a skipped node).
+        attempt: u32,
+        /// The original's recorded input (secrets masked).
+        input: Value,
+        /// The output the fork goes on with; null for a skipped node.
+        output: Value,
+        /// The node was skipped in the original.
+        skipped: bool,
+        /// The sequence of the original's event copied.
+        original_sequence: u64,
+        /// That event's position in the log.
+        original_position: String,
+    },
     /// The breakpoints were replaced (emitted by
     /// [`ExecutionCommand::SetBreakpoints`]).
     BreakpointsSet {
@@ -557,6 +640,8 @@ impl DomainEvent for ExecutionEvent {
             Self::StepFailed { .. } => "StepFailed",
             Self::StepRetried { .. } => "StepRetried",
             Self::StepSkipped { .. } => "StepSkipped",
+            Self::ExecutionForked { .. } => "ExecutionForked",
+            Self::StepCopied { .. } => "StepCopied",
             Self::BreakpointsSet { .. } => "BreakpointsSet",
             Self::ExecutionPaused { .. } => "ExecutionPaused",
             Self::ExecutionResumed { .. } => "ExecutionResumed",
@@ -677,6 +762,13 @@ pub enum ExecutionError {
         /// The node.
         node_id: NodeId,
     },
+    /// A fork recorded twice, or after a step.
+    #[error("a fork is recorded once, right after the start, before any step")]
+    ForkNotFirst,
+    /// A step copied into an execution that is not a fork, or after a step
+    /// of the fork's own.
+    #[error("steps are copied into a fork only, before any step of its own")]
+    NotCopying,
     /// A batch that is empty, too long, or holds a start or another batch.
     #[error(
         "a batch holds 1 to {MAX_BATCH} commands, none of them a batch, and a start only first"
@@ -843,6 +935,49 @@ impl Execution {
                 }
                 V::StepSkipped { node_id }
             }
+            C::RecordFork {
+                forked_from,
+                from_node,
+            } => {
+                must_be_active(false)?;
+                if self.forked_from.is_some() || !self.steps.is_empty() || !self.skipped.is_empty()
+                {
+                    return Err(E::ForkNotFirst);
+                }
+                V::ExecutionForked {
+                    forked_from,
+                    from_node,
+                }
+            }
+            C::CopyStep {
+                node_id,
+                attempt,
+                input,
+                output,
+                skipped,
+                original_sequence,
+                original_position,
+            } => {
+                must_be_active(false)?;
+                if !self.copying {
+                    return Err(E::NotCopying);
+                }
+                if self.steps.contains_key(&node_id) || self.skipped.contains(&node_id) {
+                    return Err(E::StepAlreadyScheduled { node_id, attempt });
+                }
+                if (attempt == 0) != skipped {
+                    return Err(E::InvalidAttempt { node_id, attempt });
+                }
+                V::StepCopied {
+                    node_id,
+                    attempt,
+                    input,
+                    output,
+                    skipped,
+                    original_sequence,
+                    original_position,
+                }
+            }
             C::SetBreakpoints { breakpoints } => V::BreakpointsSet { breakpoints },
             C::PauseAtBreakpoint { node_id } => {
                 match status {
@@ -968,6 +1103,7 @@ impl Execution {
             ExecutionEvent::StepScheduled {
                 node_id, attempt, ..
             } => {
+                self.copying = false;
                 self.set_step(node_id, attempt, StepStatus::Scheduled);
             }
             ExecutionEvent::StepRetried {
@@ -975,8 +1111,31 @@ impl Execution {
                 attempt,
                 not_before,
             } => {
+                self.copying = false;
                 self.set_step(node_id, attempt, StepStatus::Scheduled)
                     .not_before = not_before;
+            }
+            ExecutionEvent::ExecutionForked {
+                forked_from,
+                from_node,
+            } => {
+                self.forked_from = Some((forked_from, from_node));
+                self.copying = true;
+            }
+            ExecutionEvent::StepCopied {
+                node_id,
+                attempt,
+                output,
+                skipped,
+                ..
+            } => {
+                self.copied.insert(node_id.clone());
+                if skipped {
+                    self.skipped.insert(node_id);
+                } else {
+                    self.set_step(node_id.clone(), attempt, StepStatus::Succeeded);
+                    self.outputs.insert(node_id, output);
+                }
             }
             ExecutionEvent::StepStarted {
                 node_id,
@@ -1007,6 +1166,7 @@ impl Execution {
                 self.step_finished();
             }
             ExecutionEvent::StepSkipped { node_id } => {
+                self.copying = false;
                 self.skipped.insert(node_id);
             }
             ExecutionEvent::BreakpointsSet { breakpoints } => {

@@ -20,6 +20,8 @@
 //!   before they are recorded (secret values, and personal data by path and
 //!   by detector).
 //! - [`expr`]: the `condition` node's expression language (CEL).
+//! - [`replay`]: the engine's decisions re-taken over a recorded
+//!   execution, without side effects, and where they differ.
 //! - [`mcp`]: the MCP client: a pool of connections to MCP servers (stdio
 //!   child processes and Streamable HTTP), tool listing, calls with
 //!   cancellation on the wire, and health pings.
@@ -33,10 +35,12 @@ pub mod failure;
 pub mod http;
 pub mod mask;
 pub mod mcp;
+pub mod replay;
 pub mod run;
 pub mod template;
 
 pub use config::{Clock, EngineConfig, ManualClock};
 pub use run::{
-    Engine, EngineError, EngineHandle, EngineStats, Fire, Scheduler, StartRequest, Started,
+    Engine, EngineError, EngineHandle, EngineStats, Fire, ForkRequest, Scheduler, StartRequest,
+    Started,
 };

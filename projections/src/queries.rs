@@ -280,6 +280,9 @@ impl ReadModels {
         if let Some(status) = &filter.status {
             conditions.push(("status = $?", Arg::from(status.as_str())));
         }
+        if let Some(forked_from) = &filter.forked_from {
+            conditions.push(("forked_from = $?", Arg::from(forked_from.as_str())));
+        }
         id_page(
             self.db(),
             "execution",

@@ -109,6 +109,8 @@ pub struct ExecutionFilter {
     pub workflow_id: Option<String>,
     /// Only executions with this status.
     pub status: Option<String>,
+    /// Only forks of this execution.
+    pub forked_from: Option<String>,
 }
 
 /// Filters for the audit log.

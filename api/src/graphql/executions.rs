@@ -146,6 +146,39 @@ impl Execution {
     async fn deadline(&self) -> Option<DateTime<Utc>> {
         self.0.deadline
     }
+    /// For a fork (`forkExecution`): the execution it was forked from and
+    /// the node it ran live from; null otherwise.
+    async fn forked_from(&self) -> Option<ForkOrigin> {
+        Some(ForkOrigin {
+            execution_id: self.0.forked_from.clone()?,
+            from_node: self.0.forked_from_node.clone().unwrap_or_default(),
+        })
+    }
+    /// The executions forked from this one, newest first.
+    #[graphql(
+        complexity = "crate::graphql::page_cost(first, crate::read::MAX_PAGE, child_complexity)"
+    )]
+    async fn forks(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, Execution, EmptyFields, EmptyFields>> {
+        let caller = caller(ctx, Role::Viewer)?;
+        let state = state(ctx)?;
+        let had_cursor = after.is_some();
+        let page = page_request(first, after)?;
+        let filter = ExecutionFilter {
+            forked_from: Some(self.0.id.clone()),
+            ..ExecutionFilter::default()
+        };
+        let page = state
+            .read
+            .executions(&caller.tenant, &page, &filter)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(connection(page, had_cursor, Execution))
+    }
     /// Every node of the pinned workflow version and where it stands — what
     /// a debugger shows at a glance: ready, running, done, skipped, failed
     /// or pending. Planned from the execution's own history, by the same
@@ -457,6 +490,9 @@ pub struct ExecutionStep {
     started_at: Option<DateTime<Utc>>,
     /// When it finished.
     finished_at: Option<DateTime<Utc>>,
+    /// For a step a fork copied from its original: the position of the
+    /// original's event it was copied from; null for a step that ran here.
+    copied_from: Option<String>,
 }
 
 impl From<ExecutionStepView> for ExecutionStep {
@@ -471,6 +507,7 @@ impl From<ExecutionStepView> for ExecutionStep {
             scheduled_at: v.scheduled_at,
             started_at: v.started_at,
             finished_at: v.finished_at,
+            copied_from: v.copied_from,
         }
     }
 }
@@ -512,6 +549,8 @@ pub struct ExecutionFilterInput {
     workflow_id: Option<ID>,
     /// Only executions in this status.
     status: Option<ExecutionStatus>,
+    /// Only the forks of this execution.
+    forked_from: Option<ID>,
 }
 
 /// Execution queries.
@@ -553,6 +592,7 @@ impl ExecutionQuery {
         let filter = ExecutionFilter {
             workflow_id: filter.workflow_id.map(|id| id.0),
             status: filter.status.map(|s| s.as_str().to_string()),
+            forked_from: filter.forked_from.map(|id| id.0),
         };
         let page = state
             .read
@@ -560,6 +600,28 @@ impl ExecutionQuery {
             .await
             .map_err(ApiError::from)?;
         Ok(connection(page, had_cursor, Execution))
+    }
+
+    /// Replays an execution without side effects: the engine's decisions
+    /// re-taken over the recorded events and step outputs, against the
+    /// pinned workflow version, with no tool call, no HTTP request and no
+    /// secret unsealed. Reports whether the same steps, in the same order,
+    /// with the same inputs, would be taken today, and names every
+    /// divergence by node and reason (see `docs/time-travel.md`). Another
+    /// tenant's execution is `NOT_FOUND`.
+    async fn replay_execution(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> async_graphql::Result<ReplayReport> {
+        let caller = caller(ctx, Role::Viewer)?;
+        let execution = parse_id(&id, "id").map(ExecutionId::from_uuid)?;
+        let report = state(ctx)?
+            .engine
+            .replay(&caller.tenant, execution, &toolhub_engine::expr::Cel)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(ReplayReport::new(execution, report))
     }
 
     /// One execution. Another tenant's execution is `NOT_FOUND`.
@@ -611,6 +673,40 @@ pub struct StartExecutionInput {
     /// The same key within 24 hours returns the first execution instead of
     /// starting another.
     idempotency_key: Option<String>,
+}
+
+/// Where a fork comes from.
+#[derive(SimpleObject)]
+#[graphql(complex)]
+pub struct ForkOrigin {
+    /// The id of the execution it was forked from.
+    execution_id: String,
+    /// The node it ran live from: the nodes before it were copied.
+    from_node: String,
+}
+
+#[async_graphql::ComplexObject]
+impl ForkOrigin {
+    /// The execution it was forked from.
+    async fn execution(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Execution>> {
+        one::<Execution>(ctx, Role::Viewer, &self.execution_id, None).await
+    }
+}
+
+/// `forkExecution` input.
+#[derive(InputObject)]
+pub struct ForkExecutionInput {
+    /// The execution to fork.
+    id: ID,
+    /// The node to run live from. Every node that is neither this one nor
+    /// after it, and that succeeded or was skipped in the original, is
+    /// copied from it.
+    from_node: String,
+    /// Replaces the execution's input; the original's when absent.
+    input_override: Option<Json>,
+    /// Replaces copied outputs: an object of node id to output. Only
+    /// copied (succeeded) nodes may be named.
+    output_overrides: Option<Json>,
 }
 
 /// `stopExecution` input.
@@ -691,6 +787,35 @@ impl ExecutionMutation {
         payload(ctx, started.execution_id, Ok(started.committed)).await
     }
 
+    /// Forks an execution: a new execution of the same pinned workflow
+    /// version that copies the original's steps before `fromNode` (those
+    /// that succeeded or were skipped; recorded as copied, with the
+    /// original's positions), then runs live from there, with
+    /// `inputOverride` and `outputOverrides` replacing the input and copied
+    /// outputs. The original may be in any status: what it recorded so far
+    /// is copied. Returns at once; watch it with `executionUpdated`.
+    async fn fork_execution(
+        &self,
+        ctx: &Context<'_>,
+        input: ForkExecutionInput,
+    ) -> async_graphql::Result<ExecutionPayload> {
+        let caller = caller(ctx, Role::Editor)?;
+        let state = state(ctx)?;
+        let request = toolhub_engine::ForkRequest {
+            execution_id: execution_id(&input.id)?,
+            from_node: input.from_node,
+            input_override: input.input_override.map(|j| j.0),
+            output_overrides: input.output_overrides.map(|j| j.0),
+        };
+        let context = command_context(ctx, caller);
+        let started = state
+            .engine
+            .fork(&context, request)
+            .await
+            .map_err(ApiError::from)?;
+        payload(ctx, started.execution_id, Ok(started.committed)).await
+    }
+
     /// Stops an execution: nothing new starts, steps in flight are
     /// cancelled, and it ends `cancelled`.
     async fn stop_execution(
@@ -743,5 +868,107 @@ impl ExecutionMutation {
             .await
             .map_err(ApiError::from);
         payload(ctx, id, result).await
+    }
+}
+
+/// What kind of decision differs between the record and the engine now.
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+pub enum DivergenceKind {
+    /// A step was recorded that the engine would not schedule now.
+    UnexpectedStep,
+    /// The run completed without a step the engine would run.
+    MissingStep,
+    /// A step was scheduled before one the engine schedules first.
+    Order,
+    /// A step's recorded input is not the one the engine computes.
+    Input,
+    /// A condition's or a transform's recorded result is not the one the
+    /// engine computes.
+    Output,
+    /// A node skipped that the engine would not skip, or scheduled where
+    /// the engine skips it.
+    Skip,
+    /// A retry the node's retry policy does not allow, or one it asks for
+    /// that was not made.
+    Retry,
+    /// A pause before a node that was not ready.
+    Pause,
+    /// The run's recorded output differs.
+    End,
+}
+
+impl From<toolhub_engine::replay::DivergenceKind> for DivergenceKind {
+    fn from(kind: toolhub_engine::replay::DivergenceKind) -> Self {
+        use toolhub_engine::replay::DivergenceKind as K;
+        match kind {
+            K::UnexpectedStep => Self::UnexpectedStep,
+            K::MissingStep => Self::MissingStep,
+            K::Order => Self::Order,
+            K::Input => Self::Input,
+            K::Output => Self::Output,
+            K::Skip => Self::Skip,
+            K::Retry => Self::Retry,
+            K::Pause => Self::Pause,
+            K::End => Self::End,
+        }
+    }
+}
+
+/// One decision that differs between the record and the engine now.
+#[derive(SimpleObject)]
+pub struct Divergence {
+    /// The sequence (from 1) of the recorded event where it shows.
+    sequence: u64,
+    /// That event's position in the log.
+    position: String,
+    /// The node concerned; null for the run as a whole.
+    node_id: Option<String>,
+    /// What differs.
+    kind: DivergenceKind,
+    /// What the engine decides now (secrets stand as `***`).
+    expected: Json,
+    /// What was recorded.
+    recorded: Json,
+    /// Why they differ, in words.
+    reason: String,
+}
+
+/// What `replayExecution` found.
+#[derive(SimpleObject)]
+pub struct ReplayReport {
+    /// The execution replayed.
+    execution_id: ID,
+    /// The pinned workflow version it was replayed against.
+    workflow_version: u64,
+    /// How many step decisions were compared: every attempt scheduled,
+    /// retried or skipped.
+    steps_checked: u32,
+    /// Whether the engine would take every recorded decision again.
+    deterministic: bool,
+    /// Every decision that differs, in the order of the record.
+    divergences: Vec<Divergence>,
+}
+
+impl ReplayReport {
+    fn new(id: ExecutionId, report: toolhub_engine::replay::ReplayReport) -> Self {
+        Self {
+            execution_id: ID(id.to_string()),
+            workflow_version: report.workflow_version,
+            steps_checked: report.steps_checked,
+            deterministic: report.deterministic(),
+            divergences: report
+                .divergences
+                .into_iter()
+                .map(|d| Divergence {
+                    sequence: d.sequence,
+                    position: d.position,
+                    node_id: d.node_id.map(|n| n.to_string()),
+                    kind: d.kind.into(),
+                    expected: async_graphql::Json(d.expected),
+                    recorded: async_graphql::Json(d.recorded),
+                    reason: d.reason,
+                })
+                .collect(),
+        }
     }
 }

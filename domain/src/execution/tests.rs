@@ -1014,3 +1014,152 @@ fn events_recorded_before_the_engine_still_read() {
         ExecutionEvent::ExecutionStarted { deadline: None, .. }
     ));
 }
+
+// Fork
+
+fn original() -> ExecutionId {
+    ExecutionId::from_uuid(Uuid::from_u128(42))
+}
+
+fn record_fork() -> ExecutionCommand {
+    ExecutionCommand::RecordFork {
+        forked_from: original(),
+        from_node: node("report"),
+    }
+}
+
+fn forked() -> ExecutionEvent {
+    ExecutionEvent::ExecutionForked {
+        forked_from: original(),
+        from_node: node("report"),
+    }
+}
+
+fn copy(id: &str, skipped: bool) -> ExecutionCommand {
+    ExecutionCommand::CopyStep {
+        node_id: node(id),
+        attempt: if skipped { 0 } else { 2 },
+        input: json!({"n": 2}),
+        output: if skipped {
+            Value::Null
+        } else {
+            json!({"copied": id})
+        },
+        skipped,
+        original_sequence: 9,
+        original_position: "0.9".into(),
+    }
+}
+
+fn copied(id: &str, skipped: bool) -> ExecutionEvent {
+    ExecutionEvent::StepCopied {
+        node_id: node(id),
+        attempt: if skipped { 0 } else { 2 },
+        input: json!({"n": 2}),
+        output: if skipped {
+            Value::Null
+        } else {
+            json!({"copied": id})
+        },
+        skipped,
+        original_sequence: 9,
+        original_position: "0.9".into(),
+    }
+}
+
+#[test]
+fn a_fork_is_recorded_right_after_its_start() {
+    ExecutionTest::with(())
+        .given(vec![started()])
+        .when(record_fork())
+        .then_expect_events(vec![forked()]);
+}
+
+#[test]
+fn a_fork_recorded_twice_or_after_a_step_is_rejected() {
+    ExecutionTest::with(())
+        .given(vec![started(), forked()])
+        .when(record_fork())
+        .then_expect_error(ExecutionError::ForkNotFirst);
+    ExecutionTest::with(())
+        .given(vec![started(), scheduled("fetch", 1)])
+        .when(record_fork())
+        .then_expect_error(ExecutionError::ForkNotFirst);
+}
+
+#[test]
+fn a_fork_copies_succeeded_and_skipped_steps_which_count_as_done() {
+    ExecutionTest::with(())
+        .given(vec![started(), forked(), copied("fetch", false)])
+        .when(copy("other", true))
+        .then_expect_events(vec![copied("other", true)]);
+
+    let mut state = Execution::default();
+    for event in [
+        started(),
+        forked(),
+        copied("fetch", false),
+        copied("other", true),
+    ] {
+        state.apply(event);
+    }
+    assert_eq!(state.forked_from(), Some((&original(), &node("report"))));
+    assert_eq!(state.step("fetch", 2), Some(StepStatus::Succeeded));
+    assert_eq!(state.output("fetch"), Some(&json!({"copied": "fetch"})));
+    assert!(state.is_skipped("other"));
+    assert!(state.is_copied("fetch") && state.is_copied("other"));
+    assert!(!state.is_copied("report"));
+}
+
+#[test]
+fn steps_are_copied_into_a_fork_only_before_its_own_steps() {
+    ExecutionTest::with(())
+        .given(vec![started()])
+        .when(copy("fetch", false))
+        .then_expect_error(ExecutionError::NotCopying);
+    ExecutionTest::with(())
+        .given(vec![started(), forked(), scheduled("report", 1)])
+        .when(copy("fetch", false))
+        .then_expect_error(ExecutionError::NotCopying);
+    ExecutionTest::with(())
+        .given(vec![started(), forked(), copied("fetch", false)])
+        .when(copy("fetch", false))
+        .then_expect_error(ExecutionError::StepAlreadyScheduled {
+            node_id: node("fetch"),
+            attempt: 2,
+        });
+}
+
+#[test]
+fn a_copied_step_s_attempt_is_zero_exactly_when_it_was_skipped() {
+    let mut bad = copy("fetch", true);
+    if let ExecutionCommand::CopyStep { attempt, .. } = &mut bad {
+        *attempt = 1;
+    }
+    ExecutionTest::with(())
+        .given(vec![started(), forked()])
+        .when(bad)
+        .then_expect_error(ExecutionError::InvalidAttempt {
+            node_id: node("fetch"),
+            attempt: 1,
+        });
+}
+
+#[test]
+fn forks_are_refused_after_the_end_and_while_stopping() {
+    ExecutionTest::with(())
+        .given(vec![
+            started(),
+            forked(),
+            ExecutionEvent::ExecutionStopRequested,
+        ])
+        .when(copy("fetch", false))
+        .then_expect_error(ExecutionError::Stopping);
+}
+
+#[test]
+fn fork_events_have_stable_types_and_version() {
+    assert_eq!(forked().event_type(), "ExecutionForked");
+    assert_eq!(copied("fetch", false).event_type(), "StepCopied");
+    assert_eq!(forked().event_version(), "1.0");
+}

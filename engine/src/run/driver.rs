@@ -92,19 +92,22 @@ impl Driver {
         &self.id
     }
 
-    /// The first move of a run that is not started yet: `start` and what
-    /// follows from it at once — the first steps scheduled and started,
-    /// instant ones done, a breakpoint, even the end — decided in memory,
-    /// for the start to append in one commit. Returns the commands and the
-    /// steps with side effects to launch once they are committed.
+    /// The first move of a run that is not started yet: `prefix` (its
+    /// start, and for a fork the steps it copies) and what follows from it
+    /// at once — the first steps scheduled and started, instant ones done,
+    /// a breakpoint, even the end — decided in memory, for the start to
+    /// append in one commit. Returns the commands and the steps with side
+    /// effects to launch once they are committed.
     pub(crate) async fn first_move(
         &mut self,
-        start: ExecutionCommand,
+        prefix: &[ExecutionCommand],
         definition: &WorkflowDefinition,
     ) -> Result<(Vec<ExecutionCommand>, Vec<Prepared>), DriveError> {
         let mut state = Execution::default();
         let mut batch = Batch::default();
-        batch.push(&mut state, start)?;
+        for command in prefix {
+            batch.push(&mut state, command.clone())?;
+        }
         let moved = self
             .advance_all(&mut state, definition, Utc::now(), &mut batch)
             .await?;

@@ -1,6 +1,6 @@
 //! The engine's public face and its worker loop.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +11,10 @@ use serde_json::Value;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use toolhub_domain::definition::NodeId;
-use toolhub_domain::execution::{Execution, ExecutionCommand, ExecutionError};
+use toolhub_domain::definition::{NodeId, WorkflowDefinition};
+use toolhub_domain::execution::{
+    Execution, ExecutionCommand, ExecutionError, ExecutionEvent, StepStatus,
+};
 use toolhub_domain::mcp_server::{McpServer, McpServerError};
 use toolhub_domain::workflow::Workflow;
 use toolhub_domain::{AggregateRoot, ExecutionId, McpServerId, TenantId, WorkflowId};
@@ -82,6 +84,30 @@ pub struct StartRequest {
     /// Which one of its kind: the webhook's id for `webhook`, the tool's
     /// name for `mcp`.
     pub source: Option<String>,
+}
+
+/// What `forkExecution` asks.
+#[derive(Debug, Clone)]
+pub struct ForkRequest {
+    /// The execution to fork.
+    pub execution_id: ExecutionId,
+    /// The node the fork runs live from; the nodes before it are copied.
+    pub from_node: String,
+    /// Replaces the execution's input, when given.
+    pub input_override: Option<Value>,
+    /// Replaces copied outputs: a JSON object of node id to output.
+    pub output_overrides: Option<Value>,
+}
+
+/// Refuses a caller's JSON larger than [`MAX_INPUT_BYTES`].
+fn check_size(field: &'static str, value: &Value) -> Result<(), EngineError> {
+    if serde_json::to_vec(value).map_or(true, |b| b.len() > MAX_INPUT_BYTES) {
+        return Err(EngineError::Validation {
+            field,
+            reason: format!("larger than {MAX_INPUT_BYTES} bytes"),
+        });
+    }
+    Ok(())
 }
 
 /// What a start did.
@@ -274,6 +300,59 @@ impl Engine {
         }
     }
 
+    /// Replays execution `id` over its recorded events against its pinned
+    /// workflow version ([`crate::replay`]): no step runs, no secret is
+    /// unsealed. Another tenant's execution is [`EngineError::NotFound`].
+    pub async fn replay(
+        &self,
+        tenant: &TenantId,
+        id: ExecutionId,
+        conditions: &dyn crate::expr::Conditions,
+    ) -> Result<crate::replay::ReplayReport, EngineError> {
+        let (definition, events) = self.recorded(tenant, id).await?;
+        Ok(crate::replay::replay(&definition, &events, conditions))
+    }
+
+    /// Execution `id`'s events, decoded, and its pinned definition; for the
+    /// caller's tenant only.
+    pub async fn recorded(
+        &self,
+        tenant: &TenantId,
+        id: ExecutionId,
+    ) -> Result<(WorkflowDefinition, Vec<crate::replay::ReplayEvent>), EngineError> {
+        let inner = &self.inner;
+        let rows = inner.store.stream("execution", &id.to_string()).await?;
+        let mut events = Vec::with_capacity(rows.len());
+        for row in rows {
+            let event: ExecutionEvent = serde_json::from_value(row.payload).map_err(|e| {
+                StoreError::Corrupt(format!("execution event {}: {e}", row.sequence))
+            })?;
+            events.push(crate::replay::ReplayEvent {
+                sequence: row.sequence,
+                position: row.position.to_string(),
+                event,
+            });
+        }
+        let Some(ExecutionEvent::ExecutionStarted {
+            tenant: owner,
+            workflow_id,
+            workflow_version,
+            ..
+        }) = events.first().map(|e| &e.event)
+        else {
+            return Err(EngineError::NotFound);
+        };
+        if owner != tenant {
+            return Err(EngineError::NotFound);
+        }
+        let (workflow, _) = inner.workflows.current(&workflow_id.to_string()).await?;
+        let definition = workflow
+            .definition(*workflow_version)
+            .cloned()
+            .ok_or(EngineError::NotFound)?;
+        Ok((definition, events))
+    }
+
     /// Starts an execution of the workflow's current version.
     pub async fn start(
         &self,
@@ -323,18 +402,6 @@ impl Engine {
                 return Ok(started);
             }
         }
-        // The work row commits with the start, leased to this worker when
-        // it runs executions: an execution is started exactly when it has a
-        // row to be driven by, and the start costs one commit.
-        let lease_until = now + chrono_duration(inner.config.lease);
-        let here = inner.working.load(Ordering::SeqCst);
-        let work = WorkQueue::enqueue_with_start(
-            &id_text,
-            ctx.tenant.as_str(),
-            here.then_some(inner.config.worker_id.as_str()),
-            now,
-            lease_until,
-        );
         let start = ExecutionCommand::Start {
             tenant: ctx.tenant.clone(),
             workflow_id: request.workflow_id,
@@ -345,37 +412,77 @@ impl Engine {
             breakpoints,
             deadline: Some(now + chrono_duration(inner.config.execution_timeout)),
         };
+        let committed = match self.begin(ctx, &id_text, vec![start], definition).await {
+            Ok(committed) => committed,
+            Err(error) => {
+                if let Some(key) = &request.idempotency_key {
+                    let _ = release_key(inner.store.db(), ctx.tenant.as_str(), key, &id_text).await;
+                }
+                return Err(error);
+            }
+        };
+        Ok(Started {
+            execution_id: id,
+            committed,
+            existing: false,
+        })
+    }
+
+    /// Appends a new run's first commands (`prefix`: its start, and for a
+    /// fork what it copies) with its work row, and has it driven.
+    async fn begin(
+        &self,
+        ctx: &CommandContext,
+        id_text: &str,
+        prefix: Vec<ExecutionCommand>,
+        definition: &WorkflowDefinition,
+    ) -> Result<Committed, EngineError> {
+        let inner = &self.inner;
+        let now = Utc::now();
+        // The work row commits with the start, leased to this worker when
+        // it runs executions: an execution is started exactly when it has a
+        // row to be driven by, and the start costs one commit.
+        let lease_until = now + chrono_duration(inner.config.lease);
+        let here = inner.working.load(Ordering::SeqCst);
+        let work = WorkQueue::enqueue_with_start(
+            id_text,
+            ctx.tenant.as_str(),
+            here.then_some(inner.config.worker_id.as_str()),
+            now,
+            lease_until,
+        );
+        let unmoved = |prefix: &[ExecutionCommand]| match prefix {
+            [single] => single.clone(),
+            _ => ExecutionCommand::Batch(prefix.to_vec()),
+        };
         // When this worker runs it, the run's first move (its first steps
         // scheduled and started, instant ones done) is decided now and
         // commits with the start: one commit less before the first step
         // touches the world. Its side effects are launched only after.
         let mut claim = if here {
-            self.claim_driver(&id_text, ctx.tenant.clone())
+            self.claim_driver(id_text, ctx.tenant.clone())
         } else {
             Claim::NoSlot
         };
         let (command, launches) = match &mut claim {
-            Claim::Driver(driver, _) => match driver.first_move(start.clone(), definition).await {
+            Claim::Driver(driver, _) => match driver.first_move(&prefix, definition).await {
                 Ok((commands, launches)) => (ExecutionCommand::Batch(commands), launches),
                 Err(error) => {
                     tracing::debug!(execution = %id_text, %error, "the first move is left to the driver");
-                    (start, Vec::new())
+                    (unmoved(&prefix), Vec::new())
                 }
             },
-            _ => (start, Vec::new()),
+            _ => (unmoved(&prefix), Vec::new()),
         };
         let committed = match inner
             .executions
-            .execute_with(&id_text, command, ctx, &work)
+            .execute_with(id_text, command, ctx, &work)
             .await
         {
             Ok(committed) => committed,
             Err(error) => {
                 if let Claim::Driver(..) = claim {
-                    inner.running.lock().remove(&id_text);
-                }
-                if let Some(key) = &request.idempotency_key {
-                    let _ = release_key(inner.store.db(), ctx.tenant.as_str(), key, &id_text).await;
+                    inner.running.lock().remove(id_text);
                 }
                 return Err(error.into());
             }
@@ -390,10 +497,177 @@ impl Engine {
                 self.spawn_driver(*driver, permit, true);
             }
             // No slot here: the queue hands it out.
-            _ if here => self.drive(id_text, ctx.tenant.clone(), true),
+            _ if here => self.drive(id_text.to_string(), ctx.tenant.clone(), true),
             // Workers elsewhere claim it; tell them now.
-            _ => inner.store.announce_work(&id_text),
+            _ => inner.store.announce_work(id_text),
         }
+        Ok(committed)
+    }
+
+    /// Forks execution `request.execution_id`: a new execution of the same
+    /// pinned workflow version that copies, from the original, the steps of
+    /// every node that is neither `from_node` nor after it and that
+    /// succeeded or was skipped there (with their recorded inputs, their
+    /// outputs or the overrides, and the positions of the original's
+    /// events), then runs live from there. The original may be in any
+    /// status, running included: what it has recorded so far is copied.
+    pub async fn fork(
+        &self,
+        ctx: &CommandContext,
+        request: ForkRequest,
+    ) -> Result<Started, EngineError> {
+        use cqrs_es::Aggregate;
+        let inner = &self.inner;
+        let (definition, events) = self.recorded(&ctx.tenant, request.execution_id).await?;
+        let mut original = Execution::default();
+        // Each node's recorded input, and the event that settled it (its
+        // success, its skip, or its copy).
+        let mut inputs: HashMap<NodeId, Value> = HashMap::new();
+        let mut settled: HashMap<NodeId, (u64, String)> = HashMap::new();
+        for recorded in &events {
+            let at = (recorded.sequence, recorded.position.clone());
+            match &recorded.event {
+                ExecutionEvent::StepScheduled { node_id, input, .. } => {
+                    inputs.insert(node_id.clone(), input.clone());
+                }
+                ExecutionEvent::StepCopied { node_id, input, .. } => {
+                    inputs.insert(node_id.clone(), input.clone());
+                    settled.insert(node_id.clone(), at);
+                }
+                ExecutionEvent::StepSucceeded { node_id, .. }
+                | ExecutionEvent::StepSkipped { node_id } => {
+                    settled.insert(node_id.clone(), at);
+                }
+                _ => {}
+            }
+            original.apply(recorded.event.clone());
+        }
+        let workflow_id = original.workflow_id().ok_or(EngineError::NotFound)?;
+        let (workflow, _) = inner.workflows.current(&workflow_id.to_string()).await?;
+        if workflow.is_archived() {
+            return Err(EngineError::Archived);
+        }
+        let version = original.workflow_version();
+        let from_node = NodeId::parse(&request.from_node)
+            .ok()
+            .filter(|n| definition.node(n.as_str()).is_some())
+            .ok_or_else(|| EngineError::Validation {
+                field: "input.fromNode",
+                reason: format!(
+                    "`{}` is not a node of version {version} of the workflow",
+                    request.from_node.chars().take(64).collect::<String>()
+                ),
+            })?;
+        // `from_node` and every node after it run live.
+        let mut live: BTreeSet<NodeId> = BTreeSet::from([from_node.clone()]);
+        let mut frontier = vec![from_node.clone()];
+        while let Some(node) = frontier.pop() {
+            for edge in definition.edges() {
+                if edge.from() == &node && live.insert(edge.to().clone()) {
+                    frontier.push(edge.to().clone());
+                }
+            }
+        }
+        let mut copies: Vec<(NodeId, u32, bool)> = Vec::new();
+        for node in definition.topological_order() {
+            let id = node.id();
+            if live.contains(id) || !settled.contains_key(id) {
+                continue;
+            }
+            if original.is_skipped(id.as_str()) {
+                copies.push((id.clone(), 0, true));
+            } else if let Some((attempt, StepStatus::Succeeded)) =
+                original.latest_attempt(id.as_str())
+            {
+                copies.push((id.clone(), attempt, false));
+            }
+        }
+        let mut overrides = match request.output_overrides {
+            None | Some(Value::Null) => serde_json::Map::new(),
+            Some(Value::Object(map)) => map,
+            Some(_) => {
+                return Err(EngineError::Validation {
+                    field: "input.outputOverrides",
+                    reason: "an object of node id to output".into(),
+                })
+            }
+        };
+        for (node, output) in &overrides {
+            let copied = copies
+                .iter()
+                .any(|(id, _, skipped)| id.as_str() == node && !skipped);
+            if !copied {
+                let node: String = node.chars().take(64).collect();
+                let reason = if definition.node(&node).is_none() {
+                    format!("`{node}` is not a node of version {version} of the workflow")
+                } else {
+                    format!(
+                        "`{node}` is not a step the fork copies: only the nodes before \
+                         `{from_node}` that succeeded in the original are"
+                    )
+                };
+                return Err(EngineError::Validation {
+                    field: "input.outputOverrides",
+                    reason,
+                });
+            }
+            check_size("input.outputOverrides", output)?;
+            toolhub_domain::text::check_json(&format!("input.outputOverrides.{node}"), output)
+                .map_err(|e| EngineError::Validation {
+                    field: "input.outputOverrides",
+                    reason: e.to_string(),
+                })?;
+        }
+        let input = request
+            .input_override
+            .unwrap_or_else(|| original.input().clone());
+        check_size("input.inputOverride", &input)?;
+        toolhub_domain::text::check_json("input.inputOverride", &input).map_err(|e| {
+            EngineError::Validation {
+                field: "input.inputOverride",
+                reason: e.to_string(),
+            }
+        })?;
+        let id = ExecutionId::new();
+        let id_text = id.to_string();
+        let mut prefix = vec![
+            ExecutionCommand::Start {
+                tenant: ctx.tenant.clone(),
+                workflow_id,
+                workflow_version: version,
+                input,
+                trigger: "manual".into(),
+                source: None,
+                breakpoints: Vec::new(),
+                deadline: Some(Utc::now() + chrono_duration(inner.config.execution_timeout)),
+            },
+            ExecutionCommand::RecordFork {
+                forked_from: request.execution_id,
+                from_node,
+            },
+        ];
+        for (node_id, attempt, skipped) in copies {
+            let (original_sequence, original_position) =
+                settled.get(&node_id).cloned().unwrap_or_default();
+            let output = if skipped {
+                Value::Null
+            } else {
+                overrides
+                    .remove(node_id.as_str())
+                    .or_else(|| original.output(node_id.as_str()).cloned())
+                    .unwrap_or(Value::Null)
+            };
+            prefix.push(ExecutionCommand::CopyStep {
+                input: inputs.get(&node_id).cloned().unwrap_or(Value::Null),
+                node_id,
+                attempt,
+                output,
+                skipped,
+                original_sequence,
+                original_position,
+            });
+        }
+        let committed = self.begin(ctx, &id_text, prefix, &definition).await?;
         Ok(Started {
             execution_id: id,
             committed,

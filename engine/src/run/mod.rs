@@ -15,7 +15,9 @@ mod engine;
 mod health;
 mod lookup;
 mod schedule;
-mod steps;
+pub(crate) mod steps;
 
-pub use engine::{Engine, EngineError, EngineHandle, EngineStats, StartRequest, Started};
+pub use engine::{
+    Engine, EngineError, EngineHandle, EngineStats, ForkRequest, StartRequest, Started,
+};
 pub use schedule::{fire_key, Fire, Scheduler, SCHEDULER_ACTOR};

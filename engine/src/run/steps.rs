@@ -16,11 +16,12 @@ use zeroize::Zeroizing;
 
 use super::engine::{chrono_duration, Inner};
 use super::lookup;
+use crate::expr::{Cel, Conditions};
 use crate::failure::StepFailure;
 use crate::http::{send, HttpRequest};
 use crate::mask::Masker;
 use crate::mcp::McpTarget;
-use crate::template::{resolve, resolve_str, Scope};
+use crate::template::{resolve, resolve_str, Scope, Secrets};
 
 /// A step ready to record and run.
 pub(crate) struct Prepared {
@@ -96,69 +97,83 @@ fn template_failure(error: impl std::fmt::Display) -> StepFailure {
     StepFailure::permanent(error.to_string())
 }
 
-/// Prepares attempt `attempt` of `node`: resolves its templates against the
-/// execution's input and outputs so far, unseals the secrets it names, and
-/// runs it at once when it has no side effects.
-pub(crate) async fn prepare_step(
-    inner: &Inner,
-    state: &Execution,
-    definition: &WorkflowDefinition,
+/// What a step's templates resolve to, decided from the execution's input
+/// and the outputs so far alone: what is recorded of its input, an instant
+/// step's result, and for a step with side effects what it would send.
+/// Shared by the live engine ([`prepare_step`]) and by replay
+/// ([`crate::replay`]), so that both decide with one piece of code.
+pub(crate) struct Resolution {
+    /// The resolved input as it is recorded: masked.
+    pub(crate) recorded_input: Value,
+    /// For an instant step (a condition, a transform): its result, masked.
+    pub(crate) instant: Option<Result<Value, StepFailure>>,
+    /// Hides what must not be recorded in the step's output and errors.
+    pub(crate) masker: Masker,
+    /// For a step with side effects: what it sends, secrets in plain text.
+    pub(crate) sends: Option<Sends>,
+}
+
+/// What a step with side effects sends, secrets in plain text.
+pub(crate) enum Sends {
+    /// An HTTP request.
+    Http(HttpRequest),
+    /// An MCP tool call's arguments.
+    Mcp(Map<String, Value>),
+}
+
+/// Resolves the templates of `node` against `input` and `outputs` with the
+/// `secrets` given, masks what is recorded with the values of the secrets
+/// used and `transport_secrets` (an MCP server's own), and evaluates an
+/// instant step with `conditions`. No I/O: the caller unseals (the engine)
+/// or stands the mask in for every secret (replay).
+pub(crate) fn resolve_step(
     node: &Node,
-    attempt: u32,
-) -> Result<Prepared, StepFailure> {
-    let tenant = state
-        .tenant()
-        .cloned()
-        .ok_or_else(|| StepFailure::permanent("the execution has no tenant"))?;
-    let params = node.kind().params();
-    let mut names = BTreeSet::new();
-    secret_names(&params, &mut names);
-    let secrets = lookup::unseal(inner, &tenant, &names).await?;
-    let outputs = state.outputs();
+    definition: &WorkflowDefinition,
+    input: &Value,
+    outputs: &BTreeMap<NodeId, Value>,
+    secrets: &Secrets,
+    transport_secrets: &[Zeroizing<String>],
+    conditions: &dyn Conditions,
+) -> Result<Resolution, StepFailure> {
     let scope = Scope {
-        input: state.input(),
+        input,
         nodes: outputs,
-        secrets: &secrets,
+        secrets,
     };
     let mut used: BTreeSet<String> = BTreeSet::new();
-    let mut extra_secrets: Vec<Zeroizing<String>> = Vec::new();
-    let mut prepared = Prepared {
-        node_id: node.id().clone(),
-        attempt,
-        recorded_input: Value::Null,
-        wake_at: None,
-        instant: None,
-        action: None,
-        masker: Masker::new(std::iter::empty(), definition.masking()),
-    };
-    let masker = |used: &BTreeSet<String>, extra: &[Zeroizing<String>]| {
+    let masker = |used: &BTreeSet<String>| {
         let values = secrets
             .values_of(used)
-            .chain(extra.iter().map(|v| v.as_str()));
+            .chain(transport_secrets.iter().map(|v| v.as_str()));
         Masker::new(values, definition.masking())
+    };
+    let mut resolution = Resolution {
+        recorded_input: Value::Null,
+        instant: None,
+        masker: Masker::new(std::iter::empty(), definition.masking()),
+        sends: None,
     };
     match node.kind() {
         NodeKind::Transform { template } => {
             let resolved = resolve(template, &scope).map_err(template_failure)?;
             used.extend(resolved.secrets_used);
-            prepared.masker = masker(&used, &extra_secrets);
+            resolution.masker = masker(&used);
             let mut output = resolved.value;
-            prepared.masker.mask(&mut output);
-            prepared.recorded_input = json!({"template": output.clone()});
-            prepared.instant = Some(Ok(output));
+            resolution.masker.mask(&mut output);
+            resolution.recorded_input = json!({"template": output.clone()});
+            resolution.instant = Some(Ok(output));
         }
         NodeKind::Condition { expression } => {
-            prepared.recorded_input = json!({"expression": expression});
-            prepared.instant = Some(
-                crate::expr::evaluate_condition(expression, state.input(), outputs)
+            resolution.recorded_input = json!({"expression": expression});
+            resolution.instant = Some(
+                conditions
+                    .evaluate(expression, input, outputs)
                     .map(|result| json!({ "result": result }))
                     .map_err(StepFailure::from),
             );
         }
         NodeKind::Delay { milliseconds } => {
-            prepared.recorded_input = json!({"milliseconds": milliseconds});
-            prepared.wake_at =
-                Some(Utc::now() + chrono_duration(Duration::from_millis(*milliseconds)));
+            resolution.recorded_input = json!({"milliseconds": milliseconds});
         }
         NodeKind::Http {
             method,
@@ -182,40 +197,28 @@ pub(crate) async fn prepare_step(
                 }
                 None => None,
             };
-            prepared.masker = masker(&used, &extra_secrets);
+            resolution.masker = masker(&used);
             let mut recorded = json!({
                 "method": method.as_str(),
                 "url": url.value,
                 "headers": resolved_headers,
                 "body": body,
             });
-            prepared.masker.mask(&mut recorded);
+            resolution.masker.mask(&mut recorded);
             redact_literal_credentials(&mut recorded);
-            prepared.recorded_input = recorded;
-            let timeout = node
-                .policy()
-                .timeout_ms
-                .map(Duration::from_millis)
-                .unwrap_or(inner.config.http.timeout);
-            prepared.action = Some(Action::Http {
-                request: HttpRequest {
-                    method: *method,
-                    url: url.value,
-                    headers: resolved_headers,
-                    body,
-                },
-                timeout,
-            });
+            resolution.recorded_input = recorded;
+            resolution.sends = Some(Sends::Http(HttpRequest {
+                method: *method,
+                url: url.value,
+                headers: resolved_headers,
+                body,
+            }));
         }
         NodeKind::McpTool {
             server,
             tool,
             arguments,
         } => {
-            let (server_id, server_state) = lookup::server(inner, &tenant, server).await?;
-            let (target, transport_secrets) =
-                lookup::target(inner, &tenant, server_id, &server_state).await?;
-            extra_secrets = transport_secrets;
             let resolved =
                 resolve(&Value::Object(arguments.clone()), &scope).map_err(template_failure)?;
             used.extend(resolved.secrets_used);
@@ -224,15 +227,89 @@ pub(crate) async fn prepare_step(
                     "the tool's arguments are not an object",
                 ));
             };
-            prepared.masker = masker(&used, &extra_secrets);
+            resolution.masker = masker(&used);
             let mut recorded = json!({
                 "server": server,
                 "tool": tool,
                 "arguments": arguments.clone(),
             });
-            prepared.masker.mask(&mut recorded);
+            resolution.masker.mask(&mut recorded);
             redact_literal_credentials(&mut recorded);
-            prepared.recorded_input = recorded;
+            resolution.recorded_input = recorded;
+            resolution.sends = Some(Sends::Mcp(arguments));
+        }
+    }
+    // An instant step's failure message is masked like any output.
+    if let Some(Err(failure)) = &mut resolution.instant {
+        failure.message = resolution.masker.mask_text(&failure.message);
+    }
+    Ok(resolution)
+}
+
+/// The names of the secrets a node's parameters refer to.
+pub(crate) fn node_secret_names(node: &Node) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    secret_names(&node.kind().params(), &mut names);
+    names
+}
+
+/// Prepares attempt `attempt` of `node`: unseals the secrets it names and
+/// finds its MCP server, resolves its templates against the execution's
+/// input and outputs so far ([`resolve_step`]), and runs it at once when it
+/// has no side effects.
+pub(crate) async fn prepare_step(
+    inner: &Inner,
+    state: &Execution,
+    definition: &WorkflowDefinition,
+    node: &Node,
+    attempt: u32,
+) -> Result<Prepared, StepFailure> {
+    let tenant = state
+        .tenant()
+        .cloned()
+        .ok_or_else(|| StepFailure::permanent("the execution has no tenant"))?;
+    let names = node_secret_names(node);
+    let secrets = lookup::unseal(inner, &tenant, &names).await?;
+    let mut target = None;
+    let mut transport_secrets: Vec<Zeroizing<String>> = Vec::new();
+    if let NodeKind::McpTool { server, .. } = node.kind() {
+        let (server_id, server_state) = lookup::server(inner, &tenant, server).await?;
+        let (found, extra) = lookup::target(inner, &tenant, server_id, &server_state).await?;
+        target = Some(found);
+        transport_secrets = extra;
+    }
+    let resolution = resolve_step(
+        node,
+        definition,
+        state.input(),
+        state.outputs(),
+        &secrets,
+        &transport_secrets,
+        &Cel,
+    )?;
+    let mut prepared = Prepared {
+        node_id: node.id().clone(),
+        attempt,
+        recorded_input: resolution.recorded_input,
+        wake_at: None,
+        instant: resolution.instant,
+        action: None,
+        masker: resolution.masker,
+    };
+    match (node.kind(), resolution.sends, target) {
+        (NodeKind::Delay { milliseconds }, _, _) => {
+            prepared.wake_at =
+                Some(Utc::now() + chrono_duration(Duration::from_millis(*milliseconds)));
+        }
+        (NodeKind::Http { .. }, Some(Sends::Http(request)), _) => {
+            let timeout = node
+                .policy()
+                .timeout_ms
+                .map(Duration::from_millis)
+                .unwrap_or(inner.config.http.timeout);
+            prepared.action = Some(Action::Http { request, timeout });
+        }
+        (NodeKind::McpTool { server, tool, .. }, Some(Sends::Mcp(arguments)), Some(target)) => {
             let timeout = node
                 .policy()
                 .timeout_ms
@@ -246,10 +323,7 @@ pub(crate) async fn prepare_step(
                 timeout,
             });
         }
-    }
-    // An instant step's failure message is masked like any output.
-    if let Some(Err(failure)) = &mut prepared.instant {
-        failure.message = prepared.masker.mask_text(&failure.message);
+        _ => {}
     }
     Ok(prepared)
 }

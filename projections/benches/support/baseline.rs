@@ -238,7 +238,10 @@ impl View<Execution> for ExecutionView {
                     s.error = Some(error.clone());
                 }
             }
-            ExecutionEvent::StepSkipped { .. } | ExecutionEvent::BreakpointsSet { .. } => {}
+            ExecutionEvent::StepSkipped { .. }
+            | ExecutionEvent::BreakpointsSet { .. }
+            | ExecutionEvent::ExecutionForked { .. }
+            | ExecutionEvent::StepCopied { .. } => {}
             ExecutionEvent::ExecutionPaused { .. } => self.status = "paused".into(),
             ExecutionEvent::ExecutionResumed { .. } => self.status = "running".into(),
             ExecutionEvent::ExecutionStopRequested => self.status = "stopping".into(),

@@ -50,6 +50,10 @@ table_row! {
         breakpoints: Value = json,
         /// When the whole run times out, if ever.
         deadline: Option<DateTime<Utc>> = opt_time,
+        /// For a fork: the execution it was forked from.
+        forked_from: Option<String> = opt_text,
+        /// For a fork: the node it ran live from.
+        forked_from_node: Option<String> = opt_text,
     }
 }
 entity!(ExecutionView, aggregate_version);
@@ -81,6 +85,9 @@ table_row! {
         started_at: Option<DateTime<Utc>> = opt_time,
         /// When it finished.
         finished_at: Option<DateTime<Utc>> = opt_time,
+        /// For a step a fork copied: the position of the original's event
+        /// it was copied from.
+        copied_from: Option<String> = opt_text,
     }
 }
 
@@ -110,6 +117,7 @@ fn new_step(key: StepKey, input: Value, tenant: &str, at: DateTime<Utc>) -> Exec
         scheduled_at: at,
         started_at: None,
         finished_at: None,
+        copied_from: None,
     }
 }
 
@@ -182,6 +190,8 @@ impl Projection for ExecutionsProjection {
                             paused_at: None,
                             breakpoints: serde_json::to_value(&breakpoints)?,
                             deadline,
+                            forked_from: None,
+                            forked_from_node: None,
                         }))
                     }
                     (_, None) => return Ok(None),
@@ -262,6 +272,36 @@ impl Projection for ExecutionsProjection {
                             new_step(key(node_id.as_str(), 0), Value::Null, &row.tenant, at);
                         step.status = "skipped".into();
                         step.finished_at = Some(at);
+                        dirty_steps.insert(step_key(&step));
+                        steps.insert(step_key(&step), step);
+                    }
+                    ExecutionEvent::ExecutionForked {
+                        forked_from,
+                        from_node,
+                    } => {
+                        row.forked_from = Some(forked_from.to_string());
+                        row.forked_from_node = Some(from_node.to_string());
+                    }
+                    ExecutionEvent::StepCopied {
+                        node_id,
+                        attempt,
+                        input,
+                        output,
+                        skipped,
+                        original_position,
+                        ..
+                    } => {
+                        let mut step =
+                            new_step(key(node_id.as_str(), attempt), input, &row.tenant, at);
+                        if skipped {
+                            step.status = "skipped".into();
+                        } else {
+                            step.status = "succeeded".into();
+                            step.output = Some(output);
+                            step.started_at = Some(at);
+                        }
+                        step.finished_at = Some(at);
+                        step.copied_from = Some(original_position);
                         dirty_steps.insert(step_key(&step));
                         steps.insert(step_key(&step), step);
                     }
