@@ -132,6 +132,7 @@ enum Command {
         #[arg(value_enum)]
         kind: Kind,
         /// Its id.
+        #[arg(value_parser = parse_id)]
         id: String,
         /// The events at or before this position (`TRANSACTION.GLOBAL`, as
         /// the API returns positions).
@@ -170,6 +171,7 @@ enum Command {
     /// Prints a run's events as a table, oldest first.
     Timeline {
         /// The execution's id.
+        #[arg(value_parser = parse_id)]
         id: String,
     },
     /// Streams the audit log to standard output, oldest first.
@@ -202,6 +204,7 @@ enum Command {
         #[arg(value_enum)]
         kind: DiffKind,
         /// The workflow's id.
+        #[arg(value_parser = parse_id)]
         id: String,
         /// The definition version to compare from.
         #[arg(value_parser = clap::value_parser!(u64).range(1..))]
@@ -287,6 +290,14 @@ fn parse_bound(text: &str) -> Result<Bound, String> {
             "{text:?} is neither an RFC 3339 time (2026-12-01T09:00:00Z) nor a position (754.42)"
         )
     })
+}
+
+/// An entity's id: a UUID, as every aggregate's id is. A malformed one is
+/// an argument error, not an entity that is not there.
+fn parse_id(text: &str) -> Result<String, String> {
+    text.parse::<toolhub_domain::WorkflowId>()
+        .map(|_| text.to_string())
+        .map_err(|_| format!("{text:?} is not an id (a UUID such as 0193b5c4-…)"))
 }
 
 fn parse_head(text: &str) -> Result<(toolhub_eventstore::Position, String), String> {
