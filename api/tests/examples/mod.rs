@@ -64,15 +64,20 @@ fn replay_binary() -> PathBuf {
                 replay.display()
             )
         });
+    // What the binary is built from (not the crates' tests and benches).
     let newest = [
-        "replay-tools",
-        "projections",
-        "eventstore",
-        "domain",
+        "replay-tools/src",
+        "replay-tools/Cargo.toml",
+        "projections/src",
+        "projections/Cargo.toml",
+        "eventstore/src",
+        "eventstore/Cargo.toml",
+        "domain/src",
+        "domain/Cargo.toml",
         "migrations",
     ]
     .iter()
-    .map(|dir| newest_file(&root().join(dir)))
+    .map(|path| newest_file(&root().join(path)))
     .max()
     .flatten();
     if let Some((changed, path)) = newest {
@@ -86,10 +91,14 @@ fn replay_binary() -> PathBuf {
     replay
 }
 
-/// The newest source file under `dir` (`.rs`, `.sql`, `Cargo.toml`).
-fn newest_file(dir: &Path) -> Option<(SystemTime, PathBuf)> {
+/// The newest source file at or under `path` (`.rs`, `.sql`, `Cargo.toml`).
+fn newest_file(path: &Path) -> Option<(SystemTime, PathBuf)> {
+    if path.is_file() {
+        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok()?;
+        return Some((modified, path.to_path_buf()));
+    }
     let mut newest: Option<(SystemTime, PathBuf)> = None;
-    let mut pending = vec![dir.to_path_buf()];
+    let mut pending = vec![path.to_path_buf()];
     while let Some(dir) = pending.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
