@@ -3,8 +3,13 @@
 //! Each event gets `hash = SHA-256(previous hash ‖ event)`, in the
 //! commit-safe order every projector reads the log, starting from 32 zero
 //! bytes. The event's part is its position, aggregate type and id,
-//! sequence, event type and version, payload, metadata and recorded time,
-//! each length-prefixed so that no two events encode alike. The chain is
+//! sequence, event type and version as stored, the payload's and the
+//! metadata's JSON text exactly as stored (read as text from the `events`
+//! table, not parsed and written again, so that an edit the parsers would
+//! not see — a field added to the metadata, a key reordered, a space — still
+//! changes the hash, and an upcaster added later does not), and the
+//! recorded time, each length-prefixed so that no two events encode alike.
+//! The chain is
 //! written by the `chain` pass, a projector like the read models' (one
 //! leader, its own checkpoint, stopped visibly at an event it cannot read),
 //! so no writer ever waits on it; it is never rebuilt, since rebuilding
@@ -16,9 +21,12 @@
 //! head (position and hash) somewhere else can later prove that nothing at
 //! or before it changed.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
-use toolhub_eventstore::sql::{fetch, insert_rows, Arg, Conn, Row};
+use toolhub_eventstore::sql::{fetch, insert_rows, placeholders, Arg, Conn, Pooled, Row};
 use toolhub_eventstore::{EventStore, Position, RecordedEvent, StoreError};
 
 use crate::projection::{Projection, Tables};
@@ -26,12 +34,77 @@ use crate::projection::{Projection, Tables};
 /// The hash before the first event.
 pub const GENESIS: [u8; 32] = [0; 32];
 
+/// An event as the `events` table stores it: what the chain seals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// Where it sits in the log.
+    pub position: Position,
+    /// The aggregate's type.
+    pub aggregate_type: String,
+    /// The aggregate's id.
+    pub aggregate_id: String,
+    /// Its sequence in the aggregate.
+    pub sequence: i64,
+    /// The event type.
+    pub event_type: String,
+    /// The event version as stored (before any upcasting).
+    pub event_version: String,
+    /// The payload's JSON text, exactly as stored.
+    pub payload: String,
+    /// The metadata's JSON text, exactly as stored.
+    pub metadata: String,
+    /// When it was stored.
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// The stored form of the events at `positions`, in the same order. An
+/// event that is no longer there (removed since it was read) is an error.
+pub async fn stored(
+    conn: &mut Conn<'_>,
+    positions: &[Position],
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let mut found = HashMap::with_capacity(positions.len());
+    for chunk in positions.chunks(500) {
+        // `CAST(… AS TEXT)`: PostgreSQL's `json` keeps the text it was
+        // given, and SQLite stores text.
+        let sql = format!(
+            "SELECT CAST(transaction_id AS TEXT) AS tx, global_position, aggregate_type, \
+                    aggregate_id, sequence, event_type, event_version, \
+                    CAST(payload AS TEXT) AS payload, CAST(metadata AS TEXT) AS metadata, \
+                    recorded_at \
+               FROM events WHERE global_position IN ({})",
+            placeholders(1, chunk.len())
+        );
+        let args: Vec<Arg> = chunk.iter().map(|p| Arg::from(p.global)).collect();
+        for row in conn.fetch(&sql, &args).await? {
+            let event = StoredEvent {
+                position: row.position("tx", "global_position")?,
+                aggregate_type: row.text("aggregate_type")?,
+                aggregate_id: row.text("aggregate_id")?,
+                sequence: row.int("sequence")?,
+                event_type: row.text("event_type")?,
+                event_version: row.text("event_version")?,
+                payload: row.text("payload")?,
+                metadata: row.text("metadata")?,
+                recorded_at: row.time("recorded_at")?,
+            };
+            found.insert(event.position, event);
+        }
+    }
+    positions
+        .iter()
+        .map(|p| {
+            found.remove(p).ok_or_else(|| {
+                StoreError::Corrupt(format!("the event at position {p} is no longer stored"))
+            })
+        })
+        .collect()
+}
+
 /// The hash of `event` chained after `previous`.
-pub fn link(previous: &[u8], event: &RecordedEvent) -> Result<[u8; 32], StoreError> {
+pub fn link(previous: &[u8], event: &StoredEvent) -> [u8; 32] {
     let mut hasher = Sha256::new();
     hasher.update(previous);
-    let metadata = serde_json::to_string(&event.metadata)?;
-    let payload = serde_json::to_string(&event.payload)?;
     let recorded = event
         .recorded_at
         .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
@@ -42,14 +115,14 @@ pub fn link(previous: &[u8], event: &RecordedEvent) -> Result<[u8; 32], StoreErr
         &event.sequence.to_string(),
         &event.event_type,
         &event.event_version,
-        &payload,
-        &metadata,
+        &event.payload,
+        &event.metadata,
         &recorded,
     ] {
         hasher.update((part.len() as u64).to_be_bytes());
         hasher.update(part.as_bytes());
     }
-    Ok(hasher.finalize().into())
+    hasher.finalize().into()
 }
 
 /// One row of the chain.
@@ -119,14 +192,17 @@ impl Projection for ChainProjection {
             Some(link) => (link.n, link.hash, Some(link.position)),
             None => (0, GENESIS.to_vec(), None),
         };
+        // A batch applied again (its commit lost) is chained once.
+        let positions: Vec<Position> = events
+            .iter()
+            .map(|e| e.position)
+            .filter(|p| after.is_none_or(|after| *p > after))
+            .collect();
+        let events = stored(conn, &positions).await?;
         let mut rows = Vec::with_capacity(events.len());
-        for event in events {
-            // A batch applied again (its commit lost) is chained once.
-            if after.is_some_and(|after| event.position <= after) {
-                continue;
-            }
+        for event in &events {
             n += 1;
-            let hash = link(&previous, event)?.to_vec();
+            let hash = link(&previous, event).to_vec();
             rows.push(vec![
                 Arg::from(n),
                 Arg::from(event.position.transaction.to_string()),
@@ -205,8 +281,11 @@ pub async fn verify(
     let mut previous = GENESIS.to_vec();
     let mut checkpoint = Position::ZERO;
     let mut n = 0i64;
+    let mut pooled = Pooled::acquire(store.db()).await?;
     loop {
         let events = store.read_after(checkpoint, batch).await?;
+        let positions: Vec<Position> = events.iter().map(|e| e.position).collect();
+        let events = stored(&mut pooled.conn(), &positions).await?;
         let links = fetch(
             store.db(),
             "SELECT n, transaction_id, global_position, hash FROM event_chain \
@@ -240,7 +319,7 @@ pub async fn verify(
                 result.fault = Some(Fault { position, kind });
                 return Ok(result);
             }
-            let hash = link_of(&previous, event)?;
+            let hash = self::link(&previous, event).to_vec();
             if hash != link.hash {
                 result.fault = Some(Fault {
                     position: event.position,
@@ -274,10 +353,6 @@ pub async fn verify(
         });
     }
     Ok(result)
-}
-
-fn link_of(previous: &[u8], event: &RecordedEvent) -> Result<Vec<u8>, StoreError> {
-    Ok(link(previous, event)?.to_vec())
 }
 
 /// The link of the event at `position`, if the chain has one.

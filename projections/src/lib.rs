@@ -11,7 +11,10 @@
 //!   notifications with polling as the fallback;
 //! - [`queries`]: tenant-scoped reads with keyset pagination, read-your-writes
 //!   ([`ReadModels::wait_for`]) and lag;
-//! - [`rebuild`]: replay into shadow tables and an atomic swap.
+//! - [`rebuild`]: replay into shadow tables and an atomic swap;
+//! - [`shadow`]: the read models compared row by row with a rebuild into
+//!   scratch tables (`toolhub-replay verify`);
+//! - [`chain`]: the log's hash chain.
 //!
 //! Every read model can be rebuilt from the log alone. This crate never
 //! appends to the log, never decides whether a command is allowed, and never
@@ -26,6 +29,7 @@ pub mod queries;
 pub mod rebuild;
 pub mod redact;
 pub mod runner;
+pub mod shadow;
 pub mod stall;
 pub mod views;
 

@@ -24,12 +24,19 @@
 //! when, what, which node and attempt, and why a step failed.
 //! These see every tenant: they are operators' and auditors' tools.
 //!
-//! `toolhub-replay verify [--expect POSITION=HASH]` recomputes the log's hash
-//! chain from the events and compares it with the recorded one: it prints
-//! the head (position and hash) an auditor can record elsewhere, and exits
-//! with status 1 naming the first position that does not match (an event
-//! altered, removed, inserted or moved). With `--expect`, a head recorded
-//! earlier must still be in the chain with the same hash.
+//! `toolhub-replay verify [--expect POSITION=HASH] [--skip-read-models |
+//! --read-models-only] [--max-mismatches N]` checks the log and what was
+//! made of it. First it recomputes the log's hash chain from the events and
+//! compares it with the recorded one: it prints the head (position and
+//! hash) an auditor can record elsewhere, and exits with status 1 naming the
+//! first position that does not match (an event altered, removed, inserted
+//! or moved). With `--expect`, a head recorded earlier must still be in the
+//! chain with the same hash. Then it rebuilds every read model from the log
+//! into scratch tables of its own (`toolhub_projections::shadow`: temporary
+//! tables, never the live ones) and compares them with the live tables row
+//! by row: each row that differs, is missing or is extra is named by table,
+//! key and column, the first `--max-mismatches` of each table shown and all
+//! counted, and the status is 3 when any does.
 //!
 //! `toolhub-replay export [--from T|P] [--to T|P] [--tenant T] [--actor A]
 //! [--aggregate-type K] [--format jsonl|csv]` streams the audit log (the
@@ -43,7 +50,8 @@
 //! migrations are applied first.
 //!
 //! Errors are reported as one line on standard error with a non-zero exit
-//! status; the binary never panics on bad input or an unreachable database.
+//! status: 2 for a malformed command line, 1 otherwise (`verify` adds 3);
+//! the binary never panics on bad input or an unreachable database.
 //! It never appends to the log: replaying is reading.
 
 use std::path::PathBuf;
@@ -123,6 +131,7 @@ enum Command {
         #[arg(value_enum)]
         kind: Kind,
         /// Its id.
+        #[arg(value_parser = parse_id)]
         id: String,
         /// The events at or before this position (`TRANSACTION.GLOBAL`, as
         /// the API returns positions).
@@ -136,19 +145,32 @@ enum Command {
         version: Option<u64>,
     },
     /// Recomputes the log's hash chain and compares it with the recorded
-    /// one; prints the head to record.
+    /// one (prints the head to record), then rebuilds the read models apart
+    /// and compares them with the live ones row by row. Exit status: 0 when
+    /// everything matches, 1 when the log does not match its chain, 3 when
+    /// a read model does not match the log.
     Verify {
         /// A head recorded earlier, as `verify` printed it
         /// (`TRANSACTION.GLOBAL=HEX`): it must still be in the chain.
-        #[arg(long, value_parser = parse_head)]
+        #[arg(long, value_parser = parse_head, conflicts_with = "read_models_only")]
         expect: Option<(toolhub_eventstore::Position, String)>,
-        /// How many events are read at a time.
+        /// How many events (and rows of each table) are read at a time.
         #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         batch_size: u32,
+        /// Only the hash chain: do not rebuild and compare the read models.
+        #[arg(long, conflicts_with = "read_models_only")]
+        skip_read_models: bool,
+        /// Only the read models: do not check the hash chain.
+        #[arg(long)]
+        read_models_only: bool,
+        /// How many mismatches are shown per table (all are counted).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        max_mismatches: u32,
     },
     /// Prints a run's events as a table, oldest first.
     Timeline {
         /// The execution's id.
+        #[arg(value_parser = parse_id)]
         id: String,
     },
     /// Streams the audit log to standard output, oldest first.
@@ -181,6 +203,7 @@ enum Command {
         #[arg(value_enum)]
         kind: DiffKind,
         /// The workflow's id.
+        #[arg(value_parser = parse_id)]
         id: String,
         /// The definition version to compare from.
         #[arg(value_parser = clap::value_parser!(u64).range(1..))]
@@ -268,6 +291,14 @@ fn parse_bound(text: &str) -> Result<Bound, String> {
     })
 }
 
+/// An entity's id: a UUID, as every aggregate's id is. A malformed one is
+/// an argument error, not an entity that is not there.
+fn parse_id(text: &str) -> Result<String, String> {
+    text.parse::<toolhub_domain::WorkflowId>()
+        .map(|_| text.to_string())
+        .map_err(|_| format!("{text:?} is not an id (a UUID such as 0193b5c4-…)"))
+}
+
 fn parse_head(text: &str) -> Result<(toolhub_eventstore::Position, String), String> {
     let (position, hash) = text
         .split_once('=')
@@ -306,10 +337,33 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("toolhub-replay: {}", one_line(&error));
-            ExitCode::FAILURE
+            match error.downcast_ref::<Exit>() {
+                Some(Exit::Usage(_)) => ExitCode::from(2),
+                Some(Exit::ReadModels(_)) => ExitCode::from(3),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }
+
+/// Failures with an exit status of their own (anything else exits 1).
+#[derive(Debug)]
+enum Exit {
+    /// An argument clap could not check: status 2, as clap's own.
+    Usage(String),
+    /// The read models do not match the log: status 3.
+    ReadModels(String),
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Usage(text) | Self::ReadModels(text) => f.write_str(text),
+        }
+    }
+}
+
+impl std::error::Error for Exit {}
 
 /// The error and its causes on one line. A cause whose text its parent
 /// already shows (errors that print their source as part of themselves) is
@@ -467,7 +521,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let tenant = tenant
                 .map(|t| {
                     toolhub_domain::TenantId::parse(t.clone())
-                        .map_err(|_| anyhow!("{t:?} is not an organisation id"))
+                        .map_err(|_| Exit::Usage(format!("{t:?} is not an organisation id")))
                 })
                 .transpose()?;
             let store = open(&url).await?;
@@ -483,64 +537,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
-        Command::Verify { expect, batch_size } => {
+        Command::Verify {
+            expect,
+            batch_size,
+            skip_read_models,
+            read_models_only,
+            max_mismatches,
+        } => {
             let store = open(&url).await?;
-            let length = log_length(&store)
-                .await
-                .context("cannot count the events to verify")?;
-            let bar = progress_bar("verify", length);
-            let found = toolhub_projections::chain::verify(&store, batch_size, |done| {
-                if done > bar.length().unwrap_or(0) {
-                    bar.set_length(done);
-                }
-                bar.set_position(done);
-            })
-            .await;
-            bar.finish_and_clear();
-            let found = found.context("cannot verify the hash chain")?;
-            if let Some(fault) = &found.fault {
-                return Err(anyhow!(
-                    "the log does not match its hash chain at {fault} ({} events before it verified)",
-                    found.verified
-                ));
+            if !read_models_only {
+                verify_chain(&store, expect, batch_size).await?;
             }
-            println!("verified: {} events", found.verified);
-            if found.unchained > 0 {
-                println!(
-                    "not chained yet: {} events (the chain pass runs behind the log)",
-                    found.unchained
-                );
-            }
-            match &found.head {
-                Some(head) => println!(
-                    "head: {}={}",
-                    head.position,
-                    head.hash
-                        .iter()
-                        .map(|b| format!("{b:02x}"))
-                        .collect::<String>()
-                ),
-                None => println!("head: none (no event is chained yet)"),
-            }
-            if let Some((position, hash)) = expect {
-                let verified_through = found.head.as_ref().map(|h| h.position);
-                let recorded = toolhub_projections::chain::link_at(&store, position)
-                    .await
-                    .context("cannot read the hash chain")?;
-                let matches = recorded.as_ref().is_some_and(|link| {
-                    link.hash
-                        .iter()
-                        .map(|b| format!("{b:02x}"))
-                        .collect::<String>()
-                        == hash
-                });
-                if !matches || verified_through.is_none_or(|through| through < position) {
-                    return Err(anyhow!(
-                        "the recorded head {position}={hash} is not in the verified chain: \
-                         the log changed at or before it"
-                    ));
-                }
-                println!("expected head {position}: matches");
+            if !skip_read_models {
+                verify_read_models(&store, batch_size, max_mismatches).await?;
             }
             Ok(())
         }
@@ -567,6 +576,195 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// `verify`'s first half: the hash chain, and the head recorded earlier.
+async fn verify_chain(
+    store: &EventStore,
+    expect: Option<(toolhub_eventstore::Position, String)>,
+    batch_size: u32,
+) -> anyhow::Result<()> {
+    let length = log_length(store)
+        .await
+        .context("cannot count the events to verify")?;
+    let bar = progress_bar("verify", length);
+    let found = toolhub_projections::chain::verify(store, batch_size, |done| {
+        if done > bar.length().unwrap_or(0) {
+            bar.set_length(done);
+        }
+        bar.set_position(done);
+    })
+    .await;
+    bar.finish_and_clear();
+    let found = found.context("cannot verify the hash chain")?;
+    if let Some(fault) = &found.fault {
+        return Err(anyhow!(
+            "the log does not match its hash chain at {fault} ({} events before it verified)",
+            found.verified
+        ));
+    }
+    println!("verified: {} events", found.verified);
+    if found.unchained > 0 {
+        println!(
+            "not chained yet: {} events (the chain pass runs behind the log)",
+            found.unchained
+        );
+    }
+    match &found.head {
+        Some(head) => println!("head: {}={}", head.position, hex(&head.hash)),
+        None => println!("head: none (no event is chained yet)"),
+    }
+    if let Some((position, hash)) = expect {
+        let verified_through = found.head.as_ref().map(|h| h.position);
+        let recorded = toolhub_projections::chain::link_at(store, position)
+            .await
+            .context("cannot read the hash chain")?;
+        let matches = recorded
+            .as_ref()
+            .is_some_and(|link| hex(&link.hash) == hash);
+        if !matches || verified_through.is_none_or(|through| through < position) {
+            return Err(anyhow!(
+                "the recorded head {position}={hash} is not in the verified chain: \
+                 the log changed at or before it"
+            ));
+        }
+        println!("expected head {position}: matches");
+    }
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `verify`'s second half: every read model rebuilt apart and compared
+/// with the live one.
+async fn verify_read_models(
+    store: &EventStore,
+    batch_size: u32,
+    max_mismatches: u32,
+) -> anyhow::Result<()> {
+    use toolhub_projections::shadow::{check_read_models, CheckOptions, Difference, Step};
+    let projections = toolhub_projections::projection::all();
+    let selected: Vec<&dyn Projection> = projections.iter().map(|p| p.as_ref()).collect();
+    let length = log_length(store)
+        .await
+        .context("cannot count the events to replay")?;
+    let replay_bar = progress_bar("read models", length);
+    let mut compare_bar: Option<ProgressBar> = None;
+    let options = CheckOptions {
+        batch_size,
+        max_reported: max_mismatches as usize,
+    };
+    let checked = check_read_models(store, &selected, options, |step| match step {
+        Step::Replayed(done) => {
+            if done > replay_bar.length().unwrap_or(0) {
+                replay_bar.set_length(done);
+            }
+            replay_bar.set_position(done);
+        }
+        Step::Compared(rows) => {
+            let bar = compare_bar.get_or_insert_with(|| {
+                replay_bar.finish_and_clear();
+                let bar = ProgressBar::new_spinner();
+                if let Ok(style) =
+                    ProgressStyle::with_template("{prefix:>12} {spinner} {human_pos} rows")
+                {
+                    bar.set_style(style);
+                }
+                bar.set_prefix("compare");
+                bar
+            });
+            bar.set_position(rows);
+        }
+    })
+    .await;
+    replay_bar.finish_and_clear();
+    if let Some(bar) = compare_bar {
+        bar.finish_and_clear();
+    }
+    let checked = checked.context("cannot rebuild the read models to compare them")?;
+    for projection in &checked.projections {
+        let rows: u64 = projection.tables.iter().map(|t| t.live_rows).sum();
+        let state = if projection.tables.iter().all(|t| t.agrees()) {
+            "matches the log"
+        } else {
+            "does not match the log"
+        };
+        println!(
+            "read model {} at {}: {} table(s), {rows} row(s), {state}",
+            projection.projection,
+            projection.checkpoint,
+            projection.tables.len(),
+        );
+        for table in projection.tables.iter().filter(|t| !t.agrees()) {
+            println!(
+                "  {}: {} row(s) differ, {} missing, {} extra ({} live, {} rebuilt)",
+                table.table,
+                table.differing,
+                table.missing,
+                table.extra,
+                table.live_rows,
+                table.rebuilt_rows
+            );
+            for mismatch in &table.first {
+                match &mismatch.difference {
+                    Difference::Values(columns) => {
+                        for column in columns {
+                            println!(
+                                "    {} {}: {}: live {}, rebuilt {}",
+                                table.table,
+                                mismatch.key,
+                                column.column,
+                                shown(column.live.as_deref()),
+                                shown(column.rebuilt.as_deref())
+                            );
+                        }
+                    }
+                    Difference::Missing => println!(
+                        "    {} {}: missing from the live table",
+                        table.table, mismatch.key
+                    ),
+                    Difference::Extra => println!(
+                        "    {} {}: extra in the live table (the log does not make it)",
+                        table.table, mismatch.key
+                    ),
+                }
+            }
+            let hidden = table.mismatches() - table.first.len() as u64;
+            if hidden > 0 {
+                println!("    … and {hidden} more");
+            }
+        }
+    }
+    let wrong: Vec<String> = checked
+        .tables()
+        .filter(|t| !t.agrees())
+        .map(|t| format!("{} ({} row(s))", t.table, t.mismatches()))
+        .collect();
+    if !wrong.is_empty() {
+        return Err(Exit::ReadModels(format!(
+            "the read models do not match the log: {}",
+            wrong.join(", ")
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// A value as `verify` shows it: quoted, on one line, at most 200
+/// characters.
+fn shown(value: Option<&str>) -> String {
+    let Some(value) = value else {
+        return "NULL".into();
+    };
+    let quoted = serde_json::Value::String(value.to_string()).to_string();
+    if quoted.chars().count() > 200 {
+        let cut: String = quoted.chars().take(199).collect();
+        format!("{cut}…")
+    } else {
+        quoted
+    }
+}
+
 /// The read models to rebuild: the named one, or all of them.
 fn select(name: Option<&str>) -> anyhow::Result<Vec<Arc<dyn Projection>>> {
     let all = toolhub_projections::projection::all();
@@ -578,7 +776,12 @@ fn select(name: Option<&str>) -> anyhow::Result<Vec<Arc<dyn Projection>>> {
     all.iter()
         .find(|p| p.name() == name)
         .map(|p| vec![p.clone()])
-        .ok_or_else(|| anyhow!("unknown projection {name:?}: expected one of {known}"))
+        .ok_or_else(|| {
+            Exit::Usage(format!(
+                "unknown projection {name:?}: expected one of {known}"
+            ))
+            .into()
+        })
 }
 
 async fn open(url: &str) -> anyhow::Result<EventStore> {

@@ -386,7 +386,11 @@ async fn an_unknown_projection_is_named_in_one_line() {
         &["rebuild", "--projection", "nope"],
     )
     .await;
-    assert!(!output.status.success(), "an unknown projection succeeded");
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "an unknown projection is an argument error"
+    );
     let stderr = text(&output.stderr);
     assert_eq!(stderr.lines().count(), 1, "not one line: {stderr}");
     assert!(

@@ -178,6 +178,7 @@ async fn export_equals_the_audit_read_model(db: TestDb) {
         vec!["export", "--from", "yesterday"],
         vec!["export", "--aggregate-type", "widget"],
         vec!["export", "--batch-size", "0"],
+        vec!["export", "--tenant", "Not An Org!"],
     ] {
         assert_eq!(replay(&url, &args).await.status.code(), Some(2), "{args:?}");
     }

@@ -132,6 +132,9 @@ async fn at_and_diff(db: TestDb) {
         vec!["at", "execution", &id, "--version", "1"],
         vec!["diff", "secret", &id, "1", "2"],
         vec!["diff", "workflow", &id, "one", "2"],
+        vec!["at", "workflow", "not-an-id", "--version", "1"],
+        vec!["diff", "workflow", "not-an-id", "1", "2"],
+        vec!["timeline", "not-an-id"],
     ] {
         let output = replay(&url, &args).await;
         assert_eq!(output.status.code(), Some(2), "{args:?}");

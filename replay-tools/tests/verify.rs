@@ -1,6 +1,7 @@
 //! `toolhub-replay verify`: the log's hash chain catches an edited, a
-//! removed and a moved event, names the position, and holds a head
-//! recorded earlier; on both backends.
+//! removed and a moved event, and an edit of the stored metadata that its
+//! parser would not see, names the position, and holds a head recorded
+//! earlier; on both backends.
 
 use std::process::Output;
 use std::sync::Arc;
@@ -115,6 +116,29 @@ async fn set_payload(store: &EventStore, global: i64, payload: &str) {
     .await;
 }
 
+async fn metadata_of(store: &EventStore, global: i64) -> String {
+    let rows = toolhub_eventstore::sql::fetch(
+        store.db(),
+        "SELECT CAST(metadata AS TEXT) AS m FROM events WHERE global_position = $1",
+        &[toolhub_eventstore::sql::Arg::from(global)],
+    )
+    .await
+    .expect("read the metadata");
+    rows[0].text("m").expect("text")
+}
+
+async fn set_metadata(store: &EventStore, global: i64, metadata: &str) {
+    exec(
+        store,
+        "UPDATE events SET metadata = $1::json WHERE global_position = $2",
+        &[
+            toolhub_eventstore::sql::Arg::JsonText(Some(metadata.to_string())),
+            toolhub_eventstore::sql::Arg::from(global),
+        ],
+    )
+    .await;
+}
+
 async fn tampering_is_caught(db: TestDb) {
     let url = db.url().to_string();
     let store = toolhub_eventstore::open(&url)
@@ -176,6 +200,33 @@ async fn tampering_is_caught(db: TestDb) {
     let stale = replay(&url, &["verify", "--expect", &head]).await;
     assert_eq!(stale.status.code(), Some(1));
     set_payload(&store, edited.global, &original).await;
+    assert!(replay(&url, &["verify"]).await.status.success());
+
+    // A field added to the stored metadata, which the parser drops: the
+    // chain seals the stored text, so it is caught all the same.
+    let edited = positions[2];
+    let original = metadata_of(&store, edited.global).await;
+    assert!(original.starts_with('{'), "{original}");
+    set_metadata(
+        &store,
+        edited.global,
+        &original.replacen('{', r#"{"approved_by": "mallory", "#, 1),
+    )
+    .await;
+    assert!(
+        metadata_of(&store, edited.global).await.contains("mallory"),
+        "the edit is stored"
+    );
+    let caught = replay(&url, &["verify"]).await;
+    assert_eq!(caught.status.code(), Some(1), "{}", out(&caught));
+    assert!(
+        err(&caught).contains(&format!("position {} (", edited.global))
+            && err(&caught).contains("altered")
+            && err(&caught).contains("(2 events before it verified)"),
+        "{}",
+        err(&caught)
+    );
+    set_metadata(&store, edited.global, &original).await;
     assert!(replay(&url, &["verify"]).await.status.success());
 
     // Two events swapped: caught at the first of them.

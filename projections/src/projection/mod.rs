@@ -30,10 +30,14 @@ pub use secrets::SecretsProjection;
 pub use workflows::WorkflowsProjection;
 pub use workflows::{WebhookView, WorkflowVersionView, WorkflowView};
 
-/// The table names a projection writes to: the live tables, or the shadow
-/// tables of a rebuild.
+/// The table names a projection writes to: the live tables, the shadow
+/// tables of a rebuild, or the scratch tables of a verification.
 #[derive(Debug, Clone, Default)]
 pub struct Tables {
+    /// Put before every table name: a schema and a dot for the scratch
+    /// tables, which live in a connection's temporary schema; empty
+    /// otherwise.
+    prefix: String,
     /// Appended to every table name: empty for the live tables.
     suffix: String,
     /// Whether the tables have been given every event before the batch at
@@ -44,6 +48,9 @@ pub struct Tables {
 /// The suffix of a rebuild's shadow tables.
 pub const SHADOW_SUFFIX: &str = "__rebuild";
 
+/// The suffix of a verification's scratch tables (see `crate::shadow`).
+pub const SCRATCH_SUFFIX: &str = "__verify";
+
 impl Tables {
     /// The live tables.
     pub fn live() -> Self {
@@ -53,8 +60,21 @@ impl Tables {
     /// The shadow tables of a rebuild.
     pub fn shadow() -> Self {
         Self {
+            prefix: String::new(),
             suffix: SHADOW_SUFFIX.to_string(),
             replay: false,
+        }
+    }
+
+    /// The scratch tables of a verification: temporary tables of one
+    /// connection, in `schema` (`pg_temp` on PostgreSQL, `temp` on
+    /// SQLite), named apart from the live tables so that no statement can
+    /// mistake one for the other, and filled as a replay fills its tables.
+    pub fn scratch(schema: &str) -> Self {
+        Self {
+            prefix: format!("{schema}."),
+            suffix: SCRATCH_SUFFIX.to_string(),
+            replay: true,
         }
     }
 
@@ -77,7 +97,7 @@ impl Tables {
 
     /// The name to use for the table `base`.
     pub fn name(&self, base: &str) -> String {
-        format!("{base}{}", self.suffix)
+        format!("{}{base}{}", self.prefix, self.suffix)
     }
 }
 
