@@ -175,3 +175,44 @@ fn the_verify_example_runs_as_written() {
         "{stdout}"
     );
 }
+
+#[test]
+fn the_replay_example_runs_as_written() {
+    let stdout = examples::run_doc_example(DOC, "replay");
+    let answer = objects(&stdout).pop().unwrap_or_default();
+    assert_eq!(
+        answer["replayExecution"],
+        json!({"workflowVersion": 1, "stepsChecked": 4, "deterministic": true, "divergences": []}),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn the_fork_example_runs_as_written() {
+    let stdout = examples::run_doc_example(DOC, "fork");
+    let answers = objects(&stdout);
+    assert!(
+        answers.contains(&json!({"execution": {"status": "FAILED"}})),
+        "the original fails: {stdout}"
+    );
+    let fork = answers
+        .iter()
+        .find(|a| a["execution"]["forkedFrom"].is_object())
+        .unwrap_or_else(|| panic!("the fork is shown: {stdout}"));
+    assert_eq!(fork["execution"]["status"], "COMPLETED", "{stdout}");
+    assert_eq!(
+        fork["execution"]["output"],
+        json!({"big": "big 5"}),
+        "{stdout}"
+    );
+    assert_eq!(
+        fork["execution"]["forkedFrom"],
+        json!({"fromNode": "check"}),
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout.lines().last().map(str::trim),
+        Some("1"),
+        "the original lists its fork: {stdout}"
+    );
+}
