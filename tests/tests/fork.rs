@@ -344,6 +344,15 @@ async fn a_failed_run_forked_from_its_middle_completes_with_the_override(env: Te
             json!({"id": original, "fromNode": "fetch", "inputOverride": {"bad": "a\u{0}b"}}),
             "input.inputOverride",
         ),
+        (
+            json!({"id": original, "fromNode": "fetch", "outputOverrides": {"shape": "a\u{0}b"}}),
+            "input.outputOverrides",
+        ),
+        (
+            json!({"id": original, "fromNode": "fetch",
+                   "outputOverrides": {"shape": {"n": "bell\u{7}"}}}),
+            "input.outputOverrides",
+        ),
         (json!({"id": "not-an-id", "fromNode": "fetch"}), "input.id"),
     ];
     for (input, field) in cases {
