@@ -33,6 +33,29 @@ pub fn hello_definition() -> Value {
         .expect("the example is JSON")
 }
 
+/// `shape` builds an object from the input, `check` branches on it, one
+/// branch runs and the other is skipped, and `done` joins them.
+pub fn branching_definition() -> Value {
+    json!({
+        "nodes": [
+            {"id": "shape", "type": "transform",
+             "params": {"template": {"n": "{{input.n}}", "greeting": "hello {{input.name}}"}}},
+            {"id": "check", "type": "condition", "params": {"expression": "nodes.shape.n > 2"}},
+            {"id": "big", "type": "transform", "params": {"template": {"size": "big", "n": "{{nodes.shape.n}}"}}},
+            {"id": "small", "type": "transform", "params": {"template": {"size": "small"}}},
+            {"id": "done", "type": "transform",
+             "params": {"template": {"greeting": "{{nodes.shape.greeting}}", "big": "{{nodes.big}}", "small": "{{nodes.small}}"}}}
+        ],
+        "edges": [
+            {"from": "shape", "to": "check"},
+            {"from": "check", "to": "big", "branch": "true"},
+            {"from": "check", "to": "small", "branch": "false"},
+            {"from": "big", "to": "done"},
+            {"from": "small", "to": "done"}
+        ]
+    })
+}
+
 /// A small valid definition with one node.
 pub fn tiny_definition(url: &str) -> Value {
     json!({

@@ -9,36 +9,13 @@ use serde_json::{json, Value};
 use toolhub_domain::Role;
 use toolhub_engine::egress::EgressPolicy;
 use toolhub_tests::everything::{server_everything, HttpServer};
-use toolhub_tests::{captured_logs, step, token, TestEnv};
-
-/// `shape` builds an object from the input, `check` branches on it, one
-/// branch runs and the other is skipped, and `done` joins them.
-fn branching() -> Value {
-    json!({
-        "nodes": [
-            {"id": "shape", "type": "transform",
-             "params": {"template": {"n": "{{input.n}}", "greeting": "hello {{input.name}}"}}},
-            {"id": "check", "type": "condition", "params": {"expression": "nodes.shape.n > 2"}},
-            {"id": "big", "type": "transform", "params": {"template": {"size": "big", "n": "{{nodes.shape.n}}"}}},
-            {"id": "small", "type": "transform", "params": {"template": {"size": "small"}}},
-            {"id": "done", "type": "transform",
-             "params": {"template": {"greeting": "{{nodes.shape.greeting}}", "big": "{{nodes.big}}", "small": "{{nodes.small}}"}}}
-        ],
-        "edges": [
-            {"from": "shape", "to": "check"},
-            {"from": "check", "to": "big", "branch": "true"},
-            {"from": "check", "to": "small", "branch": "false"},
-            {"from": "big", "to": "done"},
-            {"from": "small", "to": "done"}
-        ]
-    })
-}
+use toolhub_tests::{branching_definition, captured_logs, step, token, TestEnv};
 
 async fn conditions_take_each_branch(env: TestEnv) {
     let server = env.server().await;
     let editor = token("ada", "acme", Role::Editor);
     let workflow = server
-        .create_workflow(&editor, "Branching", branching())
+        .create_workflow(&editor, "Branching", branching_definition())
         .await;
 
     let big = server
@@ -805,7 +782,7 @@ async fn starting_refuses_what_cannot_start_with_a_clear_code() {
     let other = token("eve", "globex", Role::Editor);
     let viewer = token("vic", "acme", Role::Viewer);
     let workflow = server
-        .create_workflow(&editor, "Branching", branching())
+        .create_workflow(&editor, "Branching", branching_definition())
         .await;
     let start = |input: Value| json!({ "input": input });
 
@@ -890,7 +867,7 @@ async fn the_same_idempotency_key_returns_the_first_execution() {
     let editor = token("ada", "acme", Role::Editor);
     let other = token("eve", "globex", Role::Editor);
     let workflow = server
-        .create_workflow(&editor, "Branching", branching())
+        .create_workflow(&editor, "Branching", branching_definition())
         .await;
     let input = json!({"workflowId": workflow, "input": {"n": 1, "name": "x"}, "idempotencyKey": "order-42"});
     let first = server.start_execution_with(&editor, input.clone()).await;
@@ -905,7 +882,9 @@ async fn the_same_idempotency_key_returns_the_first_execution() {
         .await;
     assert_eq!(listed["executions"]["edges"].as_array().unwrap().len(), 1);
     // Keys are the tenant's own.
-    let theirs = server.create_workflow(&other, "Theirs", branching()).await;
+    let theirs = server
+        .create_workflow(&other, "Theirs", branching_definition())
+        .await;
     let different = server
         .start_execution_with(
             &other,

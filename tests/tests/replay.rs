@@ -15,7 +15,7 @@ use toolhub_engine::egress::EgressPolicy;
 use toolhub_engine::expr::{Cel, ConditionError, Conditions};
 use toolhub_engine::replay::DivergenceKind;
 use toolhub_tests::everything::server_everything;
-use toolhub_tests::{token, TestEnv};
+use toolhub_tests::{branching_definition, token, TestEnv};
 
 /// An HTTP server on loopback: `/flaky/{key}` answers 503 to the first two
 /// requests of each key and 200 after; `/missing` answers 404. Counts every
@@ -86,29 +86,6 @@ impl Drop for Upstream {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-/// `shape` builds an object from the input, `check` branches on it, one
-/// branch runs and the other is skipped, and `done` joins them.
-fn branching() -> Value {
-    json!({
-        "nodes": [
-            {"id": "shape", "type": "transform",
-             "params": {"template": {"n": "{{input.n}}", "greeting": "hello {{input.name}}"}}},
-            {"id": "check", "type": "condition", "params": {"expression": "nodes.shape.n > 2"}},
-            {"id": "big", "type": "transform", "params": {"template": {"size": "big", "n": "{{nodes.shape.n}}"}}},
-            {"id": "small", "type": "transform", "params": {"template": {"size": "small"}}},
-            {"id": "done", "type": "transform",
-             "params": {"template": {"greeting": "{{nodes.shape.greeting}}", "big": "{{nodes.big}}", "small": "{{nodes.small}}"}}}
-        ],
-        "edges": [
-            {"from": "shape", "to": "check"},
-            {"from": "check", "to": "big", "branch": "true"},
-            {"from": "check", "to": "small", "branch": "false"},
-            {"from": "big", "to": "done"},
-            {"from": "small", "to": "done"}
-        ]
-    })
 }
 
 /// An HTTP request with a secret in a header, retried on 503, then a
@@ -227,7 +204,7 @@ async fn fifty_recorded_executions_replay_without_divergence(env: TestEnv) {
         )
         .await;
     let branch = server
-        .create_workflow(&editor, "Branching", branching())
+        .create_workflow(&editor, "Branching", branching_definition())
         .await;
     let fetch = server
         .create_workflow(&editor, "Fetching", fetching(&upstream))
