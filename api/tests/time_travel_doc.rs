@@ -58,6 +58,19 @@ fn the_workflow_diff_example_runs_as_written() {
 }
 
 #[test]
+fn the_execution_as_of_example_runs_as_written() {
+    let stdout = examples::run_doc_example(DOC, "execution-as-of");
+    let answer = objects(&stdout).pop().unwrap_or_default();
+    assert_eq!(
+        answer,
+        json!({"status": "RUNNING",
+               "steps": [{"nodeId": "greet", "status": "succeeded", "output": {"greeting": "Hello, Ada!"}}],
+               "nodes": [{"id": "greet", "state": "DONE"}, {"id": "shout", "state": "READY"}]}),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn the_timeline_example_runs_as_written() {
     let stdout = examples::run_doc_example(DOC, "timeline");
     let entries = objects(&stdout);

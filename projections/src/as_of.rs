@@ -14,14 +14,17 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use toolhub_domain::execution::Execution;
 use toolhub_domain::mcp_server::McpServer;
 use toolhub_domain::secret::Secret;
 use toolhub_domain::workflow::Workflow;
 use toolhub_domain::{AggregateRoot, TenantId};
 pub use toolhub_eventstore::history::Folded;
-use toolhub_eventstore::{EventStore, Position, StoreError, Until};
+use toolhub_eventstore::{EventStore, Position, RecordedEvent, StoreError, Until};
 
-use crate::projection::{McpServerView, SecretView, WorkflowView};
+use crate::projection::{
+    fold_execution, ExecutionStepView, ExecutionView, McpServerView, SecretView, WorkflowView,
+};
 
 /// A point in an entity's history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +38,15 @@ pub enum AsOf {
 }
 
 impl AsOf {
+    /// Whether `event`, of the entity's stream, is at or before this point.
+    pub fn includes(self, event: &RecordedEvent) -> bool {
+        match self {
+            Self::Position(position) => event.position <= position,
+            Self::Time(time) => event.recorded_at <= time,
+            Self::Version(version) => event.sequence <= version,
+        }
+    }
+
     /// The same point, as the event store bounds a stream.
     fn until(self) -> Until {
         match self {
@@ -115,6 +127,55 @@ pub async fn mcp_server(
         )
         .await?;
     mcp_server_view(id, &folded, checked_at).map(Some)
+}
+
+/// An execution as of a point.
+#[derive(Debug, Clone)]
+pub struct ExecutionAsOf {
+    /// The execution as the `executions` read model showed it then.
+    pub view: ExecutionView,
+    /// Its steps as the read model showed them then, in its order.
+    pub steps: Vec<ExecutionStepView>,
+    /// The domain's state of it then: what the engine plans from.
+    pub state: Execution,
+    /// Its events up to then, in order.
+    pub events: Vec<RecordedEvent>,
+}
+
+/// An execution as of a point, for `tenant` (`None`: an operator's tool,
+/// every tenant): its events up to then folded both by the domain's own
+/// `apply` (the state the engine plans from) and by the `executions` read
+/// model's own fold (the row and the steps, as `execution(id)` shows
+/// them). A run's history is short and its steps need every event, so it
+/// is folded from its first event. `None` when it did not exist then, or
+/// is another tenant's.
+pub async fn execution(
+    store: &EventStore,
+    tenant: Option<&TenantId>,
+    id: &str,
+    as_of: AsOf,
+) -> Result<Option<ExecutionAsOf>, StoreError> {
+    use cqrs_es::Aggregate;
+    let mut events = store.stream(type_name::<Execution>(), id).await?;
+    events.retain(|event| as_of.includes(event));
+    let mut state = Execution::default();
+    for event in &events {
+        state.apply(serde_json::from_value(event.payload.clone())?);
+    }
+    match state.tenant() {
+        None => return Ok(None),
+        Some(owner) if tenant.is_some_and(|tenant| tenant != owner) => return Ok(None),
+        Some(_) => {}
+    }
+    let Some((view, steps)) = fold_execution(&events)? else {
+        return Ok(None);
+    };
+    Ok(Some(ExecutionAsOf {
+        view,
+        steps,
+        state,
+        events,
+    }))
 }
 
 /// A workflow as the `workflows` read model shows it, from its folded

@@ -75,6 +75,7 @@ impl Kind {
             Self::Workflow => "workflow",
             Self::Secret => "secret",
             Self::McpServer => "MCP server",
+            Self::Execution => "execution",
         }
     }
 }
@@ -224,6 +225,8 @@ enum Kind {
     /// An MCP server.
     #[value(name = "mcp-server")]
     McpServer,
+    /// An execution, with its steps.
+    Execution,
 }
 
 /// The kinds of entity `diff` compares.
@@ -443,6 +446,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .await?
                         .ok_or_else(missing)?,
                 )?,
+                Kind::Execution => {
+                    let then = as_of::execution(&store, None, &id, moment)
+                        .await?
+                        .ok_or_else(missing)?;
+                    let mut shown = serde_json::to_value(&then.view)?;
+                    shown["steps"] = serde_json::to_value(&then.steps)?;
+                    shown
+                }
             };
             println!("{}", serde_json::to_string_pretty(&shown)?);
             Ok(())

@@ -129,7 +129,7 @@ async fn at_and_diff(db: TestDb) {
         vec!["at", "workflow", &id, "--version", "0"],
         vec!["at", "workflow", &id, "--time", "yesterday"],
         vec!["at", "workflow", &id, "--position", "nowhere"],
-        vec!["at", "execution", &id, "--version", "1"],
+        vec!["at", "api-key", &id, "--version", "1"],
         vec!["diff", "secret", &id, "1", "2"],
         vec!["diff", "workflow", &id, "one", "2"],
         vec!["at", "workflow", "not-an-id", "--version", "1"],
@@ -217,6 +217,25 @@ async fn a_timeline_is_a_table(db: TestDb) {
             && lines[4].contains("HTTP 503 from upstream"),
         "{text}"
     );
+    // The run and its steps as of a point: scheduled after its second
+    // event, failed after its fourth.
+    let scheduled = json_of(&replay(&url, &["at", "execution", &id, "--version", "2"]).await);
+    assert_eq!(scheduled["status"], "running", "{scheduled:#}");
+    assert_eq!(scheduled["aggregateVersion"], 2, "{scheduled:#}");
+    assert_eq!(scheduled["steps"][0]["nodeId"], "fetch", "{scheduled:#}");
+    assert_eq!(scheduled["steps"][0]["status"], "scheduled", "{scheduled:#}");
+    let failed = json_of(&replay(&url, &["at", "execution", &id, "--version", "4"]).await);
+    assert_eq!(failed["steps"][0]["status"], "failed", "{failed:#}");
+    assert_eq!(
+        failed["steps"][0]["error"], "HTTP 503 from\nupstream",
+        "{failed:#}"
+    );
+    let before = replay(
+        &url,
+        &["at", "execution", &id, "--time", "2000-01-01T00:00:00Z"],
+    )
+    .await;
+    assert_eq!(before.status.code(), Some(1));
     let missing = replay(&url, &["timeline", &WorkflowId::new().to_string()]).await;
     assert_eq!(missing.status.code(), Some(1));
     assert_eq!(replay(&url, &["timeline"]).await.status.code(), Some(2));

@@ -457,3 +457,185 @@ async fn on_postgres_an_execution_steps_back_through_its_timeline() {
 async fn on_sqlite_an_execution_steps_back_through_its_timeline() {
     an_execution_steps_back_through_its_timeline(TestEnv::sqlite().await).await;
 }
+
+/// Every field of an execution as of a point, and of today's.
+const EXECUTION_AS_OF: &str = "id workflowId workflowVersion status trigger input output error
+    version startedBy startedAt finishedAt updatedAt pausedAt breakpoints deadline
+    forkedFrom { executionId fromNode }
+    steps { nodeId attempt status input output error scheduledAt startedAt finishedAt copiedFrom }
+    nodes { id state attempt breakpoint }";
+
+async fn an_execution_as_of_any_moment(env: TestEnv) {
+    let server = env.server().await;
+    let editor = token("ada", "acme", Role::Editor);
+    let workflow = server
+        .create_workflow(&editor, "Branching", toolhub_tests::branching_definition())
+        .await;
+    // A run that branches, skips a node, pauses at a breakpoint and is
+    // resumed: every kind of state a debugger steps through.
+    let execution = server
+        .start_execution_with(
+            &editor,
+            json!({"workflowId": workflow, "input": {"n": 5, "name": "Ada"}, "breakpoints": ["done"]}),
+        )
+        .await;
+    server
+        .wait_execution(&editor, &execution, std::time::Duration::from_secs(15), |e| {
+            e["status"] == "PAUSED"
+        })
+        .await;
+    server
+        .ok(
+            &editor,
+            "mutation ($i: ResumeExecutionInput!) { resumeExecution(input: $i) { id } }",
+            json!({"i": {"id": execution}}),
+        )
+        .await;
+    let finished = server
+        .wait_finished(&editor, &execution, std::time::Duration::from_secs(15))
+        .await;
+    assert_eq!(finished["status"], "COMPLETED", "{finished:#}");
+
+    let data = server
+        .ok(
+            &editor,
+            &format!(
+                "query ($id: ID!) {{ execution(id: $id) {{ {EXECUTION_AS_OF}
+                    timeline(first: 500) {{ sequence position recordedAt status pausedAt
+                        nodes {{ id state attempt breakpoint }} outputs }} }} }}"
+            ),
+            json!({"id": execution}),
+        )
+        .await;
+    let mut now = data["execution"].clone();
+    let timeline = now["timeline"].as_array().expect("a timeline").clone();
+    now.as_object_mut().expect("an object").remove("timeline");
+    let last = timeline.len();
+    assert!(last >= 10, "{timeline:#?}");
+    assert!(
+        timeline.iter().any(|e| e["status"] == "PAUSED"),
+        "{timeline:#?}"
+    );
+
+    let as_of = |at: Value| {
+        let server = &server;
+        let editor = &editor;
+        let execution = &execution;
+        async move {
+            server
+                .ok(
+                    editor,
+                    &format!(
+                        "query ($id: ID!, $at: AsOf!) {{ execution(id: $id, asOf: $at) {{
+                            {EXECUTION_AS_OF} timeline(first: 500) {{ sequence }} }} }}"
+                    ),
+                    json!({"id": execution, "at": at}),
+                )
+                .await["execution"]
+                .clone()
+        }
+    };
+    let other = token("mallory", "globex", Role::Admin);
+    let mut steps_before = 0;
+    for entry in &timeline {
+        let k = entry["sequence"].as_u64().expect("a sequence");
+        let mut then = as_of(json!({"version": k})).await;
+        // The timeline as of then ends then.
+        let seen: Vec<u64> = then["timeline"]
+            .as_array()
+            .expect("a timeline")
+            .iter()
+            .map(|e| e["sequence"].as_u64().expect("a sequence"))
+            .collect();
+        assert_eq!(seen, (1..=k).collect::<Vec<_>>());
+        then.as_object_mut().expect("an object").remove("timeline");
+        // What the timeline says of that moment, the as-of read says too.
+        assert_eq!(then["version"], k);
+        assert_eq!(then["status"], entry["status"], "at {k}: {then:#}");
+        assert_eq!(then["pausedAt"], entry["pausedAt"], "at {k}: {then:#}");
+        assert_eq!(then["nodes"], entry["nodes"], "at {k}: {then:#}");
+        let steps = then["steps"].as_array().expect("steps");
+        assert!(steps.len() >= steps_before, "steps only grow: at {k}");
+        steps_before = steps.len();
+        for step in steps {
+            let node = step["nodeId"].as_str().expect("a node");
+            if step["status"] == "succeeded" {
+                assert_eq!(step["output"], entry["outputs"][node], "at {k}: {then:#}");
+            } else {
+                assert!(entry["outputs"].get(node).is_none(), "at {k}: {then:#}");
+            }
+        }
+        assert_eq!(then["updatedAt"], entry["recordedAt"], "at {k}");
+        // By position, the same point.
+        let by_position = as_of(json!({"position": entry["position"]})).await;
+        let mut by_position = by_position;
+        by_position
+            .as_object_mut()
+            .expect("an object")
+            .remove("timeline");
+        assert_eq!(by_position, then, "at {k}");
+        // By time: the last event recorded at or before it.
+        let at_time = timeline
+            .iter()
+            .rev()
+            .find(|e| e["recordedAt"] == entry["recordedAt"])
+            .expect("this entry");
+        let mut by_time = as_of(json!({"time": entry["recordedAt"]})).await;
+        by_time.as_object_mut().expect("an object").remove("timeline");
+        assert_eq!(by_time["version"], at_time["sequence"], "at {k}");
+        // Another tenant's run does not exist, at any point.
+        let (_, body) = server
+            .post(
+                Some(&other),
+                "query ($id: ID!, $at: AsOf!) { execution(id: $id, asOf: $at) { id } }",
+                json!({"id": execution, "at": {"version": k}}),
+            )
+            .await;
+        assert_eq!(first_error_code(&body), "NOT_FOUND", "{body}");
+        if k as usize == last {
+            // At its last event, exactly what the read model shows today:
+            // the in-memory fold and the projection agree field by field.
+            assert_eq!(then, now);
+        }
+    }
+    assert_eq!(timeline[0]["status"], "RUNNING");
+    // Past the end, as today; before the start, nothing.
+    let mut later = as_of(json!({"version": 10_000})).await;
+    later.as_object_mut().expect("an object").remove("timeline");
+    assert_eq!(later, now);
+    let (_, body) = server
+        .post(
+            Some(&editor),
+            "query ($id: ID!) { execution(id: $id, asOf: {time: \"2000-01-01T00:00:00Z\"}) { id } }",
+            json!({"id": execution}),
+        )
+        .await;
+    assert_eq!(first_error_code(&body), "NOT_FOUND", "{body}");
+    // Bad points.
+    for (at, field) in [
+        (json!({}), "asOf"),
+        (json!({"version": 0}), "asOf.version"),
+        (json!({"version": 1, "time": "2026-01-01T00:00:00Z"}), "asOf"),
+        (json!({"position": "not a position"}), "asOf.position"),
+    ] {
+        let (_, body) = server
+            .post(
+                Some(&editor),
+                "query ($id: ID!, $at: AsOf!) { execution(id: $id, asOf: $at) { id } }",
+                json!({"id": execution, "at": at}),
+            )
+            .await;
+        assert_eq!(first_error_code(&body), "VALIDATION", "{body}");
+        assert_eq!(body["errors"][0]["extensions"]["field"], field, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn on_postgres_an_execution_as_of_any_moment() {
+    an_execution_as_of_any_moment(TestEnv::postgres().await).await;
+}
+
+#[tokio::test]
+async fn on_sqlite_an_execution_as_of_any_moment() {
+    an_execution_as_of_any_moment(TestEnv::sqlite().await).await;
+}

@@ -69,66 +69,89 @@ impl ExecutionStatus {
     }
 }
 
-/// An execution of a workflow.
-pub struct Execution(pub ExecutionView);
+/// An execution of a workflow: as the read model shows it today, or as of
+/// a point of its history (`execution(id, asOf)`), when its steps, nodes
+/// and timeline are those of then too.
+pub struct Execution {
+    /// The execution's row.
+    view: ExecutionView,
+    /// For an as-of read: the execution then, which `steps`, `nodes`,
+    /// `timeline` and `at` show instead of today's.
+    as_of: Option<Arc<crate::read::as_of::ExecutionAsOf>>,
+}
+
+impl From<ExecutionView> for Execution {
+    fn from(view: ExecutionView) -> Self {
+        Self { view, as_of: None }
+    }
+}
+
+impl From<crate::read::as_of::ExecutionAsOf> for Execution {
+    fn from(then: crate::read::as_of::ExecutionAsOf) -> Self {
+        Self {
+            view: then.view.clone(),
+            as_of: Some(Arc::new(then)),
+        }
+    }
+}
 
 #[Object]
 impl Execution {
     /// The execution's id.
     async fn id(&self) -> ID {
-        ID(self.0.id.clone())
+        ID(self.view.id.clone())
     }
     /// The workflow it runs.
     async fn workflow_id(&self) -> ID {
-        ID(self.0.workflow_id.clone())
+        ID(self.view.workflow_id.clone())
     }
     /// The workflow version it is pinned to.
     async fn workflow_version(&self) -> u64 {
-        self.0.workflow_version
+        self.view.workflow_version
     }
     /// Where it stands.
     async fn status(&self) -> async_graphql::Result<ExecutionStatus> {
-        Ok(ExecutionStatus::parse(&self.0.status)?)
+        Ok(ExecutionStatus::parse(&self.view.status)?)
     }
     /// What started it: `manual`, `cron` or `webhook`.
     async fn trigger(&self) -> &str {
-        &self.0.trigger
+        &self.view.trigger
     }
     /// Its input.
     async fn input(&self) -> Json {
-        async_graphql::Json(self.0.input.clone())
+        async_graphql::Json(self.view.input.clone())
     }
     /// Its output, once completed.
     async fn output(&self) -> Option<Json> {
-        self.0.output.clone().map(async_graphql::Json)
+        self.view.output.clone().map(async_graphql::Json)
     }
     /// Its error, once failed or cancelled.
     async fn error(&self) -> Option<&str> {
-        self.0.error.as_deref()
+        self.view.error.as_deref()
     }
     /// The entity's version.
     async fn version(&self) -> u64 {
-        self.0.aggregate_version
+        self.view.aggregate_version
     }
     /// Who started it.
     async fn started_by(&self) -> &str {
-        &self.0.started_by
+        &self.view.started_by
     }
     /// When it started.
     async fn started_at(&self) -> DateTime<Utc> {
-        self.0.started_at
+        self.view.started_at
     }
     /// When it ended.
     async fn finished_at(&self) -> Option<DateTime<Utc>> {
-        self.0.finished_at
+        self.view.finished_at
     }
     /// When it last changed.
     async fn updated_at(&self) -> DateTime<Utc> {
-        self.0.updated_at
+        self.view.updated_at
     }
     /// The node it is paused before, while paused.
     async fn paused_at(&self) -> Option<&str> {
-        self.0.paused_at.as_deref()
+        self.view.paused_at.as_deref()
     }
     /// The nodes it pauses before.
     async fn breakpoints(&self) -> Vec<String> {
@@ -144,14 +167,14 @@ impl Execution {
     }
     /// When the whole run times out, if ever.
     async fn deadline(&self) -> Option<DateTime<Utc>> {
-        self.0.deadline
+        self.view.deadline
     }
     /// For a fork (`forkExecution`): the execution it was forked from and
     /// the node it ran live from; null otherwise.
     async fn forked_from(&self) -> Option<ForkOrigin> {
         Some(ForkOrigin {
-            execution_id: self.0.forked_from.clone()?,
-            from_node: self.0.forked_from_node.clone().unwrap_or_default(),
+            execution_id: self.view.forked_from.clone()?,
+            from_node: self.view.forked_from_node.clone().unwrap_or_default(),
         })
     }
     /// The executions forked from this one, newest first.
@@ -169,7 +192,7 @@ impl Execution {
         let had_cursor = after.is_some();
         let page = page_request(first, after)?;
         let filter = ExecutionFilter {
-            forked_from: Some(self.0.id.clone()),
+            forked_from: Some(self.view.id.clone()),
             ..ExecutionFilter::default()
         };
         let page = state
@@ -177,7 +200,7 @@ impl Execution {
             .executions(&caller.tenant, &page, &filter)
             .await
             .map_err(ApiError::from)?;
-        Ok(connection(page, had_cursor, Execution))
+        Ok(connection(page, had_cursor, Execution::from))
     }
     /// Every node of the pinned workflow version and where it stands — what
     /// a debugger shows at a glance: ready, running, done, skipped, failed
@@ -186,11 +209,17 @@ impl Execution {
     async fn nodes(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ExecutionNode>> {
         let caller = caller(ctx, Role::Viewer)?;
         let state = state(ctx)?;
-        let (execution, _) = state
-            .executions
-            .current(&self.0.id)
-            .await
-            .map_err(ApiError::from)?;
+        let execution = match &self.as_of {
+            Some(then) => then.state.clone(),
+            None => {
+                state
+                    .executions
+                    .current(&self.view.id)
+                    .await
+                    .map_err(ApiError::from)?
+                    .0
+            }
+        };
         if execution.tenant() != Some(&caller.tenant) {
             return Err(ApiError::NotFound.into());
         }
@@ -239,7 +268,8 @@ impl Execution {
             Some(n) if n >= 0 => n as usize,
             Some(_) => return Err(ApiError::validation("offset", "must not be negative").into()),
         };
-        let entries = timeline(ctx, &self.0.id, |_| true).await?;
+        let until = self.until();
+        let entries = timeline(ctx, &self.view.id, self.recorded(), |e| e.sequence <= until).await?;
         Ok(entries.into_iter().skip(offset).take(first).collect())
     }
     /// The run as it stood right after its event `sequence` (from 1), or
@@ -253,13 +283,19 @@ impl Execution {
     ) -> async_graphql::Result<Option<TimelineEntry>> {
         let entries = match (sequence, time) {
             (Some(sequence), None) if sequence >= 1 => {
-                let sequence = sequence as u64;
-                timeline(ctx, &self.0.id, |e| e.sequence <= sequence).await?
+                let sequence = (sequence as u64).min(self.until());
+                timeline(ctx, &self.view.id, self.recorded(), |e| e.sequence <= sequence).await?
             }
             (Some(_), None) => {
                 return Err(ApiError::validation("sequence", "must be at least 1").into())
             }
-            (None, Some(time)) => timeline(ctx, &self.0.id, |e| e.recorded_at <= time).await?,
+            (None, Some(time)) => {
+                let until = self.until();
+                timeline(ctx, &self.view.id, self.recorded(), |e| {
+                    e.recorded_at <= time && e.sequence <= until
+                })
+                .await?
+            }
             _ => {
                 return Err(
                     ApiError::validation("at", "give exactly one of sequence or time").into(),
@@ -293,15 +329,41 @@ impl Execution {
             }
             Some(n) => n as usize,
         };
+        if let Some(then) = &self.as_of {
+            return Ok(then
+                .steps
+                .iter()
+                .skip(offset)
+                .take(first)
+                .cloned()
+                .map(ExecutionStep::from)
+                .collect());
+        }
         Ok(loaders(ctx)?
             .steps
-            .load_one(self.0.id.clone())
+            .load_one(self.view.id.clone())
             .await?
             .unwrap_or_default()
             .into_iter()
             .skip(offset)
             .take(first)
             .collect())
+    }
+}
+
+impl Execution {
+    /// For an as-of read, its events up to the point, read already.
+    fn recorded(&self) -> Option<&[toolhub_eventstore::RecordedEvent]> {
+        self.as_of.as_ref().map(|then| then.events.as_slice())
+    }
+
+    /// The last of its events this shows: its version (all of them, for
+    /// today's; those up to the point, for an as-of read).
+    fn until(&self) -> u64 {
+        match &self.as_of {
+            Some(_) => self.view.aggregate_version,
+            None => u64::MAX,
+        }
     }
 }
 
@@ -382,22 +444,27 @@ fn status_of(status: toolhub_domain::execution::ExecutionStatus) -> ExecutionSta
     }
 }
 
-/// The timeline of execution `id` for the caller: its events that `keep`
-/// keeps (a prefix of them), each with the execution folded up to it by
-/// the domain and planned by the engine's own planner.
+/// The timeline of execution `id` for the caller: its events (`recorded`
+/// when they were read already) that `keep` keeps (a prefix of them), each
+/// with the execution folded up to it by the domain and planned by the
+/// engine's own planner.
 async fn timeline(
     ctx: &Context<'_>,
     id: &str,
+    recorded: Option<&[toolhub_eventstore::RecordedEvent]>,
     keep: impl Fn(&toolhub_eventstore::RecordedEvent) -> bool,
 ) -> async_graphql::Result<Vec<TimelineEntry>> {
     use cqrs_es::Aggregate;
     let caller = caller(ctx, Role::Viewer)?;
     let state = state(ctx)?;
-    let events = state
-        .store
-        .stream("execution", id)
-        .await
-        .map_err(ApiError::from)?;
+    let events = match recorded {
+        Some(events) => events.to_vec(),
+        None => state
+            .store
+            .stream("execution", id)
+            .await
+            .map_err(ApiError::from)?,
+    };
     let mut execution = toolhub_domain::execution::Execution::default();
     let mut workflow: Option<toolhub_domain::workflow::Workflow> = None;
     let mut entries = Vec::new();
@@ -565,7 +632,7 @@ impl ReadBack for Execution {
         tenant: &TenantId,
         id: &str,
     ) -> Result<Option<Self>, ReadError> {
-        Ok(read.execution(tenant, id).await?.map(Execution))
+        Ok(read.execution(tenant, id).await?.map(Execution::from))
     }
 }
 
@@ -599,7 +666,7 @@ impl ExecutionQuery {
             .executions(&caller.tenant, &page, &filter)
             .await
             .map_err(ApiError::from)?;
-        Ok(connection(page, had_cursor, Execution))
+        Ok(connection(page, had_cursor, Execution::from))
     }
 
     /// Replays an execution without side effects: the engine's decisions
@@ -624,14 +691,32 @@ impl ExecutionQuery {
         Ok(ReplayReport::new(execution, report))
     }
 
-    /// One execution. Another tenant's execution is `NOT_FOUND`.
+    /// One execution. Another tenant's execution is `NOT_FOUND`. With
+    /// `asOf`, the execution as its events up to that point made it: its
+    /// status, its `steps`, its `nodes` and its `timeline` are those of
+    /// then (`forks` lists today's forks).
     async fn execution(
         &self,
         ctx: &Context<'_>,
         id: ID,
         consistency: Option<Consistency>,
+        as_of: Option<super::scalars::AsOf>,
     ) -> async_graphql::Result<Option<Execution>> {
-        one::<Execution>(ctx, Role::Viewer, &id, consistency).await
+        let Some(as_of) = as_of else {
+            return one::<Execution>(ctx, Role::Viewer, &id, consistency).await;
+        };
+        let caller = caller(ctx, Role::Viewer)?;
+        let moment = as_of.moment()?;
+        let then = crate::read::as_of::execution(
+            &state(ctx)?.store,
+            Some(&caller.tenant),
+            &id,
+            moment,
+        )
+        .await
+        .map_err(ApiError::from)?
+        .ok_or(ApiError::NotFound)?;
+        Ok(Some(Execution::from(then)))
     }
 }
 

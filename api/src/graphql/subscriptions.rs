@@ -333,7 +333,7 @@ impl LogSubscription {
                     .execution(&tenant, &id)
                     .await
                     .map_err(ApiError::from)?
-                    .map(Execution))
+                    .map(Execution::from))
             },
         ))
     }
@@ -359,7 +359,7 @@ impl LogSubscription {
                     .execution(&tenant, &id)
                     .await
                     .map_err(ApiError::from)?
-                    .map(Execution))
+                    .map(Execution::from))
             },
             move |execution: &Execution| {
                 workflow_id

@@ -22,7 +22,7 @@ mod workflows;
 pub use audit::AuditProjection;
 pub(crate) use audit::AuditRow;
 pub use executions::ExecutionsProjection;
-pub use executions::{ExecutionStepView, ExecutionView};
+pub use executions::{fold_execution, ExecutionStepView, ExecutionView};
 pub use mcp_servers::McpServersProjection;
 pub use mcp_servers::{McpServerView, McpToolView};
 pub use secrets::SecretView;
