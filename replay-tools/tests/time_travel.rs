@@ -223,7 +223,10 @@ async fn a_timeline_is_a_table(db: TestDb) {
     assert_eq!(scheduled["status"], "running", "{scheduled:#}");
     assert_eq!(scheduled["aggregateVersion"], 2, "{scheduled:#}");
     assert_eq!(scheduled["steps"][0]["nodeId"], "fetch", "{scheduled:#}");
-    assert_eq!(scheduled["steps"][0]["status"], "scheduled", "{scheduled:#}");
+    assert_eq!(
+        scheduled["steps"][0]["status"], "scheduled",
+        "{scheduled:#}"
+    );
     let failed = json_of(&replay(&url, &["at", "execution", &id, "--version", "4"]).await);
     assert_eq!(failed["steps"][0]["status"], "failed", "{failed:#}");
     assert_eq!(

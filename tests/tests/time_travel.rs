@@ -480,9 +480,12 @@ async fn an_execution_as_of_any_moment(env: TestEnv) {
         )
         .await;
     server
-        .wait_execution(&editor, &execution, std::time::Duration::from_secs(15), |e| {
-            e["status"] == "PAUSED"
-        })
+        .wait_execution(
+            &editor,
+            &execution,
+            std::time::Duration::from_secs(15),
+            |e| e["status"] == "PAUSED",
+        )
         .await;
     server
         .ok(
@@ -581,7 +584,10 @@ async fn an_execution_as_of_any_moment(env: TestEnv) {
             .find(|e| e["recordedAt"] == entry["recordedAt"])
             .expect("this entry");
         let mut by_time = as_of(json!({"time": entry["recordedAt"]})).await;
-        by_time.as_object_mut().expect("an object").remove("timeline");
+        by_time
+            .as_object_mut()
+            .expect("an object")
+            .remove("timeline");
         assert_eq!(by_time["version"], at_time["sequence"], "at {k}");
         // Another tenant's run does not exist, at any point.
         let (_, body) = server
@@ -615,7 +621,10 @@ async fn an_execution_as_of_any_moment(env: TestEnv) {
     for (at, field) in [
         (json!({}), "asOf"),
         (json!({"version": 0}), "asOf.version"),
-        (json!({"version": 1, "time": "2026-01-01T00:00:00Z"}), "asOf"),
+        (
+            json!({"version": 1, "time": "2026-01-01T00:00:00Z"}),
+            "asOf",
+        ),
         (json!({"position": "not a position"}), "asOf.position"),
     ] {
         let (_, body) = server

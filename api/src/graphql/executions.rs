@@ -74,7 +74,7 @@ impl ExecutionStatus {
 /// and timeline are those of then too.
 pub struct Execution {
     /// The execution's row.
-    view: ExecutionView,
+    pub(crate) view: ExecutionView,
     /// For an as-of read: the execution then, which `steps`, `nodes`,
     /// `timeline` and `at` show instead of today's.
     as_of: Option<Arc<crate::read::as_of::ExecutionAsOf>>,
@@ -155,7 +155,7 @@ impl Execution {
     }
     /// The nodes it pauses before.
     async fn breakpoints(&self) -> Vec<String> {
-        self.0
+        self.view
             .breakpoints
             .as_array()
             .map(|ids| {
@@ -269,7 +269,8 @@ impl Execution {
             Some(_) => return Err(ApiError::validation("offset", "must not be negative").into()),
         };
         let until = self.until();
-        let entries = timeline(ctx, &self.view.id, self.recorded(), |e| e.sequence <= until).await?;
+        let entries =
+            timeline(ctx, &self.view.id, self.recorded(), |e| e.sequence <= until).await?;
         Ok(entries.into_iter().skip(offset).take(first).collect())
     }
     /// The run as it stood right after its event `sequence` (from 1), or
@@ -284,7 +285,10 @@ impl Execution {
         let entries = match (sequence, time) {
             (Some(sequence), None) if sequence >= 1 => {
                 let sequence = (sequence as u64).min(self.until());
-                timeline(ctx, &self.view.id, self.recorded(), |e| e.sequence <= sequence).await?
+                timeline(ctx, &self.view.id, self.recorded(), |e| {
+                    e.sequence <= sequence
+                })
+                .await?
             }
             (Some(_), None) => {
                 return Err(ApiError::validation("sequence", "must be at least 1").into())
@@ -707,15 +711,11 @@ impl ExecutionQuery {
         };
         let caller = caller(ctx, Role::Viewer)?;
         let moment = as_of.moment()?;
-        let then = crate::read::as_of::execution(
-            &state(ctx)?.store,
-            Some(&caller.tenant),
-            &id,
-            moment,
-        )
-        .await
-        .map_err(ApiError::from)?
-        .ok_or(ApiError::NotFound)?;
+        let then =
+            crate::read::as_of::execution(&state(ctx)?.store, Some(&caller.tenant), &id, moment)
+                .await
+                .map_err(ApiError::from)?
+                .ok_or(ApiError::NotFound)?;
         Ok(Some(Execution::from(then)))
     }
 }

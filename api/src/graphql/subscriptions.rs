@@ -364,8 +364,8 @@ impl LogSubscription {
             move |execution: &Execution| {
                 workflow_id
                     .as_ref()
-                    .is_none_or(|w| *w == execution.0.workflow_id)
-                    && status.is_none_or(|s| s.as_str() == execution.0.status)
+                    .is_none_or(|w| *w == execution.view.workflow_id)
+                    && status.is_none_or(|s| s.as_str() == execution.view.status)
             },
         ))
     }

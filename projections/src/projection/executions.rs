@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::Value;
 use toolhub_domain::execution::{ExecutionEvent, ExecutionStatus};
 use toolhub_eventstore::sql::{insert_rows, upsert_tail, Conn};
@@ -235,9 +235,7 @@ fn apply_event(
         (payload, Some(row)) => (payload, row),
     };
     let (payload, row) = row;
-    let key = |node: &str, attempt: u32| -> StepKey {
-        (id.clone(), node.to_string(), attempt)
-    };
+    let key = |node: &str, attempt: u32| -> StepKey { (id.clone(), node.to_string(), attempt) };
     let finish = |row: &mut ExecutionView, status: ExecutionStatus| {
         row.status = status.as_str().into();
         row.finished_at = Some(at);
@@ -305,8 +303,7 @@ fn apply_event(
         }
         ExecutionEvent::StepSkipped { node_id } => {
             // A skipped node has no attempt: it shows as attempt 0.
-            let mut step =
-                new_step(key(node_id.as_str(), 0), Value::Null, &row.tenant, at);
+            let mut step = new_step(key(node_id.as_str(), 0), Value::Null, &row.tenant, at);
             step.status = "skipped".into();
             step.finished_at = Some(at);
             dirty_steps.insert(step_key(&step));
@@ -328,8 +325,7 @@ fn apply_event(
             original_position,
             ..
         } => {
-            let mut step =
-                new_step(key(node_id.as_str(), attempt), input, &row.tenant, at);
+            let mut step = new_step(key(node_id.as_str(), attempt), input, &row.tenant, at);
             if skipped {
                 step.status = "skipped".into();
             } else {
@@ -396,9 +392,12 @@ pub fn fold_execution(
             row.aggregate_version = event.sequence;
         }
     }
-    let Some(row) = row else {
+    let Some(mut row) = row else {
         return Ok(None);
     };
+    // As stored: both backends keep times to the microsecond, and a
+    // deadline is the one time taken from a payload, not from the log.
+    row.deadline = row.deadline.map(|d| d.trunc_subsecs(6));
     let mut steps: Vec<ExecutionStepView> = steps.into_values().collect();
     steps.sort_by(|a, b| {
         (a.scheduled_at, &a.node_id, a.attempt).cmp(&(b.scheduled_at, &b.node_id, b.attempt))
