@@ -107,6 +107,16 @@ async fn run(backend: &str, events: u64, rounds: usize) {
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let stream: Vec<RecordedEvent> = store.stream(McpServer::TYPE, &id).await.expect("stream");
     assert_eq!(stream.len() as u64, events);
+    let kept = toolhub_eventstore::sql::fetch(
+        store.db(),
+        "SELECT COUNT(*) AS n FROM checkpoints WHERE aggregate_type = $1 AND aggregate_id = $2",
+        &[McpServer::TYPE.into(), id.as_str().into()],
+    )
+    .await
+    .expect("count the checkpoints")[0]
+        .int("n")
+        .expect("a count");
+    eprintln!("{backend}: {kept} checkpoints of {} kept", events / 100);
 
     let depths = [0.01, 0.25, 0.5, 0.75, 0.99, 1.0];
     let mut ours = Vec::new();
