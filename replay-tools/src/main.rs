@@ -41,8 +41,9 @@
 //! `toolhub-replay export [--from T|P] [--to T|P] [--tenant T] [--actor A]
 //! [--aggregate-type K] [--format jsonl|csv]` streams the audit log (the
 //! audit read model: payloads redacted as the API shows them) to standard
-//! output, oldest first, a batch at a time, so memory stays flat however
-//! large the export. `--from` is inclusive, `--to` exclusive; each is a
+//! output, oldest first, a page at a time, each page's rows written as the
+//! database sends them (the payload as the JSON text it stores, never
+//! decoded), so memory stays flat however large the export. `--from` is inclusive, `--to` exclusive; each is a
 //! time (RFC 3339) or a position.
 //!
 //! `DATABASE_URL` selects the database; without it, the embedded SQLite file
@@ -53,6 +54,8 @@
 //! status: 2 for a malformed command line, 1 otherwise (`verify` adds 3);
 //! the binary never panics on bad input or an unreachable database.
 //! It never appends to the log: replaying is reading.
+
+mod audit_lines;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -193,7 +196,8 @@ enum Command {
         /// One JSON object per line, or CSV with a header.
         #[arg(long, value_enum, default_value = "jsonl")]
         format: Format,
-        /// How many entries are read at a time.
+        /// How many entries one query reads (each is written as it
+        /// arrives).
         #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=50_000))]
         batch_size: u32,
     },
@@ -905,90 +909,56 @@ async fn export(
         Some(Bound::Position(p)) => Some(p),
         _ => None,
     };
-    let out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+    // Lines are formatted into one buffer, handed to standard output when
+    // it passes `FLUSH_AT` (a line is a few hundred bytes, so it stays near
+    // that size).
+    const FLUSH_AT: usize = 1 << 20;
+    let mut buffer: Vec<u8> = Vec::new();
     let (mut json_out, mut csv_out) = match format {
-        Format::Jsonl => (Some(out), None),
-        Format::Csv => (None, Some(csv::Writer::from_writer(out))),
+        Format::Jsonl => {
+            buffer.reserve(FLUSH_AT + (64 << 10));
+            (Some(std::io::stdout().lock()), None)
+        }
+        Format::Csv => {
+            let mut writer = csv::WriterBuilder::new()
+                .buffer_capacity(FLUSH_AT)
+                .from_writer(std::io::stdout().lock());
+            writer.write_record(audit_lines::CSV_HEADER)?;
+            (None, Some(writer))
+        }
     };
-    if let Some(writer) = csv_out.as_mut() {
-        writer.write_record([
-            "position",
-            "tenant",
-            "aggregate_type",
-            "aggregate_id",
-            "sequence",
-            "event_type",
-            "event_version",
-            "actor",
-            "correlation_id",
-            "causation_id",
-            "request_id",
-            "recorded_at",
-            "payload",
-        ])?;
-    }
+    let mut scratch = Vec::new();
     let bar = ProgressBar::new_spinner();
     bar.set_prefix("export");
     let mut written = 0u64;
-    'batches: loop {
-        let entries = read
-            .export_after(tenant.as_ref(), after, &filter, batch_size)
+    loop {
+        let (n, last) = read
+            .export_each(
+                tenant.as_ref(),
+                after,
+                until,
+                &filter,
+                batch_size,
+                |entry| -> anyhow::Result<()> {
+                    if let Some(out) = json_out.as_mut() {
+                        audit_lines::write_json(&mut buffer, entry)?;
+                        if buffer.len() >= FLUSH_AT {
+                            out.write_all(&buffer)?;
+                            buffer.clear();
+                        }
+                    }
+                    if let Some(writer) = csv_out.as_mut() {
+                        audit_lines::write_csv(writer, &mut scratch, entry)?;
+                    }
+                    Ok(())
+                },
+            )
             .await
-            .context("cannot read the audit log")?;
-        let full = entries.len() as u32 == batch_size;
-        for entry in entries {
-            if until.is_some_and(|until| entry.position >= until) {
-                break 'batches;
-            }
-            after = entry.position;
-            let recorded_at = entry
-                .recorded_at
-                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-            match (json_out.as_mut(), csv_out.as_mut()) {
-                (Some(out), _) => {
-                    serde_json::to_writer(
-                        &mut *out,
-                        &serde_json::json!({
-                            "position": entry.position.to_string(),
-                            "tenant": entry.tenant,
-                            "aggregateType": entry.aggregate_type,
-                            "aggregateId": entry.aggregate_id,
-                            "sequence": entry.sequence,
-                            "eventType": entry.event_type,
-                            "eventVersion": entry.event_version,
-                            "actor": entry.actor,
-                            "correlationId": entry.correlation_id,
-                            "causationId": entry.causation_id,
-                            "requestId": entry.request_id,
-                            "recordedAt": recorded_at,
-                            "payload": entry.payload,
-                        }),
-                    )?;
-                    out.write_all(b"\n")?;
-                }
-                (None, Some(writer)) => {
-                    writer.write_record([
-                        entry.position.to_string().as_str(),
-                        &entry.tenant,
-                        &entry.aggregate_type,
-                        &entry.aggregate_id,
-                        &entry.sequence.to_string(),
-                        &entry.event_type,
-                        &entry.event_version,
-                        &entry.actor,
-                        &entry.correlation_id,
-                        &entry.causation_id,
-                        &entry.request_id,
-                        &recorded_at,
-                        &entry.payload.to_string(),
-                    ])?;
-                }
-                (None, None) => {}
-            }
-            written += 1;
-        }
+            .context("cannot export the audit log")?;
+        written += n;
+        after = last;
         bar.set_position(written);
-        if !full {
+        if n < u64::from(batch_size) {
             break;
         }
     }
@@ -996,6 +966,7 @@ async fn export(
         writer.flush()?;
     }
     if let Some(out) = json_out.as_mut() {
+        out.write_all(&buffer)?;
         out.flush()?;
     }
     bar.finish_and_clear();
