@@ -572,7 +572,10 @@ pub async fn fetch(db: &Db, sql: &str, args: &[Arg]) -> Result<Vec<Row>, StoreEr
 /// while the caller works on the rows it has, and memory holds one row (and
 /// the connection's buffers), however many the query returns. Returns the
 /// number of rows; the first error, the database's or `each`'s, ends the
-/// query.
+/// query. The statement stays open until the last row is handed over, so
+/// `each` should not wait on anything slow (a pipe, a person): a session
+/// that stops reading is, after the dead-peer timeout, given up on by the
+/// server.
 pub async fn fetch_each<E, F>(db: &Db, sql: &str, args: &[Arg], mut each: F) -> Result<u64, E>
 where
     E: From<StoreError>,

@@ -585,9 +585,10 @@ impl ReadModels {
     /// the database sends them: what `toolhub-replay export` streams, a page
     /// at a time. Only the columns written out are read, the payload as
     /// text, and nothing is collected, so memory holds one row whatever the
-    /// page size, and the database produces rows while `each` writes the
-    /// ones it has. Returns the number of entries and the position of the
-    /// last (`after` when there was none), where the next page starts.
+    /// page size, and the database produces rows while `each` formats the
+    /// ones it has (`each` should not wait on a slow reader: see
+    /// [`fetch_each`]). Returns the number of entries and the position of
+    /// the last (`after` when there was none), where the next page starts.
     pub async fn export_each<E, F>(
         &self,
         tenant: Option<&TenantId>,
