@@ -324,6 +324,12 @@ impl Row {
         self.get(col)
     }
 
+    /// A non-null text column, borrowed from the row: no copy, for rows
+    /// that are written out as they are read.
+    pub fn text_ref(&self, col: &str) -> Result<&str, StoreError> {
+        self.get(col)
+    }
+
     /// A nullable text column.
     pub fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError> {
         self.get(col)
@@ -559,6 +565,42 @@ pub async fn fetch(db: &Db, sql: &str, args: &[Arg]) -> Result<Vec<Row>, StoreEr
                 .collect()
         }
     })
+}
+
+/// Runs a query on the pool and hands its rows to `each` one at a time, as
+/// they arrive, instead of collecting them first: the server keeps sending
+/// while the caller works on the rows it has, and memory holds one row (and
+/// the connection's buffers), however many the query returns. Returns the
+/// number of rows; the first error, the database's or `each`'s, ends the
+/// query. The statement stays open until the last row is handed over, so
+/// `each` should not wait on anything slow (a pipe, a person): a session
+/// that stops reading is, after the dead-peer timeout, given up on by the
+/// server.
+pub async fn fetch_each<E, F>(db: &Db, sql: &str, args: &[Arg], mut each: F) -> Result<u64, E>
+where
+    E: From<StoreError>,
+    F: FnMut(&Row) -> Result<(), E>,
+{
+    use futures::TryStreamExt;
+    let mut n = 0u64;
+    match db {
+        Db::Postgres(pool) => {
+            let mut rows = bind_pg(sqlx::query(sql), args).fetch(pool);
+            while let Some(row) = rows.try_next().await.map_err(StoreError::from)? {
+                each(&Row::Pg(row))?;
+                n += 1;
+            }
+        }
+        Db::Sqlite(pool) => {
+            let sql = sqlite_sql(sql);
+            let mut rows = bind_lite(sqlx::query(&sql), args).fetch(pool);
+            while let Some(row) = rows.try_next().await.map_err(StoreError::from)? {
+                each(&Row::Lite(row))?;
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
 }
 
 /// Executes a statement on the pool.

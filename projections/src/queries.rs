@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use toolhub_domain::TenantId;
-use toolhub_eventstore::sql::{fetch, placeholders, Arg, Row};
+use toolhub_eventstore::sql::{fetch, fetch_each, placeholders, Arg, Row};
 use toolhub_eventstore::{Db, EventStore, Position, StoreError};
 
 use crate::cursor::{cursor, decode_cursor, limit};
@@ -580,36 +580,79 @@ impl ReadModels {
             .collect::<Result<_, _>>()?)
     }
 
-    /// Up to `limit` audit entries after `after`, of one tenant or of all,
-    /// in commit order: what `toolhub-replay export` streams, a batch at a
-    /// time (memory stays flat in the size of the export).
-    pub async fn export_after(
+    /// Up to `limit` audit entries after `after` and before `until`, of one
+    /// tenant or of all, in commit order, handed to `each` one at a time as
+    /// the database sends them: what `toolhub-replay export` streams, a page
+    /// at a time. Only the columns written out are read, the payload as
+    /// text, and nothing is collected, so memory holds one row whatever the
+    /// page size, and the database produces rows while `each` formats the
+    /// ones it has (`each` should not wait on a slow reader: see
+    /// [`fetch_each`]). Returns the number of entries and the position of
+    /// the last (`after` when there was none), where the next page starts.
+    pub async fn export_each<E, F>(
         &self,
         tenant: Option<&TenantId>,
         after: Position,
+        until: Option<Position>,
         filter: &AuditFilter,
         limit: u32,
-    ) -> Result<Vec<AuditEntryView>, ReadError> {
+        mut each: F,
+    ) -> Result<(u64, Position), E>
+    where
+        E: From<StoreError>,
+        F: FnMut(&AuditExportEntry<'_>) -> Result<(), E>,
+    {
         let mut args = vec![
             Arg::from(after.transaction.min(i64::MAX as u64) as i64),
             Arg::from(after.global),
         ];
         let mut conditions = Self::audit_conditions(filter, &mut args);
+        if let Some(until) = until {
+            args.push(Arg::from(until.transaction.min(i64::MAX as u64) as i64));
+            args.push(Arg::from(until.global));
+            conditions.push_str(&format!(
+                " AND (transaction_id, global_position) < (${}, ${})",
+                args.len() - 1,
+                args.len()
+            ));
+        }
         if let Some(tenant) = tenant {
             args.push(Arg::from(tenant.as_str()));
             conditions.push_str(&format!(" AND tenant = ${}", args.len()));
         }
         args.push(Arg::from(i64::from(limit.clamp(1, 50_000))));
+        // `::text` spells the `jsonb` payload out on the server (SQLite
+        // stores text, and its rewrite drops the cast).
         let sql = format!(
-            "SELECT * FROM rm_audit WHERE (transaction_id, global_position) > ($1, $2){conditions} \
+            "SELECT transaction_id, global_position, tenant, aggregate_type, aggregate_id, \
+             sequence, event_type, event_version, actor, correlation_id, causation_id, \
+             request_id, recorded_at, payload::text AS payload \
+             FROM rm_audit WHERE (transaction_id, global_position) > ($1, $2){conditions} \
              ORDER BY transaction_id, global_position LIMIT ${}",
             args.len()
         );
-        let rows = fetch(self.db(), &sql, &args).await?;
-        Ok(rows
-            .iter()
-            .map(view::<AuditRow, AuditEntryView>)
-            .collect::<Result<_, _>>()?)
+        let mut last = after;
+        let n = fetch_each(self.db(), &sql, &args, |row| {
+            let entry = AuditExportEntry {
+                position: row.int_position("transaction_id", "global_position")?,
+                tenant: row.text_ref("tenant")?,
+                aggregate_type: row.text_ref("aggregate_type")?,
+                aggregate_id: row.text_ref("aggregate_id")?,
+                sequence: row.uint("sequence")?,
+                event_type: row.text_ref("event_type")?,
+                event_version: row.text_ref("event_version")?,
+                actor: row.text_ref("actor")?,
+                correlation_id: row.text_ref("correlation_id")?,
+                causation_id: row.text_ref("causation_id")?,
+                request_id: row.text_ref("request_id")?,
+                recorded_at: row.time("recorded_at")?,
+                payload: row.text_ref("payload")?,
+            };
+            last = entry.position;
+            each(&entry)
+        })
+        .await?;
+        Ok((n, last))
     }
 
     /// Every event of one aggregate, in sequence order.

@@ -68,6 +68,41 @@ pub struct AuditEntryView {
     pub payload: Value,
 }
 
+/// One audit entry as `toolhub-replay export` writes it: the text columns
+/// borrowed from the row as it arrives, and the payload as the JSON text the
+/// database holds (redacted when it was stored), never decoded.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AuditExportEntry<'r> {
+    /// The event's position in the global log.
+    pub position: Position,
+    /// The owning tenant.
+    pub tenant: &'r str,
+    /// `workflow`, `execution`, `secret` or `mcp_server`.
+    pub aggregate_type: &'r str,
+    /// The aggregate's id.
+    pub aggregate_id: &'r str,
+    /// The event's sequence in its aggregate.
+    pub sequence: u64,
+    /// The event type.
+    pub event_type: &'r str,
+    /// The event version.
+    pub event_version: &'r str,
+    /// Who caused it.
+    pub actor: &'r str,
+    /// The correlation id.
+    pub correlation_id: &'r str,
+    /// The causation id (empty when none).
+    pub causation_id: &'r str,
+    /// The request id.
+    pub request_id: &'r str,
+    /// When it was recorded.
+    pub recorded_at: DateTime<Utc>,
+    /// The redacted payload, as JSON text: PostgreSQL's spelling of the
+    /// `jsonb` value (spaces after `:` and `,`, its own key order), or the
+    /// text SQLite stores.
+    pub payload: &'r str,
+}
+
 /// A page of a keyset-paginated list.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page<T> {

@@ -41,8 +41,10 @@
 //! `toolhub-replay export [--from T|P] [--to T|P] [--tenant T] [--actor A]
 //! [--aggregate-type K] [--format jsonl|csv]` streams the audit log (the
 //! audit read model: payloads redacted as the API shows them) to standard
-//! output, oldest first, a batch at a time, so memory stays flat however
-//! large the export. `--from` is inclusive, `--to` exclusive; each is a
+//! output, oldest first, a page at a time: each page's rows are formatted
+//! as the database sends them (the payload as the JSON text it stores,
+//! never decoded) and written by a second thread while the next page is
+//! read, so memory stays flat however large the export. `--from` is inclusive, `--to` exclusive; each is a
 //! time (RFC 3339) or a position.
 //!
 //! `DATABASE_URL` selects the database; without it, the embedded SQLite file
@@ -53,6 +55,8 @@
 //! status: 2 for a malformed command line, 1 otherwise (`verify` adds 3);
 //! the binary never panics on bad input or an unreachable database.
 //! It never appends to the log: replaying is reading.
+
+mod audit_lines;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -194,7 +198,8 @@ enum Command {
         /// One JSON object per line, or CSV with a header.
         #[arg(long, value_enum, default_value = "jsonl")]
         format: Format,
-        /// How many entries are read at a time.
+        /// How many entries one query reads: the text of two such pages is
+        /// the most the export holds in memory.
         #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=50_000))]
         batch_size: u32,
     },
@@ -916,98 +921,99 @@ async fn export(
         Some(Bound::Position(p)) => Some(p),
         _ => None,
     };
-    let out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-    let (mut json_out, mut csv_out) = match format {
-        Format::Jsonl => (Some(out), None),
-        Format::Csv => (None, Some(csv::Writer::from_writer(out))),
-    };
-    if let Some(writer) = csv_out.as_mut() {
-        writer.write_record([
-            "position",
-            "tenant",
-            "aggregate_type",
-            "aggregate_id",
-            "sequence",
-            "event_type",
-            "event_version",
-            "actor",
-            "correlation_id",
-            "causation_id",
-            "request_id",
-            "recorded_at",
-            "payload",
-        ])?;
+    // Each page is formatted into a buffer as the database streams it, and
+    // the full buffer goes to a writer thread while the next page streams
+    // into the other one. No statement is open while standard output
+    // blocks (a paused pager, a slow pipe): the page is read to its end into
+    // memory whatever the reader downstream does, so a session never sits
+    // waiting on it for the server to give up on. Two buffers, reused from
+    // page to page, are all there is: memory is bounded by two pages'
+    // text, and nothing is allocated on one thread and freed on the other.
+    let (full_tx, mut full_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
+    let (empty_tx, mut empty_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
+    let writer = std::thread::Builder::new()
+        .name("export-writer".into())
+        .spawn(move || -> std::io::Result<()> {
+            let mut out = std::io::stdout().lock();
+            while let Some(mut buffer) = full_rx.blocking_recv() {
+                out.write_all(&buffer)?;
+                buffer.clear();
+                if empty_tx.blocking_send(buffer).is_err() {
+                    break;
+                }
+            }
+            out.flush()
+        })
+        .context("cannot start the export's writer")?;
+    let mut spare = Some(Vec::new());
+    let mut buffer = Vec::new();
+    if matches!(format, Format::Csv) {
+        let mut header = csv::WriterBuilder::new().from_writer(&mut buffer);
+        header.write_record(audit_lines::CSV_HEADER)?;
+        header.flush()?;
     }
+    let mut scratch = Vec::new();
     let bar = ProgressBar::new_spinner();
     bar.set_prefix("export");
     let mut written = 0u64;
-    'batches: loop {
-        let entries = read
-            .export_after(tenant.as_ref(), after, &filter, batch_size)
-            .await
-            .context("cannot read the audit log")?;
-        let full = entries.len() as u32 == batch_size;
-        for entry in entries {
-            if until.is_some_and(|until| entry.position >= until) {
-                break 'batches;
+    let mut read_all = false;
+    while !read_all {
+        let (n, last) = match format {
+            Format::Jsonl => {
+                read.export_each(
+                    tenant.as_ref(),
+                    after,
+                    until,
+                    &filter,
+                    batch_size,
+                    |entry| -> anyhow::Result<()> {
+                        Ok(audit_lines::write_json(&mut buffer, entry)?)
+                    },
+                )
+                .await
             }
-            after = entry.position;
-            let recorded_at = entry
-                .recorded_at
-                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-            match (json_out.as_mut(), csv_out.as_mut()) {
-                (Some(out), _) => {
-                    serde_json::to_writer(
-                        &mut *out,
-                        &serde_json::json!({
-                            "position": entry.position.to_string(),
-                            "tenant": entry.tenant,
-                            "aggregateType": entry.aggregate_type,
-                            "aggregateId": entry.aggregate_id,
-                            "sequence": entry.sequence,
-                            "eventType": entry.event_type,
-                            "eventVersion": entry.event_version,
-                            "actor": entry.actor,
-                            "correlationId": entry.correlation_id,
-                            "causationId": entry.causation_id,
-                            "requestId": entry.request_id,
-                            "recordedAt": recorded_at,
-                            "payload": entry.payload,
-                        }),
-                    )?;
-                    out.write_all(b"\n")?;
-                }
-                (None, Some(writer)) => {
-                    writer.write_record([
-                        entry.position.to_string().as_str(),
-                        &entry.tenant,
-                        &entry.aggregate_type,
-                        &entry.aggregate_id,
-                        &entry.sequence.to_string(),
-                        &entry.event_type,
-                        &entry.event_version,
-                        &entry.actor,
-                        &entry.correlation_id,
-                        &entry.causation_id,
-                        &entry.request_id,
-                        &recorded_at,
-                        &entry.payload.to_string(),
-                    ])?;
-                }
-                (None, None) => {}
+            Format::Csv => {
+                let mut records = csv::WriterBuilder::new()
+                    .has_headers(false)
+                    .from_writer(&mut buffer);
+                let page = read
+                    .export_each(
+                        tenant.as_ref(),
+                        after,
+                        until,
+                        &filter,
+                        batch_size,
+                        |entry| -> anyhow::Result<()> {
+                            Ok(audit_lines::write_csv(&mut records, &mut scratch, entry)?)
+                        },
+                    )
+                    .await;
+                records.flush()?;
+                page
             }
-            written += 1;
         }
+        .context("cannot export the audit log")?;
+        written += n;
+        after = last;
+        read_all = n < u64::from(batch_size);
         bar.set_position(written);
-        if !full {
+        // A send or a receive fails only when the writer has stopped, on
+        // an error that joining it reports.
+        if full_tx.send(buffer).await.is_err() {
             break;
         }
+        buffer = match spare.take() {
+            Some(b) => b,
+            None => match empty_rx.recv().await {
+                Some(b) => b,
+                None => break,
+            },
+        };
     }
-    if let Some(writer) = csv_out.as_mut() {
-        writer.flush()?;
-    }
-    if let Some(out) = json_out.as_mut() {
-        out.flush()?;
+    drop(full_tx);
+    match writer.join() {
+        Ok(result) => result.context("cannot write the export")?,
+        Err(_) => return Err(anyhow!("the export's writer stopped unexpectedly")),
     }
     bar.finish_and_clear();
     eprintln!("exported {written} events");

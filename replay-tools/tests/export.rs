@@ -193,3 +193,99 @@ async fn export_equals_the_audit_read_model_on_postgres() {
 async fn export_equals_the_audit_read_model_on_sqlite() {
     export_equals_the_audit_read_model(TestDb::sqlite().await).await;
 }
+
+/// An entry whose payload and text columns hold NUL and other control
+/// characters, quotes, separators and non-ASCII text exports as one valid
+/// JSON line and one CSV record, equal to the read model.
+async fn awkward_text_exports_as_valid_lines(db: TestDb) {
+    use toolhub_eventstore::sql::{exec, Arg};
+    let url = db.url().to_string();
+    let store = toolhub_eventstore::open(&url)
+        .await
+        .expect("open the store");
+    let awkward = "a\u{0}b\u{1}\u{1f}\t\n\r\"\\,;'é☃𝄞\u{7f}\u{2028}";
+    let payload = json!({
+        "type": "WorkflowRenamed",
+        awkward: [awkward, 1.5, -2, 1e-7, null, true, {"nested \"key\"": "\u{0}"}],
+        "spaces": "  a : b , c  ",
+    });
+    exec(
+        store.db(),
+        "INSERT INTO rm_audit (global_position, transaction_id, tenant, aggregate_type, \
+         aggregate_id, sequence, event_type, event_version, actor, correlation_id, \
+         causation_id, request_id, recorded_at, payload) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        &[
+            Arg::from(1i64),
+            Arg::from(5i64),
+            Arg::from("acme"),
+            Arg::from("workflow"),
+            Arg::from(awkward),
+            Arg::from(1i64),
+            Arg::from("WorkflowRenamed"),
+            Arg::from("1.0"),
+            Arg::from(awkward),
+            Arg::from("c,\"d\""),
+            Arg::from(""),
+            Arg::from("r\né"),
+            Arg::from(chrono::Utc::now()),
+            Arg::from(payload),
+        ],
+    )
+    .await
+    .expect("insert an audit entry");
+    let model = ReadModels::new(&store)
+        .audit_after(
+            &TenantId::parse("acme").expect("a tenant"),
+            Position::ZERO,
+            &Default::default(),
+            10,
+        )
+        .await
+        .expect("the audit read model");
+    assert_eq!(model.len(), 1);
+    let entry = &model[0];
+    let recorded_at = entry
+        .recorded_at
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+
+    let json_lines = lines(&replay(&url, &["export"]).await);
+    assert_eq!(json_lines.len(), 1, "one line, whatever the text holds");
+    let line = &json_lines[0];
+    assert_eq!(line["position"], entry.position.to_string());
+    assert_eq!(line["actor"], entry.actor);
+    assert_eq!(line["aggregateId"], entry.aggregate_id);
+    assert_eq!(line["correlationId"], entry.correlation_id);
+    assert_eq!(line["requestId"], entry.request_id);
+    assert_eq!(line["recordedAt"], recorded_at);
+    assert_eq!(line["payload"], entry.payload);
+
+    let csv = replay(&url, &["export", "--format", "csv"]).await;
+    assert!(
+        csv.status.success(),
+        "{}",
+        String::from_utf8_lossy(&csv.stderr)
+    );
+    let mut reader = csv::Reader::from_reader(csv.stdout.as_slice());
+    let records: Vec<csv::StringRecord> = reader.records().map(|r| r.expect("a record")).collect();
+    assert_eq!(records.len(), 1, "one record, whatever the text holds");
+    let record = &records[0];
+    assert_eq!(&record[0], entry.position.to_string());
+    assert_eq!(&record[3], entry.aggregate_id);
+    assert_eq!(&record[7], entry.actor);
+    assert_eq!(&record[8], entry.correlation_id);
+    assert_eq!(&record[10], entry.request_id);
+    assert_eq!(&record[11], recorded_at);
+    let payload: Value = serde_json::from_str(&record[12]).expect("the payload is JSON");
+    assert_eq!(payload, entry.payload);
+}
+
+#[tokio::test]
+async fn awkward_text_exports_as_valid_lines_on_postgres() {
+    awkward_text_exports_as_valid_lines(TestDb::postgres().await).await;
+}
+
+#[tokio::test]
+async fn awkward_text_exports_as_valid_lines_on_sqlite() {
+    awkward_text_exports_as_valid_lines(TestDb::sqlite().await).await;
+}
