@@ -138,9 +138,15 @@ async fn run(backend: &str, events: u64, rounds: usize) {
         }
     };
     for round in 0..rounds {
-        let mut shown = Vec::new();
-        for (d, depth) in depths.iter().enumerate() {
-            let moment = moment_at(round, d, *depth);
+        // Each window starts at another depth, so the first read after the
+        // other window is not always the same depth's.
+        let order: Vec<usize> = (0..depths.len())
+            .map(|i| (i + round) % depths.len())
+            .collect();
+        let mut shown = vec![false; depths.len()];
+        for &d in &order {
+            let depth = depths[d];
+            let moment = moment_at(round, d, depth);
             let start = Instant::now();
             let view = as_of::mcp_server(&store, Some(&acme), &id, moment)
                 .await
@@ -149,10 +155,10 @@ async fn run(backend: &str, events: u64, rounds: usize) {
             let ms = start.elapsed().as_secs_f64() * 1e3;
             ours.push(ms);
             by_depth[d].push(ms);
-            shown.push(view.enabled);
+            shown[d] = view.enabled;
         }
-        for (d, depth) in depths.iter().enumerate() {
-            let moment = moment_at(round, d, *depth);
+        for &d in &order {
+            let moment = moment_at(round, d, depths[d]);
             let start = Instant::now();
             let state = full_fold(&store, &id, moment).await;
             baseline.push(start.elapsed().as_secs_f64() * 1e3);
