@@ -13,6 +13,9 @@
 //!   over 100,000 executions of three steps each;
 //! - `auditLog(first: 50)` over 1,000,000 audit entries.
 //!
+//! - and, for reference, `{ __typename }`: the fixed cost of a request
+//!   (token check, parse, validation, response) with no database.
+//!
 //! (Executions and audit entries are written straight into their read
 //! models with `INSERT … SELECT generate_series`, in the shape the
 //! projectors write: running 100,000 executions or a million commands
@@ -24,7 +27,9 @@
 //! window's requests per second per side, the median of the paired ratios,
 //! and each side's p50 and p99 latency over all its requests. Run with
 //! `cargo bench -p toolhub-api --bench lists` (PostgreSQL at
-//! `DATABASE_URL`, or 127.0.0.1:5432). `BENCH_SMOKE=1` shrinks everything
+//! `DATABASE_URL`, or 127.0.0.1:5432); `BENCH_LISTS=workflows,auditLog`
+//! runs only those lists; `BENCH_PROFILE=1` runs only the GraphQL side, for
+//! a profiler to watch. `BENCH_SMOKE=1` shrinks everything
 //! (CI runs it, so that the benchmark the docs cite keeps working).
 
 use std::sync::Arc;
@@ -44,6 +49,10 @@ use toolhub_api::config::Config;
 use toolhub_domain::{Role, TenantId};
 use toolhub_eventstore::testing::TestDb;
 use toolhub_eventstore::Db;
+
+/// The allocator `toolhub serve` runs with (see `src/main.rs`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const SECRET: &[u8] = b"a-benchmark-secret-that-is-longer-than-32-bytes";
 const CONCURRENCY: usize = 32;
@@ -148,7 +157,12 @@ async fn create_workflows(client: &reqwest::Client, url: &str, n: u64) {
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..8 {
-        let (client, url, tokens, next) = (client.clone(), url.to_string(), tokens.clone(), next.clone());
+        let (client, url, tokens, next) = (
+            client.clone(),
+            url.to_string(),
+            tokens.clone(),
+            next.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -257,7 +271,12 @@ async fn fill(pool: &PgPool, executions: u64, audit: u64) {
         .expect("fill rm_audit");
         first = last + 1;
     }
-    for table in ["rm_workflows", "rm_executions", "rm_execution_steps", "rm_audit"] {
+    for table in [
+        "rm_workflows",
+        "rm_executions",
+        "rm_execution_steps",
+        "rm_audit",
+    ] {
         sqlx::query(&format!("VACUUM ANALYZE {table}"))
             .execute(pool)
             .await
@@ -331,7 +350,11 @@ async fn plain_workflows(State(plain): State<Arc<Plain>>, headers: HeaderMap) ->
     json_response(&Data {
         data: Workflows {
             workflows: Edges {
-                edges: rows.into_iter().take(20).map(|node| Edge { node }).collect(),
+                edges: rows
+                    .into_iter()
+                    .take(20)
+                    .map(|node| Edge { node })
+                    .collect(),
             },
         },
     })
@@ -438,19 +461,28 @@ async fn plain_audit(State(plain): State<Arc<Plain>>, headers: HeaderMap) -> Res
                 edges: rows
                     .into_iter()
                     .take(50)
-                    .map(|(tx, global, event_type, aggregate_id, actor, recorded_at)| Edge {
-                        node: AuditNode {
-                            position: format!("{tx}.{global}"),
-                            event_type,
-                            aggregate_id,
-                            actor,
-                            recorded_at,
+                    .map(
+                        |(tx, global, event_type, aggregate_id, actor, recorded_at)| Edge {
+                            node: AuditNode {
+                                position: format!("{tx}.{global}"),
+                                event_type,
+                                aggregate_id,
+                                actor,
+                                recorded_at,
+                            },
                         },
-                    })
+                    )
                     .collect(),
             },
         },
     })
+}
+
+/// `{ __typename }`, by hand: the token check and a constant answer, the
+/// fixed cost of a request without a database.
+async fn plain_typename(State(plain): State<Arc<Plain>>, headers: HeaderMap) -> Response {
+    let _tenant = tenant_of(&plain, &headers);
+    json_response(&json!({"data": {"__typename": "Query"}}))
 }
 
 /// One window: `CONCURRENCY` clients sending `make()` for `window`.
@@ -564,6 +596,7 @@ async fn main() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let plain_url = format!("http://{}", listener.local_addr().unwrap());
     let app = Router::new()
+        .route("/typename", get(plain_typename))
         .route("/workflows", get(plain_workflows))
         .route("/executions", get(plain_executions))
         .route("/audit", get(plain_audit))
@@ -573,6 +606,13 @@ async fn main() {
     let viewer = token("acme", Role::Viewer);
     let admin = token("acme", Role::Admin);
     let lists = [
+        (
+            "__typename",
+            "{ __typename } (no database)",
+            "{ __typename }",
+            "/typename",
+            &viewer,
+        ),
         (
             "workflows",
             "workflows(first: 20)",
@@ -603,7 +643,17 @@ async fn main() {
         "| list | GraphQL req/s | plain req/s | GraphQL / plain | GraphQL p50 / p99 ms | plain p50 / p99 ms |"
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    // `BENCH_PROFILE=1`: only the GraphQL side, for a profiler.
+    let profile_graphql = std::env::var("BENCH_PROFILE").is_ok_and(|v| v == "1");
+    // `BENCH_LISTS=workflows,auditLog` runs only those.
+    let only = std::env::var("BENCH_LISTS").ok();
     for (list, label, query, path, token) in lists {
+        if only
+            .as_deref()
+            .is_some_and(|only| !only.split(',').any(|l| l == list))
+        {
+            continue;
+        }
         let graphql_request = || {
             client
                 .post(format!("{url}/graphql"))
@@ -611,10 +661,20 @@ async fn main() {
                 .json(&json!({ "query": query }))
         };
         let plain_request = || client.get(format!("{plain_url}{path}")).bearer_auth(token);
-        let g: Value = graphql_request().send().await.unwrap().json().await.unwrap();
+        let g: Value = graphql_request()
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         let p: Value = plain_request().send().await.unwrap().json().await.unwrap();
         assert!(g.get("errors").is_none(), "{g}");
-        same_page(&g, &p, list);
+        if list == "__typename" {
+            assert_eq!(g, p, "the answers differ");
+        } else {
+            same_page(&g, &p, list);
+        }
         // Warm up both.
         window(&graphql_request, sizes.window / 2).await;
         window(&plain_request, sizes.window / 2).await;
@@ -623,6 +683,11 @@ async fn main() {
         for _ in 0..sizes.windows {
             let (g, l) = window(&graphql_request, sizes.window).await;
             graphql_latency.extend(l);
+            if profile_graphql {
+                // Only GraphQL, for a profiler to watch it alone.
+                graphql.push(g);
+                continue;
+            }
             let (p, l) = window(&plain_request, sizes.window).await;
             plain_latency.extend(l);
             graphql.push(g);
@@ -631,6 +696,15 @@ async fn main() {
         }
         graphql_latency.sort();
         plain_latency.sort();
+        if profile_graphql {
+            println!(
+                "| `{label}` | {:.0} | | | {:.1} / {:.1} | |",
+                median(graphql),
+                pct(&graphql_latency, 0.5),
+                pct(&graphql_latency, 0.99)
+            );
+            continue;
+        }
         println!(
             "| `{label}` | {:.0} | {:.0} | **{:.2}** | {:.1} / {:.1} | {:.1} / {:.1} |",
             median(graphql),

@@ -33,6 +33,10 @@ use toolhub_api::read::{PageRequest, ReadModels, WorkflowFilter};
 use toolhub_domain::{Role, TenantId};
 use toolhub_eventstore::testing::TestDb;
 
+/// The allocator `toolhub serve` runs with (see `src/main.rs`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SECRET: &[u8] = b"a-benchmark-secret-that-is-longer-than-32-bytes";
 const CONCURRENCY: usize = 16;
 /// The sizes of a run: full by default, tiny with `BENCH_SMOKE=1` (which CI
@@ -108,6 +112,7 @@ async fn plain_workflows(State(plain): State<Arc<Plain>>, headers: HeaderMap) ->
                 after: None,
             },
             &WorkflowFilter::default(),
+            toolhub_api::read::Documents::Skipped,
         )
         .await
         .expect("read");
