@@ -15,6 +15,14 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of glibc's allocator: a request allocates many small
+/// objects on one worker thread and frees them on another, which glibc's
+/// arenas handle slowly (in `docs/benchmarks.md`, GraphQL lists ran about
+/// a fifth faster, and glibc's fast-bin consolidation showed up as the tail
+/// of SQLite's as-of reads).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Toolhub: the event-sourced backend of a workflow-automation platform built
 /// around the Model Context Protocol.
 #[derive(Parser)]

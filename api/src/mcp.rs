@@ -531,7 +531,7 @@ impl ToolhubMcp {
                 let mut steps = self
                     .state
                     .read
-                    .execution_steps(&caller.tenant, &ids)
+                    .execution_steps(&caller.tenant, &ids, crate::read::Documents::Included)
                     .await
                     .map_err(|e| internal(context, format!("{e:?}")))?;
                 // Steps recorded in one batch share their time; then a

@@ -20,6 +20,10 @@ pub struct Metrics {
     pub graphql_latency: HistogramVec,
     /// Commands by aggregate and outcome.
     pub commands: IntCounterVec,
+    /// Where a mutation's time goes, by phase: `command` (validate, load,
+    /// append), `wait` (until the read models hold the command's events),
+    /// `read_back` (the entity the payload shows).
+    pub mutation_phases: HistogramVec,
     /// Commands that ended in a conflict, by aggregate.
     pub conflicts: IntCounterVec,
     /// Events appended by this process.
@@ -71,6 +75,18 @@ impl Metrics {
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ]),
             &["operation"],
+        )
+        .expect("valid metric");
+        let mutation_phases = HistogramVec::new(
+            HistogramOpts::new(
+                "mutation_phase_duration_seconds",
+                "Where a mutation's time goes: command, wait (read-your-writes), read_back",
+            )
+            .buckets(vec![
+                0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256,
+                0.512, 1.0, 2.0,
+            ]),
+            &["phase"],
         )
         .expect("valid metric");
         let commands = IntCounterVec::new(
@@ -143,6 +159,7 @@ impl Metrics {
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(graphql_latency.clone()),
             Box::new(commands.clone()),
+            Box::new(mutation_phases.clone()),
             Box::new(conflicts.clone()),
             Box::new(events_appended.clone()),
             Box::new(projection_stalled.clone()),
@@ -163,6 +180,7 @@ impl Metrics {
             http_requests,
             graphql_latency,
             commands,
+            mutation_phases,
             conflicts,
             events_appended,
             projection_stalled,
@@ -174,6 +192,13 @@ impl Metrics {
             engine,
             mcp_health,
         }
+    }
+
+    /// Records that a mutation's `phase` took from `started` until now.
+    pub fn phase(&self, phase: &str, started: std::time::Instant) {
+        self.mutation_phases
+            .with_label_values(&[phase])
+            .observe(started.elapsed().as_secs_f64());
     }
 
     /// Copies the engine's counters and health checks into the metrics

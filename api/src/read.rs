@@ -3,9 +3,9 @@
 
 pub use toolhub_projections::as_of::{self, AsOf as Moment, Folded};
 pub use toolhub_projections::views::{
-    AuditEntryView, AuditFilter, Cursor, ExecutionFilter, ExecutionStepView, ExecutionView,
-    McpServerView, McpToolView, Page, PageRequest, SecretView, WebhookView, WorkflowFilter,
-    WorkflowVersionView, WorkflowView, MAX_PAGE,
+    AuditEntryView, AuditFilter, Cursor, Documents, ExecutionFilter, ExecutionStepView,
+    ExecutionView, McpServerView, McpToolView, Page, PageRequest, SecretView, WebhookView,
+    WorkflowFilter, WorkflowVersionView, WorkflowView, MAX_PAGE,
 };
 pub use toolhub_projections::{
     ProjectorLag, ProjectorRunner, ReadError, ReadModels, RunnerHandle, RunnerOptions, WaitError,

@@ -634,9 +634,6 @@ async fn graphiql() -> Html<String> {
 /// document that does not parse, or names no operation it has, counts as
 /// a query: the executor refuses it anyway).
 fn operation_kind(request: &mut async_graphql::Request) -> Kind {
-    if nesting::too_deep(&request.query) {
-        return Kind::Query;
-    }
     let name = request.operation_name.clone();
     let Ok(document) = request.parsed_query() else {
         return Kind::Query;
@@ -707,6 +704,10 @@ async fn graphql_http(
             )
         }
     };
+    // Before anything parses it: see `graphql::nesting`.
+    if nesting::too_deep(&request.query) {
+        return error_response(StatusCode::OK, &nesting::too_deep_error());
+    }
     let mut request = app.documents.attach(request);
     let kind = operation_kind(&mut request);
     let address = client_address(&app.state, &headers, peer);

@@ -19,7 +19,9 @@ use crate::auth::Authenticator;
 use crate::config::Limits;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::read::{AuditEntryView, AuditFilter, ReadModels};
+use crate::read::{
+    AuditEntryView, AuditFilter, Documents, ExecutionView, ReadModels, WorkflowView,
+};
 use crate::standing::Standing;
 use crate::throttle::Throttle;
 
@@ -71,66 +73,237 @@ pub struct AppState {
 /// A batch of entries, each shared by every subscriber that receives it.
 pub type SharedEntries = Arc<Vec<Arc<AuditEntryView>>>;
 
-type SharedRead = Shared<BoxFuture<'static, Result<SharedEntries, ApiError>>>;
+type SharedRead<V> = Shared<BoxFuture<'static, Result<V, ApiError>>>;
 
-/// Single-flight reads of the audit log for subscriptions.
+/// A query in flight: its generation, its tag, its shared answer.
+type InFlight<V> = (u64, Position, SharedRead<V>);
+
+/// How long a [`Reads`] keeps an answer after it arrives: the subscribers
+/// woken by one change come for it within milliseconds; one that comes
+/// later reads again.
+const KEEP_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// One kind of read shared between subscriptions: at most one query in
+/// flight per key, and its answer kept briefly for the subscribers that
+/// come for it later.
 ///
-/// When a commit wakes a thousand subscribers of one tenant that all stand
-/// at the same position, they would each send the same query. Instead, the
-/// first one sends it and the others await its answer. A read is shared only
-/// while it is in flight, so nobody ever gets a stale answer.
-#[derive(Default)]
-pub struct Fanout {
-    /// The reads in flight, by what they ask for, with their generation.
-    in_flight: Mutex<HashMap<String, (u64, SharedRead)>>,
-    /// Tells a read from a later one with the same key, so that a finished read removes only its own entry.
+/// Every answer is tagged with a position the read models had reached
+/// before its query started, so it holds everything up to that position. A
+/// subscriber that needs what the read models held at `need` may take an
+/// answer tagged `need` or later. For a page of the log, `need` is the
+/// position the subscriber was woken at: it misses nothing, because
+/// whatever the read models reach after it wakes the subscriber again. For
+/// an entity, it is the position of the last entry the subscriber read.
+/// So a commit watched by ten thousand subscribers costs one query per
+/// key, whenever each of them gets to it.
+struct Reads<V> {
+    /// The queries in flight, by key: generation, tag, the shared answer.
+    in_flight: Mutex<HashMap<String, InFlight<V>>>,
+    /// The latest answers, by key, with their tags and when they arrived;
+    /// at most `capacity` of them, each for [`KEEP_FOR`].
+    done: Mutex<lru::LruCache<String, (Position, std::time::Instant, V)>>,
+    /// Tells a query from a later one with the same key, so that a finished
+    /// query removes only its own entry.
     generation: std::sync::atomic::AtomicU64,
 }
 
-impl Fanout {
-    /// The tenant's entries after `after` that match `filter`, at most
-    /// `limit`, read once for every caller asking the same at the same time.
-    pub async fn audit_after(
+impl<V> Reads<V> {
+    /// Reads that keep at most `capacity` answers.
+    fn new(capacity: usize) -> Self {
+        Self {
+            in_flight: Mutex::new(HashMap::new()),
+            done: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(capacity.max(1)).expect("not zero"),
+            )),
+            generation: Default::default(),
+        }
+    }
+}
+
+impl<V: Clone + Send + Sync + 'static> Reads<V> {
+    /// The answer for `key` as of `need` or later, with its tag: one kept,
+    /// one in flight, or `query`'s, started now and tagged `now`, a position
+    /// the read models have reached (at least `need`).
+    async fn get(
         &self,
-        read: &ReadModels,
-        tenant: &TenantId,
-        after: Position,
-        filter: &AuditFilter,
-        limit: u32,
-    ) -> Result<SharedEntries, ApiError> {
-        let key = format!(
-            "{tenant}|{:?}|{:?}|{:?}|{:?}|{:?}|{after}|{limit}",
-            filter.aggregate_type, filter.aggregate_id, filter.actor, filter.from, filter.to
-        );
-        let (generation, shared) = {
+        key: String,
+        need: Position,
+        now: Position,
+        query: impl FnOnce() -> BoxFuture<'static, Result<V, ApiError>>,
+    ) -> Result<(Position, V), ApiError> {
+        let now = now.max(need);
+        if let Some((tag, arrived, value)) = self.done.lock().get(&key) {
+            if *tag >= need && arrived.elapsed() < KEEP_FOR {
+                return Ok((*tag, value.clone()));
+            }
+        }
+        let (generation, tag, shared) = {
             let mut in_flight = self.in_flight.lock();
             match in_flight.get(&key) {
-                Some(entry) => entry.clone(),
-                None => {
+                Some((generation, tag, shared)) if *tag >= need => {
+                    (*generation, *tag, shared.clone())
+                }
+                _ => {
                     let generation = self
                         .generation
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let read = read.clone();
-                    let tenant = tenant.clone();
-                    let filter = filter.clone();
-                    let future: BoxFuture<'static, _> = Box::pin(async move {
-                        read.audit_after(&tenant, after, &filter, limit)
-                            .await
-                            .map(|entries| Arc::new(entries.into_iter().map(Arc::new).collect()))
-                            .map_err(ApiError::from)
-                    });
-                    let entry = (generation, future.shared());
-                    in_flight.insert(key.clone(), entry.clone());
-                    entry
+                    let shared = query().shared();
+                    in_flight.insert(key.clone(), (generation, now, shared.clone()));
+                    (generation, now, shared)
                 }
             }
         };
         let result = shared.await;
-        let mut in_flight = self.in_flight.lock();
-        if in_flight.get(&key).is_some_and(|(g, _)| *g == generation) {
-            in_flight.remove(&key);
+        let removed = {
+            let mut in_flight = self.in_flight.lock();
+            match in_flight.get(&key) {
+                Some((g, _, _)) if *g == generation => in_flight.remove(&key).is_some(),
+                _ => false,
+            }
+        };
+        // The one that removes the query keeps its answer, unless a later
+        // one is kept already.
+        if let (true, Ok(value)) = (removed, &result) {
+            let mut done = self.done.lock();
+            if done.peek(&key).is_none_or(|(kept, _, _)| *kept <= tag) {
+                done.put(key, (tag, std::time::Instant::now(), value.clone()));
+            }
         }
-        result
+        result.map(|value| (tag, value))
+    }
+}
+
+/// A page of the audit log a subscription reads.
+#[derive(Clone, Debug)]
+pub struct AuditPage {
+    /// The entries after this position.
+    pub after: Position,
+    /// Those that match.
+    pub filter: AuditFilter,
+    /// At most this many.
+    pub limit: u32,
+    /// With or without their payloads.
+    pub documents: Documents,
+}
+
+/// Reads shared between subscriptions: the audit entries they follow, and
+/// the entities they show. See [`Reads`].
+pub struct Fanout {
+    /// Pages of the audit log.
+    audit: Reads<SharedEntries>,
+    /// Workflows as the read model shows them.
+    workflows: Reads<Option<Arc<WorkflowView>>>,
+    /// Executions as the read model shows them.
+    executions: Reads<Option<Arc<ExecutionView>>>,
+}
+
+impl Default for Fanout {
+    fn default() -> Self {
+        Self {
+            // Pages are few (subscribers of a type converge on one), and
+            // may be large; entities are one per watched entity.
+            audit: Reads::new(1_024),
+            workflows: Reads::new(4_096),
+            executions: Reads::new(4_096),
+        }
+    }
+}
+
+impl Fanout {
+    /// The tenant's entries after `page.after` that match `page.filter`, at
+    /// most `page.limit`, with or without their payloads, holding every one
+    /// up to `need` (a position the read models have reached, as `now` is),
+    /// read once for every subscriber that asks the same. Returns them with
+    /// the answer's tag: when there are fewer than `limit`, they are every
+    /// entry up to the tag.
+    pub async fn audit_after(
+        &self,
+        read: &ReadModels,
+        tenant: &TenantId,
+        page: &AuditPage,
+        need: Position,
+        now: Position,
+    ) -> Result<(Position, SharedEntries), ApiError> {
+        let AuditPage {
+            after,
+            filter,
+            limit,
+            documents,
+        } = page.clone();
+        let key = format!(
+            "{tenant}|{:?}|{:?}|{:?}|{:?}|{:?}|{after}|{limit}|{documents:?}",
+            filter.aggregate_type, filter.aggregate_id, filter.actor, filter.from, filter.to
+        );
+        self.audit
+            .get(key, need, now, || {
+                let read = read.clone();
+                let tenant = tenant.clone();
+                Box::pin(async move {
+                    read.audit_entries(&tenant, after, &filter, limit, documents)
+                        .await
+                        .map(|entries| Arc::new(entries.into_iter().map(Arc::new).collect()))
+                        .map_err(ApiError::from)
+                })
+            })
+            .await
+    }
+
+    /// The tenant's workflow `id` as the read model shows it at `need` or
+    /// later (the read models are at `now`), read once for every
+    /// subscriber that asks.
+    pub async fn workflow(
+        &self,
+        read: &ReadModels,
+        tenant: &TenantId,
+        id: &str,
+        need: Position,
+        now: Position,
+    ) -> Result<Option<Arc<WorkflowView>>, ApiError> {
+        let (_, workflow) = self
+            .workflows
+            .get(format!("{tenant}|{id}"), need, now, || {
+                let read = read.clone();
+                let tenant = tenant.clone();
+                let id = id.to_string();
+                Box::pin(async move {
+                    Ok(read
+                        .workflow(&tenant, &id)
+                        .await
+                        .map_err(ApiError::from)?
+                        .map(Arc::new))
+                })
+            })
+            .await?;
+        Ok(workflow)
+    }
+
+    /// The tenant's execution `id` as the read model shows it at `need` or
+    /// later (the read models are at `now`), read once for every
+    /// subscriber that asks.
+    pub async fn execution(
+        &self,
+        read: &ReadModels,
+        tenant: &TenantId,
+        id: &str,
+        need: Position,
+        now: Position,
+    ) -> Result<Option<Arc<ExecutionView>>, ApiError> {
+        let (_, execution) = self
+            .executions
+            .get(format!("{tenant}|{id}"), need, now, || {
+                let read = read.clone();
+                let tenant = tenant.clone();
+                let id = id.to_string();
+                Box::pin(async move {
+                    Ok(read
+                        .execution(&tenant, &id)
+                        .await
+                        .map_err(ApiError::from)?
+                        .map(Arc::new))
+                })
+            })
+            .await?;
+        Ok(execution)
     }
 }
 
@@ -138,15 +311,29 @@ impl AppState {
     /// Waits, within the configured bound, until the read models reach
     /// `position`. Returns false (and logs) on a timeout or a fault, so that
     /// a committed mutation still answers.
+    ///
+    /// It waits on [`Self::projected`], which one task moves forward with
+    /// one read of the checkpoints per projector batch: however many
+    /// mutations and subscriptions wait at once, none of them reads the
+    /// checkpoints itself, and each wakes as soon as that read shows its
+    /// position applied.
     pub async fn wait_for(&self, position: Position) -> bool {
-        match self
-            .read
-            .wait_for(position, self.limits.consistency_wait)
-            .await
-        {
-            Ok(()) => true,
-            Err(error) => {
-                tracing::warn!(%error, %position, "the read models did not reach a mutation's position in time");
+        let mut projected = self.projected.clone();
+        let reached = tokio::time::timeout(self.limits.consistency_wait, async {
+            projected
+                .wait_for(|applied| *applied >= position)
+                .await
+                .map(|_| ())
+        })
+        .await;
+        match reached {
+            Ok(Ok(_)) => true,
+            Ok(Err(_)) => {
+                tracing::warn!(%position, "the read models' follower stopped before a mutation's position was applied");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(%position, "the read models did not reach a mutation's position in time");
                 false
             }
         }

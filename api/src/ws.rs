@@ -61,6 +61,10 @@ type Close = (u16, String);
 enum ClientIntent {
     /// Start a subscription with this id.
     Subscribe(String),
+    /// Start a subscription with this id, whose document nests deeper
+    /// than [`crate::graphql::nesting::MAX_NESTING`]: refused before it is
+    /// parsed (see `crate::graphql::nesting`).
+    TooDeep(String),
     /// Stop the subscription with this id.
     Complete(String),
     /// Anything else (`connection_init`, `ping`, `pong`, …).
@@ -73,6 +77,13 @@ fn client_intent(text: &str) -> ClientIntent {
     };
     let id = value["id"].as_str().map(str::to_string);
     match (value["type"].as_str(), id) {
+        (Some("subscribe" | "start"), Some(id))
+            if value["payload"]["query"]
+                .as_str()
+                .is_some_and(crate::graphql::nesting::too_deep) =>
+        {
+            ClientIntent::TooDeep(id)
+        }
         (Some("subscribe" | "start"), Some(id)) => ClientIntent::Subscribe(id),
         (Some("complete" | "stop"), Some(id)) => ClientIntent::Complete(id),
         _ => ClientIntent::Other,
@@ -221,6 +232,16 @@ impl Connection {
                                     continue;
                                 }
                             }
+                        }
+                        ClientIntent::TooDeep(id) => {
+                            if !acknowledged {
+                                return Some((4401, "Unauthorized".into()));
+                            }
+                            let refusal = self.error_message(&id, &crate::graphql::nesting::too_deep_error());
+                            if sink.send(Message::Text(refusal.into())).await.is_err() {
+                                return None;
+                            }
+                            continue;
                         }
                         ClientIntent::Complete(id) => {
                             self.running.remove(&id);

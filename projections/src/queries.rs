@@ -48,17 +48,34 @@ fn view<R: TableRow + Into<V>, V>(row: &Row) -> Result<V, StoreError> {
     R::from_row(row).map(Into::into)
 }
 
+/// What a list reads: the columns of `select` of `table`, each row read
+/// with `map`; its cursors are of `kind`.
+struct Listing<T> {
+    /// The cursors' kind.
+    kind: &'static str,
+    /// The table.
+    table: &'static str,
+    /// The select list.
+    select: &'static str,
+    /// Reads a row selected with `select`.
+    map: fn(&Row) -> Result<T, StoreError>,
+}
+
 /// A keyset page over an id-ordered (newest first) table.
 async fn id_page<T>(
     db: &Db,
-    kind: &str,
-    table: &str,
+    listing: Listing<T>,
     tenant: &TenantId,
     conditions: &[(&str, Arg)],
     page: &PageRequest,
-    map: fn(&Row) -> Result<T, StoreError>,
 ) -> Result<Page<T>, ReadError> {
-    let mut sql = format!("SELECT * FROM {table} WHERE tenant = $1");
+    let Listing {
+        kind,
+        table,
+        select,
+        map,
+    } = listing;
+    let mut sql = format!("SELECT {select} FROM {table} WHERE tenant = $1");
     let mut args = vec![Arg::from(tenant.as_str())];
     for (condition, arg) in conditions {
         args.push(arg.clone());
@@ -129,12 +146,14 @@ impl ReadModels {
         .await
     }
 
-    /// Workflows, newest first.
+    /// Workflows, newest first; with `Documents::Skipped`, without their
+    /// definitions and triggers.
     pub async fn workflows(
         &self,
         tenant: &TenantId,
         page: &PageRequest,
         filter: &WorkflowFilter,
+        documents: Documents,
     ) -> Result<Page<WorkflowView>, ReadError> {
         let mut conditions = Vec::new();
         if let Some(part) = &filter.name_contains {
@@ -148,12 +167,15 @@ impl ReadModels {
         }
         id_page(
             self.db(),
-            "workflow",
-            "rm_workflows",
+            Listing {
+                kind: "workflow",
+                table: "rm_workflows",
+                select: WorkflowView::select(documents),
+                map: WorkflowView::from_row_with(documents),
+            },
             tenant,
             &conditions,
             page,
-            WorkflowView::from_row,
         )
         .await
     }
@@ -266,12 +288,14 @@ impl ReadModels {
         .await
     }
 
-    /// Executions, newest first.
+    /// Executions, newest first; with `Documents::Skipped`, without their
+    /// inputs and outputs.
     pub async fn executions(
         &self,
         tenant: &TenantId,
         page: &PageRequest,
         filter: &ExecutionFilter,
+        documents: Documents,
     ) -> Result<Page<ExecutionView>, ReadError> {
         let mut conditions = Vec::new();
         if let Some(workflow_id) = &filter.workflow_id {
@@ -285,29 +309,90 @@ impl ReadModels {
         }
         id_page(
             self.db(),
-            "execution",
-            "rm_executions",
+            Listing {
+                kind: "execution",
+                table: "rm_executions",
+                select: ExecutionView::select(documents),
+                map: ExecutionView::from_row_with(documents),
+            },
             tenant,
             &conditions,
             page,
-            ExecutionView::from_row,
         )
         .await
     }
 
+    /// Several workflows of `tenant` by id, with their documents (for a
+    /// DataLoader: what a list read without them answers when a field
+    /// needs them after all).
+    pub async fn workflows_by_id(
+        &self,
+        tenant: &TenantId,
+        ids: &[String],
+    ) -> Result<Vec<WorkflowView>, ReadError> {
+        let head = format!(
+            "SELECT {} FROM rm_workflows WHERE tenant = $1 AND id IN",
+            WorkflowView::select(Documents::Included)
+        );
+        self.batched(&head, "", tenant, ids, WorkflowView::from_row)
+            .await
+    }
+
+    /// Several executions of `tenant` by id, with their documents (for a
+    /// DataLoader, as [`Self::workflows_by_id`]).
+    pub async fn executions_by_id(
+        &self,
+        tenant: &TenantId,
+        ids: &[String],
+    ) -> Result<Vec<ExecutionView>, ReadError> {
+        let head = format!(
+            "SELECT {} FROM rm_executions WHERE tenant = $1 AND id IN",
+            ExecutionView::select(Documents::Included)
+        );
+        self.batched(&head, "", tenant, ids, ExecutionView::from_row)
+            .await
+    }
+
+    /// The payloads of audit entries of `tenant` by global position (for
+    /// a DataLoader, as [`Self::workflows_by_id`]).
+    pub async fn audit_payloads(
+        &self,
+        tenant: &TenantId,
+        positions: &[i64],
+    ) -> Result<HashMap<i64, serde_json::Value>, ReadError> {
+        let mut out = HashMap::new();
+        for chunk in positions.chunks(500) {
+            let sql = format!(
+                "SELECT global_position, payload FROM rm_audit WHERE tenant = $1 AND global_position IN ({})",
+                placeholders(2, chunk.len())
+            );
+            let mut args = vec![Arg::from(tenant.as_str())];
+            args.extend(chunk.iter().map(|p| Arg::from(*p)));
+            for row in fetch(self.db(), &sql, &args).await? {
+                out.insert(row.int("global_position")?, row.json("payload")?);
+            }
+        }
+        Ok(out)
+    }
+
     /// The steps of several executions (for a DataLoader), in node and
-    /// attempt order.
+    /// attempt order; with `Documents::Skipped`, without their inputs and
+    /// outputs.
     pub async fn execution_steps(
         &self,
         tenant: &TenantId,
         execution_ids: &[String],
+        documents: Documents,
     ) -> Result<Vec<ExecutionStepView>, ReadError> {
         self.batched(
-            "SELECT * FROM rm_execution_steps WHERE tenant = $1 AND execution_id IN",
+            &format!(
+                "SELECT {} FROM rm_execution_steps WHERE tenant = $1 AND execution_id IN",
+                ExecutionStepView::select(documents)
+            ),
             "ORDER BY execution_id, scheduled_at, node_id, attempt",
             tenant,
             execution_ids,
-            ExecutionStepView::from_row,
+            ExecutionStepView::from_row_with(documents),
         )
         .await
     }
@@ -338,12 +423,15 @@ impl ReadModels {
         let conditions = [("deleted = $?", Arg::from(false))];
         id_page(
             self.db(),
-            "secret",
-            "rm_secrets",
+            Listing {
+                kind: "secret",
+                table: "rm_secrets",
+                select: SecretView::select(Documents::Included),
+                map: SecretView::from_row,
+            },
             tenant,
             &conditions,
             page,
-            SecretView::from_row,
         )
         .await
     }
@@ -374,12 +462,15 @@ impl ReadModels {
         let conditions = [("deregistered = $?", Arg::from(false))];
         id_page(
             self.db(),
-            "mcp_server",
-            "rm_mcp_servers",
+            Listing {
+                kind: "mcp_server",
+                table: "rm_mcp_servers",
+                select: McpServerView::select(Documents::Included),
+                map: McpServerView::from_row,
+            },
             tenant,
             &conditions,
             page,
-            McpServerView::from_row,
         )
         .await
     }
@@ -523,12 +614,14 @@ impl ReadModels {
         sql
     }
 
-    /// The audit log, oldest first.
+    /// The audit log, oldest first; with `Documents::Skipped`, without the
+    /// payloads.
     pub async fn audit_log(
         &self,
         tenant: &TenantId,
         page: &PageRequest,
         filter: &AuditFilter,
+        documents: Documents,
     ) -> Result<Page<AuditEntryView>, ReadError> {
         let after = match &page.after {
             Some(c) => decode_cursor("audit", c)?
@@ -538,7 +631,7 @@ impl ReadModels {
         };
         let n = limit(page);
         let entries = self
-            .audit_after(tenant, after, filter, (n + 1) as u32)
+            .audit_entries(tenant, after, filter, (n + 1) as u32, documents)
             .await?;
         let has_next_page = entries.len() as i64 > n;
         let items = entries
@@ -561,6 +654,19 @@ impl ReadModels {
         filter: &AuditFilter,
         limit: u32,
     ) -> Result<Vec<AuditEntryView>, ReadError> {
+        self.audit_entries(tenant, after, filter, limit, Documents::Included)
+            .await
+    }
+
+    /// [`Self::audit_after`], with or without the payloads.
+    pub async fn audit_entries(
+        &self,
+        tenant: &TenantId,
+        after: Position,
+        filter: &AuditFilter,
+        limit: u32,
+        documents: Documents,
+    ) -> Result<Vec<AuditEntryView>, ReadError> {
         let mut args = vec![
             Arg::from(tenant.as_str()),
             Arg::from(after.transaction.min(i64::MAX as u64) as i64),
@@ -569,14 +675,16 @@ impl ReadModels {
         let conditions = Self::audit_conditions(filter, &mut args);
         args.push(Arg::from(i64::from(limit.clamp(1, 1_000))));
         let sql = format!(
-            "SELECT * FROM rm_audit WHERE tenant = $1 AND (transaction_id, global_position) > ($2, $3){conditions} \
+            "SELECT {} FROM rm_audit WHERE tenant = $1 AND (transaction_id, global_position) > ($2, $3){conditions} \
              ORDER BY transaction_id, global_position LIMIT ${}",
+            AuditRow::select(documents),
             args.len()
         );
         let rows = fetch(self.db(), &sql, &args).await?;
+        let map = AuditRow::from_row_with(documents);
         Ok(rows
             .iter()
-            .map(view::<AuditRow, AuditEntryView>)
+            .map(|row| map(row).map(AuditEntryView::from))
             .collect::<Result<_, _>>()?)
     }
 

@@ -12,6 +12,21 @@ pub use crate::projection::{
     WorkflowVersionView, WorkflowView,
 };
 
+/// Whether a read returns the large JSON documents of its rows: a
+/// workflow's definition and triggers, an execution's and a step's input
+/// and output, an audit entry's payload. A list whose query selects none of
+/// them reads `Skipped`: those columns are neither read nor decoded, and the
+/// fields stay `null`/`None` in the view, which the API then never shows as
+/// they are (it reads them when asked, see `toolhub_api::graphql`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Documents {
+    /// Every column.
+    #[default]
+    Included,
+    /// Every column but the documents.
+    Skipped,
+}
+
 /// A stored count or version as the unsigned number it is.
 fn unsigned(v: i64) -> u64 {
     v.max(0) as u64

@@ -96,6 +96,7 @@ async fn listed(read: &ReadModels, tenant_name: &str) -> Vec<String> {
             after: None,
         },
         &WorkflowFilter::default(),
+        toolhub_projections::Documents::Included,
     )
     .await
     .expect("list workflows")

@@ -18,7 +18,7 @@ use toolhub_eventstore::sql::Conn;
 use toolhub_eventstore::testing::TestDb;
 use toolhub_eventstore::{open, CommandContext, Db, Position, RecordedEvent, StoreError};
 use toolhub_projections::{
-    AuditFilter, Projection, ProjectorRunner, ReadModels, RunnerOptions, Tables,
+    AuditFilter, Documents, Projection, ProjectorRunner, ReadModels, RunnerOptions, Tables,
 };
 
 fn fast() -> RunnerOptions {
@@ -389,13 +389,13 @@ async fn no_query_returns_anything_of_another_tenant(db: TestDb) {
         after: None,
     };
     let workflows = read
-        .workflows(&me, &page, &WorkflowFilter::default())
+        .workflows(&me, &page, &WorkflowFilter::default(), Documents::Included)
         .await
         .expect("list");
     assert_eq!(workflows.items.len(), 2);
     assert!(workflows.items.iter().all(|(_, w)| w.tenant == "acme"));
     let executions = read
-        .executions(&me, &page, &ExecutionFilter::default())
+        .executions(&me, &page, &ExecutionFilter::default(), Documents::Included)
         .await
         .expect("list");
     assert_eq!(executions.items.len(), 2);
@@ -407,7 +407,7 @@ async fn no_query_returns_anything_of_another_tenant(db: TestDb) {
     assert_eq!(servers.items.len(), 2);
     assert!(servers.items.iter().all(|(_, s)| s.tenant == "acme"));
     let audit = read
-        .audit_log(&me, &page, &AuditFilter::default())
+        .audit_log(&me, &page, &AuditFilter::default(), Documents::Included)
         .await
         .expect("audit");
     assert!(!audit.items.is_empty());
@@ -431,7 +431,7 @@ async fn no_query_returns_anything_of_another_tenant(db: TestDb) {
         assert!(read.execution(&me, id).await.expect("read").is_none());
     }
     assert!(read
-        .execution_steps(&me, &globex.executions)
+        .execution_steps(&me, &globex.executions, Documents::Included)
         .await
         .expect("steps")
         .is_empty());
@@ -475,7 +475,7 @@ async fn no_query_returns_anything_of_another_tenant(db: TestDb) {
     assert_eq!(numbers, vec![3, 2, 1]);
     assert_eq!(versions.items[0].1.reverted_from, Some(1));
     let steps = read
-        .execution_steps(&me, &acme.executions[..1])
+        .execution_steps(&me, &acme.executions[..1], Documents::Included)
         .await
         .expect("steps");
     let summary: Vec<(String, u32, String)> = steps
@@ -514,6 +514,7 @@ async fn no_query_returns_anything_of_another_tenant(db: TestDb) {
                     after: after.clone(),
                 },
                 &AuditFilter::default(),
+                Documents::Included,
             )
             .await
             .expect("page");
@@ -535,6 +536,7 @@ async fn no_query_returns_anything_of_another_tenant(db: TestDb) {
                 after: Some(toolhub_projections::Cursor("nonsense".into())),
             },
             &WorkflowFilter::default(),
+            Documents::Included,
         )
         .await;
     assert!(matches!(

@@ -313,3 +313,52 @@ async fn a_literal_nested_thousands_deep_is_refused_and_the_service_keeps_servin
     let (status, body) = server.get("/health/ready").await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// Over the WebSocket too, a document nested deeper than the bound is
+/// refused before it is parsed, with an `error` for its id, and the socket
+/// and its other subscriptions go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_nested_thousands_deep_is_refused_and_the_socket_goes_on() {
+    let server = TestEnv::sqlite().await.server().await;
+    let editor = token("ed", "acme", Role::Editor);
+    let mut ws = server.ws_authenticated(&editor).await;
+    let query = format!(
+        "subscription {{ workflowChanged(id: \"x\", unknown: {}) {{ id }} }}",
+        nested_literal(5_000)
+    );
+    ws.subscribe("deep", &query, json!({})).await;
+    let message = ws.next_for("deep").await;
+    assert_eq!(message["type"], "error", "{message}");
+    assert_eq!(
+        message["payload"][0]["extensions"]["code"], "VALIDATION",
+        "{message}"
+    );
+    assert!(
+        message["payload"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("nests deeper than 128 levels")),
+        "{message}"
+    );
+    // The socket still serves.
+    let id = server
+        .create_workflow(&editor, "Still here", hello_definition())
+        .await;
+    ws.subscribe(
+        "ok",
+        "subscription ($id: ID!) { workflowChanged(id: $id) { name } }",
+        json!({"id": id}),
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    server
+        .ok(
+            &editor,
+            r#"mutation ($id: ID!) { renameWorkflow(input: {id: $id, name: "Renamed"}) { id } }"#,
+            json!({"id": id}),
+        )
+        .await;
+    assert_eq!(
+        ws.next_data("ok").await["workflowChanged"]["name"],
+        "Renamed"
+    );
+}

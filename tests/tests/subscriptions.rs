@@ -242,3 +242,127 @@ async fn execution_updated_follows_an_execution() {
     assert_eq!(data["executionUpdated"]["steps"][0]["nodeId"], "fetch");
     assert_eq!(data["executionUpdated"]["status"], "RUNNING");
 }
+
+/// The `next` messages a socket receives next, `count` of them, as
+/// (subscription id, value at `pointer` in its data), in arrival order.
+async fn next_messages(
+    ws: &mut toolhub_tests::WsClient,
+    count: usize,
+    pointer: &str,
+) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    while out.len() < count {
+        let message = ws.next_json().await.expect("the socket is open");
+        if message["type"] != "next" {
+            continue;
+        }
+        assert!(message["payload"].get("errors").is_none(), "{message}");
+        let id = message["id"].as_str().unwrap().to_string();
+        let value = message["payload"]["data"].pointer(pointer).cloned();
+        out.push((id, value.unwrap_or(Value::Null)));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Subscribers of many workflows share the server's reads of the log and of
+/// each workflow; each still sees its own workflow's changes and nothing
+/// else, and every subscriber of a workflow sees each of its changes.
+async fn subscribers_of_many_workflows_each_see_their_own_changes(env: TestEnv) {
+    let server = env.server().await;
+    let editor = token("ada", "acme", Role::Editor);
+    let other = token("eve", "globex", Role::Editor);
+    let a = create(&server, &editor, "A").await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b = create(&server, &editor, "B").await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let theirs = create(&server, &other, "Theirs").await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    const CHANGED: &str = "subscription ($id: ID!) { workflowChanged(id: $id) { id name } }";
+    let mut one = server.ws_authenticated(&editor).await;
+    let mut two = server.ws_authenticated(&editor).await;
+    let mut three = server.ws_authenticated(&other).await;
+    one.subscribe("a1", CHANGED, json!({"id": a})).await;
+    one.subscribe("b1", CHANGED, json!({"id": b})).await;
+    two.subscribe("a2", CHANGED, json!({"id": a})).await;
+    two.subscribe("a3", CHANGED, json!({"id": a})).await;
+    three.subscribe("t", CHANGED, json!({"id": theirs})).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let rename = |id: String, name: &'static str| {
+        let server = &server;
+        let token = if id == theirs {
+            other.clone()
+        } else {
+            editor.clone()
+        };
+        async move {
+            server
+                .ok(
+                    &token,
+                    r#"mutation ($id: ID!, $name: String!) { renameWorkflow(input: {id: $id, name: $name}) { id } }"#,
+                    json!({"id": id, "name": name}),
+                )
+                .await;
+        }
+    };
+
+    rename(a.clone(), "A1").await;
+    assert_eq!(
+        next_messages(&mut one, 1, "/workflowChanged/name").await,
+        [("a1".to_string(), json!("A1"))]
+    );
+    assert_eq!(
+        next_messages(&mut two, 2, "/workflowChanged/name").await,
+        [
+            ("a2".to_string(), json!("A1")),
+            ("a3".to_string(), json!("A1"))
+        ]
+    );
+    rename(b.clone(), "B1").await;
+    rename(theirs.clone(), "T1").await;
+    rename(a.clone(), "A2").await;
+    // Socket one sees B1 for b1, then A2 for a1, and nothing of the other
+    // tenant; socket two sees only A2, twice.
+    let seen = next_messages(&mut one, 2, "/workflowChanged/name").await;
+    assert_eq!(
+        seen,
+        [
+            ("a1".to_string(), json!("A2")),
+            ("b1".to_string(), json!("B1"))
+        ]
+    );
+    assert_eq!(
+        next_messages(&mut two, 2, "/workflowChanged/name").await,
+        [
+            ("a2".to_string(), json!("A2")),
+            ("a3".to_string(), json!("A2"))
+        ]
+    );
+    assert_eq!(
+        next_messages(&mut three, 1, "/workflowChanged/name").await,
+        [("t".to_string(), json!("T1"))]
+    );
+    // Nothing else was queued for socket three: its next message is its
+    // next change.
+    rename(theirs.clone(), "T2").await;
+    assert_eq!(
+        next_messages(&mut three, 1, "/workflowChanged/name").await,
+        [("t".to_string(), json!("T2"))]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_of_many_workflows_each_see_their_own_changes_on_postgres() {
+    subscribers_of_many_workflows_each_see_their_own_changes(TestEnv::postgres().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_of_many_workflows_each_see_their_own_changes_on_sqlite() {
+    subscribers_of_many_workflows_each_see_their_own_changes(TestEnv::sqlite().await).await;
+}

@@ -1,68 +1,129 @@
 //! The audit log and per-entity history (admins only). The entries are the
 //! same type the `events` subscription yields.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_graphql::connection::{Connection, EmptyFields};
+use async_graphql::dataloader::Loader;
 use async_graphql::{Context, InputObject, Object, ID};
 use chrono::{DateTime, Utc};
-use toolhub_domain::Role;
+use toolhub_domain::{Role, TenantId};
 use toolhub_eventstore::Position;
 
 use super::scalars::{AggregateType, Json};
-use super::{caller, connection, page_request, parse_position, state, wait_for, Consistency};
+use super::{
+    caller, connection, loaders, page_request, parse_position, state, wait_for, Consistency,
+};
 use crate::error::ApiError;
-use crate::read::{AuditEntryView, AuditFilter};
+use crate::read::{AuditEntryView, AuditFilter, Documents};
+use crate::state::AppState;
 
 /// One event of the log, as auditors see it: who, what, when, and the
 /// payload with every secret-bearing field redacted.
-pub struct AuditEntry(pub Arc<AuditEntryView>);
+pub struct AuditEntry {
+    /// The entry.
+    entry: Arc<AuditEntryView>,
+    /// Whether `entry` holds the payload: a list whose query does not
+    /// select it reads the entries without.
+    documents: Documents,
+}
+
+impl From<Arc<AuditEntryView>> for AuditEntry {
+    fn from(entry: Arc<AuditEntryView>) -> Self {
+        Self {
+            entry,
+            documents: Documents::Included,
+        }
+    }
+}
+
+/// Whether a list of audit entries must read their payloads.
+fn audit_documents(node: async_graphql::Lookahead<'_>) -> Documents {
+    if node.field("payload").exists() {
+        Documents::Included
+    } else {
+        Documents::Skipped
+    }
+}
+
+/// Loads audit payloads by global position, within the caller's tenant:
+/// one query for the entries of a list read without them (a safety net,
+/// as for workflows).
+pub struct PayloadLoader {
+    /// The read models the batch is read from.
+    pub(crate) state: Arc<AppState>,
+    /// The caller's tenant: every batch is read within it.
+    pub(crate) tenant: TenantId,
+}
+
+impl Loader<i64> for PayloadLoader {
+    type Value = serde_json::Value;
+    type Error = async_graphql::Error;
+
+    async fn load(&self, keys: &[i64]) -> Result<HashMap<i64, Self::Value>, Self::Error> {
+        Ok(self
+            .state
+            .read
+            .audit_payloads(&self.tenant, keys)
+            .await
+            .map_err(ApiError::from)?)
+    }
+}
 
 #[Object]
 impl AuditEntry {
     /// The event's position in the log; resume a subscription after it.
     async fn position(&self) -> String {
-        self.0.position.to_string()
+        self.entry.position.to_string()
     }
     /// The kind of entity.
     async fn aggregate_type(&self) -> async_graphql::Result<AggregateType> {
-        Ok(AggregateType::parse(&self.0.aggregate_type)?)
+        Ok(AggregateType::parse(&self.entry.aggregate_type)?)
     }
     /// The entity's id.
     async fn aggregate_id(&self) -> ID {
-        ID(self.0.aggregate_id.clone())
+        ID(self.entry.aggregate_id.clone())
     }
     /// The event's sequence within its entity, from 1.
     async fn sequence(&self) -> u64 {
-        self.0.sequence
+        self.entry.sequence
     }
     /// The event type, such as `WorkflowCreated`.
     async fn event_type(&self) -> &str {
-        &self.0.event_type
+        &self.entry.event_type
     }
     /// The event version.
     async fn event_version(&self) -> &str {
-        &self.0.event_version
+        &self.entry.event_version
     }
     /// Who caused it (the token's `sub`).
     async fn actor(&self) -> &str {
-        &self.0.actor
+        &self.entry.actor
     }
     /// Groups the events of one user action.
     async fn correlation_id(&self) -> &str {
-        &self.0.correlation_id
+        &self.entry.correlation_id
     }
     /// The HTTP request that carried the command.
     async fn request_id(&self) -> &str {
-        &self.0.request_id
+        &self.entry.request_id
     }
     /// When it was recorded.
     async fn recorded_at(&self) -> DateTime<Utc> {
-        self.0.recorded_at
+        self.entry.recorded_at
     }
     /// The payload, redacted.
-    async fn payload(&self) -> Json {
-        async_graphql::Json(self.0.payload.clone())
+    async fn payload(&self, ctx: &Context<'_>) -> async_graphql::Result<Json> {
+        if self.documents == Documents::Included {
+            return Ok(async_graphql::Json(self.entry.payload.clone()));
+        }
+        let payload = loaders(ctx)?
+            .payloads
+            .load_one(self.entry.position.global)
+            .await?
+            .ok_or(ApiError::NotFound)?;
+        Ok(async_graphql::Json(payload))
     }
 }
 
@@ -117,12 +178,16 @@ impl AuditQuery {
         let had_cursor = after.is_some();
         let page = page_request(first, after)?;
         let filter: AuditFilter = filter.unwrap_or_default().into();
+        let documents = super::listed_documents(ctx, audit_documents);
         let page = state
             .read
-            .audit_log(&caller.tenant, &page, &filter)
+            .audit_log(&caller.tenant, &page, &filter, documents)
             .await
             .map_err(ApiError::from)?;
-        Ok(connection(page, had_cursor, |v| AuditEntry(Arc::new(v))))
+        Ok(connection(page, had_cursor, |v| AuditEntry {
+            entry: Arc::new(v),
+            documents,
+        }))
     }
 
     /// The events of one entity, in order, at most `first` (default 20,
@@ -166,7 +231,7 @@ impl AuditQuery {
         }
         Ok(entries
             .into_iter()
-            .map(|v| AuditEntry(Arc::new(v)))
+            .map(|v| AuditEntry::from(Arc::new(v)))
             .collect())
     }
 }

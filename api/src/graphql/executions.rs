@@ -19,7 +19,9 @@ use super::{
     written, Consistency, ReadBack, Written,
 };
 use crate::error::ApiError;
-use crate::read::{ExecutionFilter, ExecutionStepView, ExecutionView, ReadError, ReadModels};
+use crate::read::{
+    Documents, ExecutionFilter, ExecutionStepView, ExecutionView, ReadError, ReadModels,
+};
 use crate::state::AppState;
 
 /// Where an execution stands.
@@ -73,24 +75,47 @@ impl ExecutionStatus {
 /// a point of its history (`execution(id, asOf)`), when its steps, nodes
 /// and timeline are those of then too.
 pub struct Execution {
-    /// The execution's row.
-    pub(crate) view: ExecutionView,
+    /// The execution's row (shared by every subscriber it is sent to).
+    pub(crate) view: Arc<ExecutionView>,
     /// For an as-of read: the execution then, which `steps`, `nodes`,
     /// `timeline` and `at` show instead of today's.
     as_of: Option<Arc<crate::read::as_of::ExecutionAsOf>>,
+    /// Whether `view` holds the input and output: a list whose query
+    /// selects neither reads the rows without them.
+    documents: Documents,
 }
 
 impl From<ExecutionView> for Execution {
     fn from(view: ExecutionView) -> Self {
-        Self { view, as_of: None }
+        Arc::new(view).into()
+    }
+}
+
+impl From<Arc<ExecutionView>> for Execution {
+    fn from(view: Arc<ExecutionView>) -> Self {
+        Self {
+            view,
+            as_of: None,
+            documents: Documents::Included,
+        }
+    }
+}
+
+/// Whether a list of executions must read their inputs and outputs.
+fn execution_documents(node: async_graphql::Lookahead<'_>) -> Documents {
+    if node.field("input").exists() || node.field("output").exists() {
+        Documents::Included
+    } else {
+        Documents::Skipped
     }
 }
 
 impl From<crate::read::as_of::ExecutionAsOf> for Execution {
     fn from(then: crate::read::as_of::ExecutionAsOf) -> Self {
         Self {
-            view: then.view.clone(),
+            view: Arc::new(then.view.clone()),
             as_of: Some(Arc::new(then)),
+            documents: Documents::Included,
         }
     }
 }
@@ -118,12 +143,19 @@ impl Execution {
         &self.view.trigger
     }
     /// Its input.
-    async fn input(&self) -> Json {
-        async_graphql::Json(self.view.input.clone())
+    async fn input(&self, ctx: &Context<'_>) -> async_graphql::Result<Json> {
+        Ok(async_graphql::Json(
+            self.with_documents(ctx).await?.input.clone(),
+        ))
     }
     /// Its output, once completed.
-    async fn output(&self) -> Option<Json> {
-        self.view.output.clone().map(async_graphql::Json)
+    async fn output(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Json>> {
+        Ok(self
+            .with_documents(ctx)
+            .await?
+            .output
+            .clone()
+            .map(async_graphql::Json))
     }
     /// Its error, once failed or cancelled.
     async fn error(&self) -> Option<&str> {
@@ -195,12 +227,13 @@ impl Execution {
             forked_from: Some(self.view.id.clone()),
             ..ExecutionFilter::default()
         };
+        let documents = super::listed_documents(ctx, execution_documents);
         let page = state
             .read
-            .executions(&caller.tenant, &page, &filter)
+            .executions(&caller.tenant, &page, &filter, documents)
             .await
             .map_err(ApiError::from)?;
-        Ok(connection(page, had_cursor, Execution::from))
+        Ok(connection(page, had_cursor, Execution::listed(documents)))
     }
     /// Every node of the pinned workflow version and where it stands — what
     /// a debugger shows at a glance: ready, running, done, skipped, failed
@@ -343,8 +376,15 @@ impl Execution {
                 .map(ExecutionStep::from)
                 .collect());
         }
-        Ok(loaders(ctx)?
-            .steps
+        // Inputs and outputs are read only when the query selects them.
+        let selection = ctx.look_ahead();
+        let loaders = loaders(ctx)?;
+        let loader = if selection.field("input").exists() || selection.field("output").exists() {
+            &loaders.steps
+        } else {
+            &loaders.step_summaries
+        };
+        Ok(loader
             .load_one(self.view.id.clone())
             .await?
             .unwrap_or_default()
@@ -356,6 +396,33 @@ impl Execution {
 }
 
 impl Execution {
+    /// A row a list read with or without its documents.
+    fn listed(documents: Documents) -> impl Fn(ExecutionView) -> Self {
+        move |view| Self {
+            view: Arc::new(view),
+            as_of: None,
+            documents,
+        }
+    }
+
+    /// The row with its input and output: this one, or, for a row a list
+    /// read without them, the row read again (batched over the list), a
+    /// safety net as for workflows.
+    async fn with_documents<'a>(
+        &'a self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<std::borrow::Cow<'a, ExecutionView>> {
+        if self.documents == Documents::Included {
+            return Ok(std::borrow::Cow::Borrowed(&self.view));
+        }
+        let view = loaders(ctx)?
+            .executions
+            .load_one(self.view.id.clone())
+            .await?
+            .ok_or(ApiError::NotFound)?;
+        Ok(std::borrow::Cow::Owned(view))
+    }
+
     /// For an as-of read, its events up to the point, read already.
     fn recorded(&self) -> Option<&[toolhub_eventstore::RecordedEvent]> {
         self.as_of.as_ref().map(|then| then.events.as_slice())
@@ -589,6 +656,8 @@ pub struct StepLoader {
     pub(crate) state: Arc<AppState>,
     /// The caller's tenant: every batch is read within it.
     pub(crate) tenant: TenantId,
+    /// With or without the steps' inputs and outputs.
+    pub(crate) documents: Documents,
 }
 
 impl Loader<String> for StepLoader {
@@ -599,7 +668,7 @@ impl Loader<String> for StepLoader {
         let steps = self
             .state
             .read
-            .execution_steps(&self.tenant, keys)
+            .execution_steps(&self.tenant, keys, self.documents)
             .await
             .map_err(ApiError::from)?;
         let mut by_execution: HashMap<String, Vec<ExecutionStep>> = HashMap::new();
@@ -610,6 +679,30 @@ impl Loader<String> for StepLoader {
                 .push(step.into());
         }
         Ok(by_execution)
+    }
+}
+
+/// Loads executions with their documents, by id, within the caller's
+/// tenant: one query for the rows of a list read without them.
+pub struct ExecutionLoader {
+    /// The read models the batch is read from.
+    pub(crate) state: Arc<AppState>,
+    /// The caller's tenant: every batch is read within it.
+    pub(crate) tenant: TenantId,
+}
+
+impl Loader<String> for ExecutionLoader {
+    type Value = ExecutionView;
+    type Error = async_graphql::Error;
+
+    async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
+        let views = self
+            .state
+            .read
+            .executions_by_id(&self.tenant, keys)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(views.into_iter().map(|v| (v.id.clone(), v)).collect())
     }
 }
 
@@ -630,6 +723,7 @@ pub struct ExecutionQuery;
 
 impl ReadBack for Execution {
     const AGGREGATE: &'static str = "execution";
+    const FIELD: &'static str = "execution";
 
     async fn read_back(
         read: &ReadModels,
@@ -665,12 +759,13 @@ impl ExecutionQuery {
             status: filter.status.map(|s| s.as_str().to_string()),
             forked_from: filter.forked_from.map(|id| id.0),
         };
+        let documents = super::listed_documents(ctx, execution_documents);
         let page = state
             .read
-            .executions(&caller.tenant, &page, &filter)
+            .executions(&caller.tenant, &page, &filter, documents)
             .await
             .map_err(ApiError::from)?;
-        Ok(connection(page, had_cursor, Execution::from))
+        Ok(connection(page, had_cursor, Execution::listed(documents)))
     }
 
     /// Replays an execution without side effects: the engine's decisions

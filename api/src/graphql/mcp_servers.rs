@@ -319,6 +319,7 @@ impl McpServerMutation {
 
 impl ReadBack for McpServer {
     const AGGREGATE: &'static str = "mcp_server";
+    const FIELD: &'static str = "mcpServer";
 
     async fn read_back(
         read: &ReadModels,

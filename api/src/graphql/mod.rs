@@ -77,8 +77,7 @@ pub fn build_schema(state: Option<Arc<AppState>>, limits: &Limits) -> ToolhubSch
     .limit_depth(limits.depth)
     .limit_complexity(limits.complexity)
     .limit_recursive_depth(64)
-    .limit_directives(16)
-    .extension(nesting::NestingLimit);
+    .limit_directives(16);
     let builder = if limits.introspection {
         builder
     } else {
@@ -113,6 +112,14 @@ pub struct Loaders {
     pub versions: DataLoader<workflows::VersionLoader>,
     /// Webhooks by workflow id.
     pub webhooks: DataLoader<webhooks::WebhookLoader>,
+    /// Execution steps by execution id, without their inputs and outputs.
+    pub step_summaries: DataLoader<executions::StepLoader>,
+    /// Workflows with their documents, by id.
+    pub workflows: DataLoader<workflows::WorkflowLoader>,
+    /// Executions with their documents, by id.
+    pub executions: DataLoader<executions::ExecutionLoader>,
+    /// Audit payloads by global position.
+    pub payloads: DataLoader<audit::PayloadLoader>,
 }
 
 impl Loaders {
@@ -121,6 +128,36 @@ impl Loaders {
         Self {
             steps: DataLoader::new(
                 executions::StepLoader {
+                    state: state.clone(),
+                    tenant: caller.tenant.clone(),
+                    documents: crate::read::Documents::Included,
+                },
+                tokio::spawn,
+            ),
+            step_summaries: DataLoader::new(
+                executions::StepLoader {
+                    state: state.clone(),
+                    tenant: caller.tenant.clone(),
+                    documents: crate::read::Documents::Skipped,
+                },
+                tokio::spawn,
+            ),
+            workflows: DataLoader::new(
+                workflows::WorkflowLoader {
+                    state: state.clone(),
+                    tenant: caller.tenant.clone(),
+                },
+                tokio::spawn,
+            ),
+            executions: DataLoader::new(
+                executions::ExecutionLoader {
+                    state: state.clone(),
+                    tenant: caller.tenant.clone(),
+                },
+                tokio::spawn,
+            ),
+            payloads: DataLoader::new(
+                audit::PayloadLoader {
                     state: state.clone(),
                     tenant: caller.tenant.clone(),
                 },
@@ -243,6 +280,22 @@ pub(crate) fn page_request(
     })
 }
 
+/// Whether a list must read its rows' documents: `needs` asked of the
+/// node selection, through `edges { node }` and through `nodes`.
+pub(crate) fn listed_documents(
+    ctx: &Context<'_>,
+    needs: fn(async_graphql::Lookahead<'_>) -> crate::read::Documents,
+) -> crate::read::Documents {
+    let list = ctx.look_ahead();
+    if needs(list.field("edges").field("node")) == crate::read::Documents::Included
+        || needs(list.field("nodes")) == crate::read::Documents::Included
+    {
+        crate::read::Documents::Included
+    } else {
+        crate::read::Documents::Skipped
+    }
+}
+
 /// A Relay connection from a page of views.
 pub(crate) fn connection<V, N: OutputType>(
     page: Page<V>,
@@ -275,15 +328,22 @@ where
 {
     let caller = caller(ctx, command.required_role())?;
     let context = command_context(ctx, caller);
-    Ok(bus
+    let started = std::time::Instant::now();
+    let committed = bus
         .execute_expecting(id, command, &context, expected_version)
-        .await?)
+        .await;
+    if let Ok(state) = state(ctx) {
+        state.metrics.phase("command", started);
+    }
+    Ok(committed?)
 }
 
 /// An entity a mutation answers with, read back from the read models.
 pub(crate) trait ReadBack: Sized {
     /// The aggregate's name in the metrics.
     const AGGREGATE: &'static str;
+    /// The payload's field that shows the entity.
+    const FIELD: &'static str;
 
     /// The entity `id` of `tenant` as the read models show it.
     fn read_back(
@@ -366,11 +426,19 @@ pub(crate) async fn written<V: ReadBack>(
     let state = state(ctx)?;
     let committed = observe(state, V::AGGREGATE, result)?;
     let position = payload_position(state, &committed).await?;
+    let waited = std::time::Instant::now();
+    let reached = state.wait_for(position).await;
+    state.metrics.phase("wait", waited);
+    // The entity is read back only when the payload shows it.
+    let shown = ctx.look_ahead().field(V::FIELD).exists();
     let entity = match ctx.data_opt::<RequestData>() {
-        Some(data) if state.wait_for(position).await => {
-            V::read_back(&state.read, &data.caller.tenant, &id)
+        Some(data) if reached && shown => {
+            let read = std::time::Instant::now();
+            let entity = V::read_back(&state.read, &data.caller.tenant, &id)
                 .await
-                .map_err(ApiError::from)?
+                .map_err(ApiError::from)?;
+            state.metrics.phase("read_back", read);
+            entity
         }
         _ => None,
     };

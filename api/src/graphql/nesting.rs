@@ -6,54 +6,28 @@
 //! to a few thousand levels deep (far inside the 1 MiB body limit, or a
 //! WebSocket message) overflowed a worker's stack, and a stack overflow
 //! aborts the whole process. The depth and recursion limits are checked on
-//! the parsed document: too late for that. `POST /graphql` parses a
-//! document early (for its cache and to tell a mutation from a query), so it
-//! asks [`too_deep`] first and leaves such a document to this extension,
-//! which refuses it before any parse. A JSON body is safe already
-//! (serde_json stops at 128 levels), so variables need no check of their own.
+//! the parsed document: too late for that. So every door asks [`too_deep`]
+//! before anything parses a document: `POST /graphql` answers such a
+//! document with [`too_deep_error`], and `/graphql/ws` answers a `subscribe`
+//! that carries one with an `error` message for its id. (This is not an
+//! async-graphql extension: an extension, even one that only looks at
+//! parsing, puts every field's resolution through the extension chain.)
+//! A JSON body is safe already (serde_json stops at 128 levels), so
+//! variables need no check of their own.
 
-use std::sync::Arc;
-
-use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery};
-use async_graphql::parser::types::ExecutableDocument;
-use async_graphql::{ErrorExtensionValues, ServerError, ServerResult, Variables};
+use crate::error::ApiError;
 
 /// The deepest nesting of `{`, `[` and `(` a document may have: far more
 /// than a selection within the depth limit and any real literal need, and
 /// far less than what overflows a stack.
 pub const MAX_NESTING: usize = 128;
 
-/// The extension that refuses documents nested deeper than [`MAX_NESTING`]
-/// with `VALIDATION`, before they are parsed.
-pub struct NestingLimit;
-
-impl ExtensionFactory for NestingLimit {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(NestingLimit)
-    }
-}
-
-#[async_trait::async_trait]
-impl Extension for NestingLimit {
-    async fn parse_query(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        query: &str,
-        variables: &Variables,
-        next: NextParseQuery<'_>,
-    ) -> ServerResult<ExecutableDocument> {
-        if too_deep(query) {
-            let mut error = ServerError::new(
-                format!("the document nests deeper than {MAX_NESTING} levels"),
-                None,
-            );
-            let mut extensions = ErrorExtensionValues::default();
-            extensions.set("code", "VALIDATION");
-            error.extensions = Some(extensions);
-            return Err(error);
-        }
-        next.run(ctx, query, variables).await
-    }
+/// How a document nested deeper than [`MAX_NESTING`] is refused.
+pub fn too_deep_error() -> ApiError {
+    ApiError::validation(
+        "query",
+        format!("the document nests deeper than {MAX_NESTING} levels"),
+    )
 }
 
 /// Whether a document nests deeper than [`MAX_NESTING`]. Whatever parses a

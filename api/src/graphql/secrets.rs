@@ -189,6 +189,7 @@ fn secret_role() -> Role {
 
 impl ReadBack for Secret {
     const AGGREGATE: &'static str = "secret";
+    const FIELD: &'static str = "secret";
 
     async fn read_back(
         read: &ReadModels,

@@ -30,8 +30,8 @@ use super::workflows::Workflow;
 use super::{caller, parse_position, state};
 use crate::error::ApiError;
 use crate::metrics::SubscriptionGuard;
-use crate::read::{AuditEntryView, AuditFilter};
-use crate::state::AppState;
+use crate::read::{AuditEntryView, AuditFilter, Documents};
+use crate::state::{AppState, AuditPage};
 
 /// How many entries one read of the log takes.
 const BATCH: u32 = 200;
@@ -64,6 +64,46 @@ pub struct EventFilterInput {
     pub aggregate_id: Option<ID>,
 }
 
+/// How recent an entity a subscription shows must be: as the read models
+/// held it at `at` (the last entry the subscriber read) or later; they are
+/// at `now`.
+#[derive(Clone, Copy)]
+struct Need {
+    /// The position the entity must include.
+    at: Position,
+    /// A position the read models have reached.
+    now: Position,
+}
+
+/// A workflow for a subscriber, read once for all of them (see
+/// [`crate::state::Fanout`]).
+async fn shared_workflow(
+    state: Arc<AppState>,
+    tenant: TenantId,
+    id: String,
+    need: Need,
+) -> Result<Option<Workflow>, ApiError> {
+    Ok(state
+        .fanout
+        .workflow(&state.read, &tenant, &id, need.at, need.now)
+        .await?
+        .map(Workflow::from))
+}
+
+/// An execution for a subscriber, read once for all of them.
+async fn shared_execution(
+    state: Arc<AppState>,
+    tenant: TenantId,
+    id: String,
+    need: Need,
+) -> Result<Option<Execution>, ApiError> {
+    Ok(state
+        .fanout
+        .execution(&state.read, &tenant, &id, need.at, need.now)
+        .await?
+        .map(Execution::from))
+}
+
 /// Follows the tenant's audit entries after a position, in order, in
 /// batches; ends when the server shuts down or the read fails.
 struct Follower {
@@ -73,7 +113,17 @@ struct Follower {
     tenant: TenantId,
     /// Which entries the subscriber asked for.
     filter: AuditFilter,
-    /// The position of the last entry delivered: the next read starts after it.
+    /// For a subscription to one entity: its id. Once caught up, its
+    /// follower reads the entries of the entity's type, the read every
+    /// subscriber of that type shares, and keeps the entity's.
+    only: Option<String>,
+    /// Whether the entries shown need their payloads.
+    documents: Documents,
+    /// Whether the last read came back full: there may be many entries
+    /// still to read, so they are read for this subscriber's filter alone.
+    catching_up: bool,
+    /// Where the next read starts: after the last entry delivered, or
+    /// after the position the last short read covered.
     after: Position,
     /// Moves when the read models move: the wake-up for the next read.
     projected: tokio::sync::watch::Receiver<Position>,
@@ -95,12 +145,35 @@ impl Follower {
             state: state.clone(),
             tenant,
             filter,
+            only: None,
+            documents: Documents::Included,
+            catching_up: true,
             after,
             projected: state.projected.clone(),
             shutdown: state.shutdown.clone(),
             unread: true,
             retry_pause: RETRY_PAUSE,
             _guard: SubscriptionGuard::new(&state.metrics.active_subscriptions),
+        }
+    }
+
+    /// A follower of one entity of `aggregate_type`, which shows the
+    /// entity, not the entries.
+    fn of_entity(
+        state: &Arc<AppState>,
+        tenant: TenantId,
+        aggregate_type: AggregateType,
+        id: String,
+        after: Position,
+    ) -> Self {
+        let filter = AuditFilter {
+            aggregate_type: Some(aggregate_type.as_str().to_string()),
+            ..AuditFilter::default()
+        };
+        Self {
+            only: Some(id),
+            documents: Documents::Skipped,
+            ..Self::new(state, tenant, filter, after)
         }
     }
 
@@ -124,7 +197,8 @@ impl Follower {
         }
     }
 
-    /// Loads what a subscription shows with `load`, trying again while the
+    /// Loads what a subscription shows with `load`, as the read models
+    /// hold it at the last entry read or later, trying again while the
     /// database is unavailable: `None` at shutdown, an error for any other
     /// failure.
     async fn load_with<T, F, Fut>(
@@ -133,11 +207,22 @@ impl Follower {
         id: &str,
     ) -> Option<Result<Option<T>, ApiError>>
     where
-        F: Fn(Arc<AppState>, TenantId, String) -> Fut,
+        F: Fn(Arc<AppState>, TenantId, String, Need) -> Fut,
         Fut: std::future::Future<Output = Result<Option<T>, ApiError>>,
     {
         loop {
-            match load(self.state.clone(), self.tenant.clone(), id.to_string()).await {
+            let need = Need {
+                at: self.after,
+                now: *self.projected.borrow(),
+            };
+            match load(
+                self.state.clone(),
+                self.tenant.clone(),
+                id.to_string(),
+                need,
+            )
+            .await
+            {
                 Ok(entity) => {
                     self.retry_pause = RETRY_PAUSE;
                     return Some(Ok(entity));
@@ -169,17 +254,21 @@ impl Follower {
             // Mark the current position seen before reading: whatever the
             // read models reach after this read started wakes the follower
             // again, so a short read never misses an entry.
-            self.projected.borrow_and_update();
+            let seen = *self.projected.borrow_and_update();
+            let mut filter = self.filter.clone();
+            if self.catching_up && self.only.is_some() {
+                filter.aggregate_id = self.only.clone();
+            }
+            let page = AuditPage {
+                after: self.after,
+                filter,
+                limit: BATCH,
+                documents: self.documents,
+            };
             let batch = self
                 .state
                 .fanout
-                .audit_after(
-                    &self.state.read,
-                    &self.tenant,
-                    self.after,
-                    &self.filter,
-                    BATCH,
-                )
+                .audit_after(&self.state.read, &self.tenant, &page, seen, seen)
                 .await;
             match batch {
                 Err(error) if self.pause_after(&error).await => {
@@ -188,14 +277,32 @@ impl Follower {
                 }
                 Err(error) if is_passing(&error) => return None,
                 Err(error) => return Some(Err(error)),
-                Ok(entries) => {
+                Ok((tag, entries)) => {
                     self.retry_pause = RETRY_PAUSE;
                     // A full batch may have left more behind it; a short one
-                    // read everything there was.
-                    self.unread = entries.len() >= BATCH as usize;
-                    if let Some(last) = entries.last() {
-                        self.after = last.position;
-                        return Some(Ok(entries.as_ref().clone()));
+                    // read everything there was up to its tag.
+                    let full = entries.len() >= BATCH as usize;
+                    self.unread = full;
+                    self.catching_up = full;
+                    let last = entries.last().map(|e| e.position);
+                    let covered = if full {
+                        last
+                    } else {
+                        Some(last.map_or(tag, |last| last.max(tag)))
+                    };
+                    if let Some(covered) = covered {
+                        self.after = self.after.max(covered);
+                    }
+                    let kept: Vec<_> = match &self.only {
+                        None => entries.as_ref().clone(),
+                        Some(id) => entries
+                            .iter()
+                            .filter(|e| e.aggregate_id == *id)
+                            .cloned()
+                            .collect(),
+                    };
+                    if !kept.is_empty() {
+                        return Some(Ok(kept));
                     }
                 }
             }
@@ -245,7 +352,7 @@ impl LogSubscription {
                 }
                 loop {
                     if let Some(entry) = buffer.pop_front() {
-                        return Some((Ok(AuditEntry(entry)), (follower, buffer, false)));
+                        return Some((Ok(AuditEntry::from(entry)), (follower, buffer, false)));
                     }
                     match follower.next_batch().await? {
                         Ok(entries) => buffer.extend(entries),
@@ -277,24 +384,14 @@ impl LogSubscription {
         {
             return Err(ApiError::NotFound.into());
         }
-        let filter = AuditFilter {
-            aggregate_type: Some(AggregateType::Workflow.as_str().to_string()),
-            aggregate_id: Some(id.0.clone()),
-            ..AuditFilter::default()
-        };
-        let follower = Follower::new(state, caller.tenant.clone(), filter, after);
-        Ok(follow_entity(
-            follower,
-            id.0,
-            |state, tenant, id| async move {
-                Ok(state
-                    .read
-                    .workflow(&tenant, &id)
-                    .await
-                    .map_err(ApiError::from)?
-                    .map(Workflow))
-            },
-        ))
+        let follower = Follower::of_entity(
+            state,
+            caller.tenant.clone(),
+            AggregateType::Workflow,
+            id.0.clone(),
+            after,
+        );
+        Ok(follow_entity(follower, id.0, shared_workflow))
     }
 
     /// An execution, each time it changes (viewers and up), in log order.
@@ -318,24 +415,14 @@ impl LogSubscription {
         {
             return Err(ApiError::NotFound.into());
         }
-        let filter = AuditFilter {
-            aggregate_type: Some(AggregateType::Execution.as_str().to_string()),
-            aggregate_id: Some(id.0.clone()),
-            ..AuditFilter::default()
-        };
-        let follower = Follower::new(state, caller.tenant.clone(), filter, after);
-        Ok(follow_entity(
-            follower,
-            id.0,
-            |state, tenant, id| async move {
-                Ok(state
-                    .read
-                    .execution(&tenant, &id)
-                    .await
-                    .map_err(ApiError::from)?
-                    .map(Execution::from))
-            },
-        ))
+        let follower = Follower::of_entity(
+            state,
+            caller.tenant.clone(),
+            AggregateType::Execution,
+            id.0.clone(),
+            after,
+        );
+        Ok(follow_entity(follower, id.0, shared_execution))
     }
 
     /// The tenant's executions as they change (viewers and up): each
@@ -353,14 +440,7 @@ impl LogSubscription {
         let status = filter.status;
         Ok(follow_entities(
             follower,
-            |state, tenant, id| async move {
-                Ok(state
-                    .read
-                    .execution(&tenant, &id)
-                    .await
-                    .map_err(ApiError::from)?
-                    .map(Execution::from))
-            },
+            shared_execution,
             move |execution: &Execution| {
                 workflow_id
                     .as_ref()
@@ -378,18 +458,7 @@ impl LogSubscription {
         after: Option<String>,
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Workflow>>> {
         let follower = Self::follow_type(ctx, AggregateType::Workflow, after).await?;
-        Ok(follow_entities(
-            follower,
-            |state, tenant, id| async move {
-                Ok(state
-                    .read
-                    .workflow(&tenant, &id)
-                    .await
-                    .map_err(ApiError::from)?
-                    .map(Workflow))
-            },
-            |_| true,
-        ))
+        Ok(follow_entities(follower, shared_workflow, |_| true))
     }
 }
 
@@ -412,7 +481,7 @@ fn follow_entities<T, F, Fut>(
 ) -> impl Stream<Item = async_graphql::Result<T>>
 where
     T: Send + 'static,
-    F: Fn(Arc<AppState>, TenantId, String) -> Fut + Send + Sync + 'static,
+    F: Fn(Arc<AppState>, TenantId, String, Need) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<Option<T>, ApiError>> + Send,
 {
     let load = Arc::new(load);
@@ -474,7 +543,10 @@ impl LogSubscription {
             aggregate_type: Some(aggregate_type.as_str().to_string()),
             ..AuditFilter::default()
         };
-        Ok(Follower::new(state, caller.tenant.clone(), filter, after))
+        Ok(Follower {
+            documents: Documents::Skipped,
+            ..Follower::new(state, caller.tenant.clone(), filter, after)
+        })
     }
 }
 
@@ -487,7 +559,7 @@ fn follow_entity<T, F, Fut>(
 ) -> impl Stream<Item = async_graphql::Result<T>>
 where
     T: Send + 'static,
-    F: Fn(Arc<AppState>, TenantId, String) -> Fut + Send + Sync + 'static,
+    F: Fn(Arc<AppState>, TenantId, String, Need) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<Option<T>, ApiError>> + Send,
 {
     let load = Arc::new(load);

@@ -62,6 +62,7 @@ impl Webhook {
 
 impl ReadBack for Webhook {
     const AGGREGATE: &'static str = "webhook";
+    const FIELD: &'static str = "webhook";
 
     async fn read_back(
         read: &ReadModels,

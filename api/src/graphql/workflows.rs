@@ -18,43 +18,110 @@ use super::{
 };
 use super::{execute, written, ReadBack, Written};
 use crate::error::ApiError;
-use crate::read::{Cursor, Page, PageRequest, WorkflowFilter, WorkflowVersionView, WorkflowView};
+use crate::read::{
+    Cursor, Documents, Page, PageRequest, WorkflowFilter, WorkflowVersionView, WorkflowView,
+};
 use crate::read::{ReadError, ReadModels};
 use crate::state::AppState;
 
 /// A workflow as it stands now.
-pub struct Workflow(pub WorkflowView);
+pub struct Workflow {
+    /// The workflow's row (shared by every subscriber it is sent to).
+    view: Arc<WorkflowView>,
+    /// Whether `view` holds the definition and triggers: a list whose
+    /// query selects neither reads the rows without them.
+    documents: Documents,
+}
+
+impl From<WorkflowView> for Workflow {
+    fn from(view: WorkflowView) -> Self {
+        Arc::new(view).into()
+    }
+}
+
+impl From<Arc<WorkflowView>> for Workflow {
+    fn from(view: Arc<WorkflowView>) -> Self {
+        Self {
+            view,
+            documents: Documents::Included,
+        }
+    }
+}
+
+impl Workflow {
+    /// A row a list read with or without its documents.
+    fn listed(documents: Documents) -> impl Fn(WorkflowView) -> Self {
+        move |view| Self {
+            view: Arc::new(view),
+            documents,
+        }
+    }
+
+    /// The row with its documents: this one, or, for a row a list read
+    /// without them, the row read again (batched over the list). Look-ahead
+    /// makes a list read them whenever its query selects them, so this
+    /// read is a safety net, not a path a query takes.
+    async fn with_documents<'a>(
+        &'a self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<std::borrow::Cow<'a, WorkflowView>> {
+        if self.documents == Documents::Included {
+            return Ok(std::borrow::Cow::Borrowed(&self.view));
+        }
+        let view = loaders(ctx)?
+            .workflows
+            .load_one(self.view.id.clone())
+            .await?
+            .ok_or(ApiError::NotFound)?;
+        Ok(std::borrow::Cow::Owned(view))
+    }
+}
+
+/// Whether a list of workflows must read their definitions and triggers:
+/// whether the query selects a field that shows them.
+pub(crate) fn workflow_documents(node: async_graphql::Lookahead<'_>) -> Documents {
+    if ["definition", "triggers", "nextRuns"]
+        .iter()
+        .any(|field| node.field(field).exists())
+    {
+        Documents::Included
+    } else {
+        Documents::Skipped
+    }
+}
 
 #[Object]
 impl Workflow {
     /// The workflow's id.
     async fn id(&self) -> ID {
-        ID(self.0.id.clone())
+        ID(self.view.id.clone())
     }
     /// The display name.
     async fn name(&self) -> &str {
-        &self.0.name
+        &self.view.name
     }
     /// What the workflow is for.
     async fn description(&self) -> &str {
-        &self.0.description
+        &self.view.description
     }
     /// The current definition.
-    async fn definition(&self) -> Json {
-        async_graphql::Json(self.0.definition.clone())
+    async fn definition(&self, ctx: &Context<'_>) -> async_graphql::Result<Json> {
+        Ok(async_graphql::Json(
+            self.with_documents(ctx).await?.definition.clone(),
+        ))
     }
     /// The current definition's version number, from 1.
     async fn definition_version(&self) -> u64 {
-        self.0.version
+        self.view.version
     }
     /// The entity's version: pass it as `expectedVersion` to change the
     /// workflow only if nobody else did in between.
     async fn version(&self) -> u64 {
-        self.0.aggregate_version
+        self.view.aggregate_version
     }
     /// Whether the workflow is archived.
     async fn archived(&self) -> bool {
-        self.0.archived
+        self.view.archived
     }
     /// The triggers (cron schedules, MCP tools), as recorded:
     /// `{"kind": "cron", "schedule", "timezone"?, "input"?, "missed"?}` or
@@ -62,23 +129,27 @@ impl Workflow {
     /// `{"kind": "webhook", "key"}` recorded before webhooks were made by
     /// `createWebhook` is shown as recorded and starts nothing. Webhooks are
     /// `webhooks`.
-    async fn triggers(&self) -> Json {
-        async_graphql::Json(self.0.triggers.clone())
+    async fn triggers(&self, ctx: &Context<'_>) -> async_graphql::Result<Json> {
+        Ok(async_graphql::Json(
+            self.with_documents(ctx).await?.triggers.clone(),
+        ))
     }
     /// The next times its cron triggers fire, merged and ascending
     /// (computed, not stored); none while it is archived.
     async fn next_runs(
         &self,
+        ctx: &Context<'_>,
         #[graphql(desc = "How many (at most 100).")] count: i32,
     ) -> async_graphql::Result<Vec<DateTime<Utc>>> {
         if !(0..=100).contains(&count) {
             return Err(ApiError::validation("count", "count is from 0 to 100").into());
         }
-        if self.0.archived {
+        if self.view.archived {
             return Ok(Vec::new());
         }
         let triggers: Vec<Trigger> =
-            serde_json::from_value(self.0.triggers.clone()).unwrap_or_default();
+            serde_json::from_value(self.with_documents(ctx).await?.triggers.clone())
+                .unwrap_or_default();
         Ok(next_runs(&triggers, Utc::now(), count as usize))
     }
     /// Its webhooks, oldest first (never their secrets).
@@ -89,26 +160,26 @@ impl Workflow {
         caller(ctx, Role::Viewer)?;
         let hooks = loaders(ctx)?
             .webhooks
-            .load_one(self.0.id.clone())
+            .load_one(self.view.id.clone())
             .await?
             .unwrap_or_default();
         Ok(hooks.into_iter().map(super::webhooks::Webhook).collect())
     }
     /// Who created it.
     async fn created_by(&self) -> &str {
-        &self.0.created_by
+        &self.view.created_by
     }
     /// When it was created.
     async fn created_at(&self) -> DateTime<Utc> {
-        self.0.created_at
+        self.view.created_at
     }
     /// Who changed it last.
     async fn updated_by(&self) -> &str {
-        &self.0.updated_by
+        &self.view.updated_by
     }
     /// When it was changed last.
     async fn updated_at(&self) -> DateTime<Utc> {
-        self.0.updated_at
+        self.view.updated_at
     }
     /// Every version of the definition, newest first.
     #[graphql(
@@ -125,7 +196,7 @@ impl Workflow {
         let page = page_request(first, after)?;
         // In a list of workflows, every workflow's page comes from one query.
         let key = VersionsKey {
-            workflow_id: self.0.id.clone(),
+            workflow_id: self.view.id.clone(),
             first: page.first,
             after: page.after.map(|c| c.0),
         };
@@ -146,6 +217,30 @@ pub struct VersionsKey {
     first: u32,
     /// The cursor to continue after, if any.
     after: Option<String>,
+}
+
+/// Loads workflows with their documents, by id, within the caller's
+/// tenant: one query for the rows of a list read without them.
+pub struct WorkflowLoader {
+    /// The read models the batch is read from.
+    pub(crate) state: Arc<AppState>,
+    /// The caller's tenant: every batch is read within it.
+    pub(crate) tenant: TenantId,
+}
+
+impl Loader<String> for WorkflowLoader {
+    type Value = WorkflowView;
+    type Error = async_graphql::Error;
+
+    async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
+        let views = self
+            .state
+            .read
+            .workflows_by_id(&self.tenant, keys)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(views.into_iter().map(|v| (v.id.clone(), v)).collect())
+    }
 }
 
 /// Loads pages of versions for many workflows at once: one query per
@@ -425,12 +520,13 @@ impl WorkflowQuery {
             name_contains: filter.name_contains,
             archived: filter.archived,
         };
+        let documents = super::listed_documents(ctx, workflow_documents);
         let page = state
             .read
-            .workflows(&caller.tenant, &page, &filter)
+            .workflows(&caller.tenant, &page, &filter, documents)
             .await
             .map_err(ApiError::from)?;
-        Ok(connection(page, had_cursor, Workflow))
+        Ok(connection(page, had_cursor, Workflow::listed(documents)))
     }
 
     /// One workflow. Another tenant's workflow is `NOT_FOUND`. With
@@ -452,7 +548,7 @@ impl WorkflowQuery {
                     &id,
                     &as_of,
                     |id, folded| {
-                        Ok(Some(Workflow(crate::read::as_of::workflow_view(
+                        Ok(Some(Workflow::from(crate::read::as_of::workflow_view(
                             id, folded,
                         )?)))
                     },
@@ -559,13 +655,14 @@ impl WorkflowMutation {
 
 impl ReadBack for Workflow {
     const AGGREGATE: &'static str = "workflow";
+    const FIELD: &'static str = "workflow";
 
     async fn read_back(
         read: &ReadModels,
         tenant: &TenantId,
         id: &str,
     ) -> Result<Option<Self>, ReadError> {
-        Ok(read.workflow(tenant, id).await?.map(Workflow))
+        Ok(read.workflow(tenant, id).await?.map(Workflow::from))
     }
 }
 

@@ -41,7 +41,7 @@ table_row! {
         /// When it was recorded.
         recorded_at: DateTime<Utc> = time,
         /// The payload, redacted.
-        payload: Value = json,
+        payload: Value = json [document],
     }
 }
 

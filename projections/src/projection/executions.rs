@@ -31,9 +31,9 @@ table_row! {
         /// `manual`, `cron` or `webhook`.
         trigger: String = text,
         /// The input it was started with.
-        input: Value = json,
+        input: Value = json [document],
         /// The output, once completed.
-        output: Option<Value> = opt_json,
+        output: Option<Value> = opt_json [document],
         /// The error, once failed or cancelled.
         error: Option<String> = opt_text,
         /// Who started it.
@@ -74,9 +74,9 @@ table_row! {
         /// node on a branch not taken, shown as attempt 0).
         status: String = text,
         /// The node's input (secret values masked by the engine).
-        input: Value = json,
+        input: Value = json [document],
         /// The node's output, once succeeded.
-        output: Option<Value> = opt_json,
+        output: Option<Value> = opt_json [document],
         /// The error, once failed.
         error: Option<String> = opt_text,
         /// When it was scheduled.

@@ -16,11 +16,18 @@ use toolhub_eventstore::{RecordedEvent, StoreError};
 /// named [`Row`] accessor) and `into_args` (each field as an [`Arg`]).
 /// Columns are declared once, so a statement, a row, its arguments and what
 /// the API shows cannot disagree.
+///
+/// A field marked `[document]` holds a large JSON document (a definition,
+/// an input, a payload): lists read it only when their query asks for it.
+/// `select(Documents::Skipped)` leaves those columns out of the select list,
+/// and `from_row_without_documents` leaves their fields at their defaults
+/// (`null`, `None`), which the API never shows (see
+/// [`crate::views::Documents`]).
 macro_rules! table_row {
     (
         $(#[$meta:meta])*
         $vis:vis struct $name:ident {
-            $( $(#[$field_meta:meta])* $field:ident : $ty:ty = $get:ident $(as $column:literal)?, )*
+            $( $(#[$field_meta:meta])* $field:ident : $ty:ty = $get:ident $(as $column:literal)? $([$document:ident])?, )*
         }
     ) => {
         $(#[$meta])*
@@ -42,6 +49,52 @@ macro_rules! table_row {
                 Ok(Self {
                     $( $field: r.$get($crate::projection::fold::column!($field $(, $column)?))?, )*
                 })
+            }
+
+            /// Which of [`Self::COLUMNS`] hold documents.
+            const DOCUMENTS: &'static [bool] =
+                &[$( $crate::projection::fold::is_document!($($document)?) ),*];
+
+            /// The select list of a read with or without the documents,
+            /// made once per table.
+            pub fn select(documents: $crate::views::Documents) -> &'static str {
+                static ALL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+                static WITHOUT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+                let (cell, skip) = match documents {
+                    $crate::views::Documents::Included => (&ALL, false),
+                    $crate::views::Documents::Skipped => (&WITHOUT, true),
+                };
+                cell.get_or_init(|| {
+                    Self::COLUMNS
+                        .iter()
+                        .zip(Self::DOCUMENTS)
+                        .filter(|(_, document)| !(skip && **document))
+                        .map(|(column, _)| *column)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+            }
+
+            /// Reads a row selected with `select(Documents::Skipped)`: the
+            /// documents stay at their defaults.
+            pub fn from_row_without_documents(
+                r: &toolhub_eventstore::sql::Row,
+            ) -> Result<Self, toolhub_eventstore::StoreError> {
+                Ok(Self {
+                    $( $field: $crate::projection::fold::read_unless_document!(
+                        r, $get, $crate::projection::fold::column!($field $(, $column)?) $(, $document)?
+                    ), )*
+                })
+            }
+
+            /// Reads a row selected with `select(documents)`.
+            pub fn from_row_with(
+                documents: $crate::views::Documents,
+            ) -> fn(&toolhub_eventstore::sql::Row) -> Result<Self, toolhub_eventstore::StoreError> {
+                match documents {
+                    $crate::views::Documents::Included => Self::from_row,
+                    $crate::views::Documents::Skipped => Self::from_row_without_documents,
+                }
             }
 
             /// The row's values, in the order of [`Self::COLUMNS`].
@@ -69,7 +122,28 @@ macro_rules! column {
         $column
     };
 }
+/// Whether a field of [`table_row!`] is marked `[document]`.
+macro_rules! is_document {
+    () => {
+        false
+    };
+    ($document:ident) => {
+        true
+    };
+}
+
+/// A field read from a row, or, for a document, its default.
+macro_rules! read_unless_document {
+    ($r:ident, $get:ident, $column:expr) => {
+        $r.$get($column)?
+    };
+    ($r:ident, $get:ident, $column:expr, $document:ident) => {
+        Default::default()
+    };
+}
 pub(crate) use column;
+pub(crate) use is_document;
+pub(crate) use read_unless_document;
 pub(crate) use table_row;
 
 /// A row type declared with [`table_row!`], for code generic over tables

@@ -29,13 +29,13 @@ table_row! {
         /// The description.
         description: String = text,
         /// The current definition (the JSON shape users send).
-        definition: Value = json,
+        definition: Value = json [document],
         /// The current definition version, from 1.
         version: u64 = uint,
         /// Whether the workflow is archived.
         archived: bool = bool,
         /// The triggers (cron schedules, webhooks), as JSON.
-        triggers: Value = json,
+        triggers: Value = json [document],
         /// Who created it.
         created_by: String = text,
         /// When it was created.
@@ -59,7 +59,7 @@ table_row! {
         /// The owning tenant.
         tenant: String = text,
         /// The full definition of this version.
-        definition: Value = json,
+        definition: Value = json [document],
         /// The comment given with the change, if any.
         comment: Option<String> = opt_text,
         /// For a revert, the version it copied.
