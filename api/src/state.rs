@@ -20,7 +20,8 @@ use crate::config::Limits;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::read::{
-    AuditEntryView, AuditFilter, Documents, ExecutionView, ReadModels, WorkflowView,
+    AuditEntryView, AuditFilter, Documents, ExecutionStepView, ExecutionView, ReadModels,
+    WorkflowView,
 };
 use crate::standing::Standing;
 use crate::throttle::Throttle;
@@ -195,6 +196,8 @@ pub struct Fanout {
     workflows: Reads<Option<Arc<WorkflowView>>>,
     /// Executions as the read model shows them.
     executions: Reads<Option<Arc<ExecutionView>>>,
+    /// Executions' steps.
+    steps: Reads<Arc<Vec<ExecutionStepView>>>,
 }
 
 impl Default for Fanout {
@@ -205,6 +208,7 @@ impl Default for Fanout {
             audit: Reads::new(1_024),
             workflows: Reads::new(4_096),
             executions: Reads::new(4_096),
+            steps: Reads::new(4_096),
         }
     }
 }
@@ -304,6 +308,34 @@ impl Fanout {
             })
             .await?;
         Ok(execution)
+    }
+
+    /// The steps of the tenant's execution `id` as the read model shows
+    /// them at `need` or later, read once for every subscriber that asks.
+    pub async fn execution_steps(
+        &self,
+        read: &ReadModels,
+        tenant: &TenantId,
+        id: &str,
+        need: Position,
+        now: Position,
+    ) -> Result<Arc<Vec<ExecutionStepView>>, ApiError> {
+        let (_, steps) = self
+            .steps
+            .get(format!("{tenant}|{id}"), need, now, || {
+                let read = read.clone();
+                let tenant = tenant.clone();
+                let id = id.to_string();
+                Box::pin(async move {
+                    Ok(Arc::new(
+                        read.execution_steps(&tenant, &[id], Documents::Included)
+                            .await
+                            .map_err(ApiError::from)?,
+                    ))
+                })
+            })
+            .await?;
+        Ok(steps)
     }
 }
 

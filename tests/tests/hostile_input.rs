@@ -264,7 +264,10 @@ fn nested_literal(levels: usize) -> String {
 /// enough here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_literal_nested_thousands_deep_is_refused_and_the_service_keeps_serving() {
-    let server = TestEnv::sqlite().await.server().await;
+    // The environment owns the database file: it lives as long as the
+    // server uses it.
+    let env = TestEnv::sqlite().await;
+    let server = env.server().await;
     let editor = token("ed", "acme", Role::Editor);
     let refused = |body: &Value| {
         assert_eq!(
@@ -319,7 +322,10 @@ async fn a_literal_nested_thousands_deep_is_refused_and_the_service_keeps_servin
 /// and its other subscriptions go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_nested_thousands_deep_is_refused_and_the_socket_goes_on() {
-    let server = TestEnv::sqlite().await.server().await;
+    // The environment owns the database file: it lives as long as the
+    // server uses it.
+    let env = TestEnv::sqlite().await;
+    let server = env.server().await;
     let editor = token("ed", "acme", Role::Editor);
     let mut ws = server.ws_authenticated(&editor).await;
     let query = format!(

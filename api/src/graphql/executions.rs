@@ -83,6 +83,9 @@ pub struct Execution {
     /// Whether `view` holds the input and output: a list whose query
     /// selects neither reads the rows without them.
     documents: Documents,
+    /// Its steps, when they were read with it: for a subscription, once for
+    /// every subscriber (see `crate::state::Fanout`).
+    steps: Option<Arc<Vec<ExecutionStepView>>>,
 }
 
 impl From<ExecutionView> for Execution {
@@ -97,6 +100,7 @@ impl From<Arc<ExecutionView>> for Execution {
             view,
             as_of: None,
             documents: Documents::Included,
+            steps: None,
         }
     }
 }
@@ -116,6 +120,7 @@ impl From<crate::read::as_of::ExecutionAsOf> for Execution {
             view: Arc::new(then.view.clone()),
             as_of: Some(Arc::new(then)),
             documents: Documents::Included,
+            steps: None,
         }
     }
 }
@@ -366,9 +371,13 @@ impl Execution {
             }
             Some(n) => n as usize,
         };
-        if let Some(then) = &self.as_of {
-            return Ok(then
-                .steps
+        let known = match (&self.as_of, &self.steps) {
+            (Some(then), _) => Some(then.steps.as_slice()),
+            (None, Some(steps)) => Some(steps.as_slice()),
+            (None, None) => None,
+        };
+        if let Some(steps) = known {
+            return Ok(steps
                 .iter()
                 .skip(offset)
                 .take(first)
@@ -396,12 +405,21 @@ impl Execution {
 }
 
 impl Execution {
+    /// An execution with its steps, read already.
+    pub(crate) fn with_steps(view: Arc<ExecutionView>, steps: Arc<Vec<ExecutionStepView>>) -> Self {
+        Self {
+            steps: Some(steps),
+            ..Self::from(view)
+        }
+    }
+
     /// A row a list read with or without its documents.
     fn listed(documents: Documents) -> impl Fn(ExecutionView) -> Self {
         move |view| Self {
             view: Arc::new(view),
             as_of: None,
             documents,
+            steps: None,
         }
     }
 

@@ -104,6 +104,28 @@ async fn shared_execution(
         .map(Execution::from))
 }
 
+/// An execution with its steps for a subscriber of that execution, both
+/// read once for all of them.
+async fn shared_execution_with_steps(
+    state: Arc<AppState>,
+    tenant: TenantId,
+    id: String,
+    need: Need,
+) -> Result<Option<Execution>, ApiError> {
+    let Some(view) = state
+        .fanout
+        .execution(&state.read, &tenant, &id, need.at, need.now)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let steps = state
+        .fanout
+        .execution_steps(&state.read, &tenant, &id, need.at, need.now)
+        .await?;
+    Ok(Some(Execution::with_steps(view, steps)))
+}
+
 /// Follows the tenant's audit entries after a position, in order, in
 /// batches; ends when the server shuts down or the read fails.
 struct Follower {
@@ -422,7 +444,7 @@ impl LogSubscription {
             id.0.clone(),
             after,
         );
-        Ok(follow_entity(follower, id.0, shared_execution))
+        Ok(follow_entity(follower, id.0, shared_execution_with_steps))
     }
 
     /// The tenant's executions as they change (viewers and up): each
