@@ -169,6 +169,14 @@ impl<V: Clone + Send + Sync + 'static> Reads<V> {
             if done.peek(&key).is_none_or(|(kept, _, _)| *kept <= tag) {
                 done.put(key, (tag, std::time::Instant::now(), value.clone()));
             }
+            // Answers nobody may take any more are dropped, oldest first,
+            // so that memory holds only the last moments' answers.
+            while done
+                .peek_lru()
+                .is_some_and(|(_, (_, arrived, _))| arrived.elapsed() >= KEEP_FOR)
+            {
+                done.pop_lru();
+            }
         }
         result.map(|value| (tag, value))
     }
