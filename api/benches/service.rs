@@ -30,14 +30,21 @@ use tokio_tungstenite::tungstenite::Message;
 use toolhub_api::auth::Verifier;
 use toolhub_api::config::Config;
 use toolhub_api::read::{PageRequest, ReadModels, WorkflowFilter};
-use toolhub_domain::{Role, TenantId};
+use toolhub_domain::Role;
 use toolhub_eventstore::testing::TestDb;
+
+#[path = "support/process.rs"]
+mod process;
+#[path = "support/token.rs"]
+mod token;
+
+use process::rss_kib;
+use token::{token, SECRET};
 
 /// The allocator `toolhub serve` runs with (see `src/main.rs`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const SECRET: &[u8] = b"a-benchmark-secret-that-is-longer-than-32-bytes";
 const CONCURRENCY: usize = 16;
 /// The sizes of a run: full by default, tiny with `BENCH_SMOKE=1` (which CI
 /// runs, so that the benchmark the docs cite keeps working).
@@ -71,23 +78,6 @@ fn sizes() -> Sizes {
 }
 
 const LIST: &str = "{ workflows(first: 20) { edges { cursor node { id name description definitionVersion version archived createdBy createdAt updatedAt } } pageInfo { hasNextPage endCursor } } }";
-
-fn token(role: Role) -> String {
-    let config = toolhub_api::config::JwtConfig {
-        key: toolhub_api::config::JwtKey::Hs256(zeroize::Zeroizing::new(SECRET.to_vec())),
-        issuer: None,
-        audience: None,
-        leeway: toolhub_api::config::DEFAULT_JWT_LEEWAY,
-    };
-    toolhub_api::auth::mint(
-        &config,
-        "bench",
-        &TenantId::parse("acme").unwrap(),
-        &[role],
-        Duration::from_secs(3600),
-    )
-    .unwrap()
-}
 
 #[derive(Clone)]
 struct Plain {
@@ -164,15 +154,6 @@ async fn rps(client: &reqwest::Client, make: impl Fn() -> reqwest::RequestBuilde
     total as f64 / started.elapsed().as_secs_f64()
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 async fn create_workflows(client: &reqwest::Client, url: &str, token: &str, n: usize) {
     for i in 0..n {
         let body = json!({
@@ -197,8 +178,8 @@ async fn create_workflows(client: &reqwest::Client, url: &str, token: &str, n: u
 #[tokio::main]
 async fn main() {
     let client = reqwest::Client::new();
-    let editor = token(Role::Editor);
-    let admin = token(Role::Admin);
+    let editor = token("acme", Role::Editor);
+    let admin = token("acme", Role::Admin);
 
     // 1. GraphQL against the plain handler, in this process.
     let db = TestDb::postgres().await;

@@ -35,10 +35,17 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
-use toolhub_domain::{Role, TenantId};
+use toolhub_domain::Role;
 use toolhub_eventstore::testing::TestDb;
 
-const SECRET: &[u8] = b"a-benchmark-secret-that-is-longer-than-32-bytes";
+#[path = "support/process.rs"]
+mod process;
+#[path = "support/token.rs"]
+mod token;
+
+use process::rss_kib;
+use token::{token, SECRET};
+
 /// Subscriptions per socket.
 const PER_SOCKET: usize = 100;
 
@@ -64,32 +71,6 @@ fn counts() -> (usize, usize) {
     } else {
         (1_000, 10_000)
     }
-}
-
-fn token(role: Role) -> String {
-    let config = toolhub_api::config::JwtConfig {
-        key: toolhub_api::config::JwtKey::Hs256(zeroize::Zeroizing::new(SECRET.to_vec())),
-        issuer: None,
-        audience: None,
-        leeway: toolhub_api::config::DEFAULT_JWT_LEEWAY,
-    };
-    toolhub_api::auth::mint(
-        &config,
-        "bench",
-        &TenantId::parse("acme").unwrap(),
-        &[role],
-        Duration::from_secs(3600),
-    )
-    .unwrap()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 struct Server {
@@ -368,7 +349,7 @@ async fn main() {
     let server = Server {
         url: url.clone(),
         client,
-        admin: token(Role::Admin),
+        admin: token("acme", Role::Admin),
     };
     let ws_url = format!("ws://127.0.0.1:{port}/graphql/ws");
     let (small, large) = counts();

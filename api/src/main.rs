@@ -15,11 +15,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc instead of glibc's allocator: a request allocates many small
-/// objects on one worker thread and frees them on another, which glibc's
-/// arenas handle slowly (in `docs/benchmarks.md`, GraphQL lists ran about
-/// a fifth faster, and glibc's fast-bin consolidation showed up as the tail
-/// of SQLite's as-of reads).
+/// mimalloc instead of glibc's allocator: profiles of the GraphQL lists
+/// showed a fifth of the process's time in glibc's `malloc`/`free`, and the
+/// lists ran about a fifth faster on mimalloc (`docs/benchmarks.md`);
+/// glibc's fast-bin consolidation was also the tail of SQLite's as-of reads.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

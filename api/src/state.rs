@@ -122,6 +122,31 @@ impl<V> Reads<V> {
 }
 
 impl<V: Clone + Send + Sync + 'static> Reads<V> {
+    /// What `load` reads of the tenant's entity `id`, shared as
+    /// [`Self::get`] says, keyed by tenant and id.
+    async fn of_entity<F, Fut>(
+        &self,
+        read: &ReadModels,
+        tenant: &TenantId,
+        id: &str,
+        need: Position,
+        now: Position,
+        load: F,
+    ) -> Result<V, ApiError>
+    where
+        F: FnOnce(ReadModels, TenantId, String) -> Fut,
+        Fut: std::future::Future<Output = Result<V, crate::read::ReadError>> + Send + 'static,
+    {
+        let (owned_read, owned_tenant, owned_id) = (read.clone(), tenant.clone(), id.to_string());
+        let (_, value) = self
+            .get(format!("{tenant}|{id}"), need, now, || {
+                let answer = load(owned_read, owned_tenant, owned_id);
+                Box::pin(async move { answer.await.map_err(ApiError::from) })
+            })
+            .await?;
+        Ok(value)
+    }
+
     /// The answer for `key` as of `need` or later, with its tag: one kept,
     /// one in flight, or `query`'s, started now and tagged `now`, a position
     /// the read models have reached (at least `need`).
@@ -271,27 +296,14 @@ impl Fanout {
         need: Position,
         now: Position,
     ) -> Result<Option<Arc<WorkflowView>>, ApiError> {
-        let (_, workflow) = self
-            .workflows
-            .get(format!("{tenant}|{id}"), need, now, || {
-                let read = read.clone();
-                let tenant = tenant.clone();
-                let id = id.to_string();
-                Box::pin(async move {
-                    Ok(read
-                        .workflow(&tenant, &id)
-                        .await
-                        .map_err(ApiError::from)?
-                        .map(Arc::new))
-                })
+        self.workflows
+            .of_entity(read, tenant, id, need, now, |read, tenant, id| async move {
+                Ok(read.workflow(&tenant, &id).await?.map(Arc::new))
             })
-            .await?;
-        Ok(workflow)
+            .await
     }
 
-    /// The tenant's execution `id` as the read model shows it at `need` or
-    /// later (the read models are at `now`), read once for every
-    /// subscriber that asks.
+    /// The tenant's execution `id`, as [`Self::workflow`].
     pub async fn execution(
         &self,
         read: &ReadModels,
@@ -300,26 +312,14 @@ impl Fanout {
         need: Position,
         now: Position,
     ) -> Result<Option<Arc<ExecutionView>>, ApiError> {
-        let (_, execution) = self
-            .executions
-            .get(format!("{tenant}|{id}"), need, now, || {
-                let read = read.clone();
-                let tenant = tenant.clone();
-                let id = id.to_string();
-                Box::pin(async move {
-                    Ok(read
-                        .execution(&tenant, &id)
-                        .await
-                        .map_err(ApiError::from)?
-                        .map(Arc::new))
-                })
+        self.executions
+            .of_entity(read, tenant, id, need, now, |read, tenant, id| async move {
+                Ok(read.execution(&tenant, &id).await?.map(Arc::new))
             })
-            .await?;
-        Ok(execution)
+            .await
     }
 
-    /// The steps of the tenant's execution `id` as the read model shows
-    /// them at `need` or later, read once for every subscriber that asks.
+    /// The steps of the tenant's execution `id`, as [`Self::workflow`].
     pub async fn execution_steps(
         &self,
         read: &ReadModels,
@@ -328,22 +328,14 @@ impl Fanout {
         need: Position,
         now: Position,
     ) -> Result<Arc<Vec<ExecutionStepView>>, ApiError> {
-        let (_, steps) = self
-            .steps
-            .get(format!("{tenant}|{id}"), need, now, || {
-                let read = read.clone();
-                let tenant = tenant.clone();
-                let id = id.to_string();
-                Box::pin(async move {
-                    Ok(Arc::new(
-                        read.execution_steps(&tenant, &[id], Documents::Included)
-                            .await
-                            .map_err(ApiError::from)?,
-                    ))
-                })
+        self.steps
+            .of_entity(read, tenant, id, need, now, |read, tenant, id| async move {
+                Ok(Arc::new(
+                    read.execution_steps(&tenant, &[id], Documents::Included)
+                        .await?,
+                ))
             })
-            .await?;
-        Ok(steps)
+            .await
     }
 }
 

@@ -322,59 +322,6 @@ impl ReadModels {
         .await
     }
 
-    /// Several workflows of `tenant` by id, with their documents (for a
-    /// DataLoader: what a list read without them answers when a field
-    /// needs them after all).
-    pub async fn workflows_by_id(
-        &self,
-        tenant: &TenantId,
-        ids: &[String],
-    ) -> Result<Vec<WorkflowView>, ReadError> {
-        let head = format!(
-            "SELECT {} FROM rm_workflows WHERE tenant = $1 AND id IN",
-            WorkflowView::select(Documents::Included)
-        );
-        self.batched(&head, "", tenant, ids, WorkflowView::from_row)
-            .await
-    }
-
-    /// Several executions of `tenant` by id, with their documents (for a
-    /// DataLoader, as [`Self::workflows_by_id`]).
-    pub async fn executions_by_id(
-        &self,
-        tenant: &TenantId,
-        ids: &[String],
-    ) -> Result<Vec<ExecutionView>, ReadError> {
-        let head = format!(
-            "SELECT {} FROM rm_executions WHERE tenant = $1 AND id IN",
-            ExecutionView::select(Documents::Included)
-        );
-        self.batched(&head, "", tenant, ids, ExecutionView::from_row)
-            .await
-    }
-
-    /// The payloads of audit entries of `tenant` by global position (for
-    /// a DataLoader, as [`Self::workflows_by_id`]).
-    pub async fn audit_payloads(
-        &self,
-        tenant: &TenantId,
-        positions: &[i64],
-    ) -> Result<HashMap<i64, serde_json::Value>, ReadError> {
-        let mut out = HashMap::new();
-        for chunk in positions.chunks(500) {
-            let sql = format!(
-                "SELECT global_position, payload FROM rm_audit WHERE tenant = $1 AND global_position IN ({})",
-                placeholders(2, chunk.len())
-            );
-            let mut args = vec![Arg::from(tenant.as_str())];
-            args.extend(chunk.iter().map(|p| Arg::from(*p)));
-            for row in fetch(self.db(), &sql, &args).await? {
-                out.insert(row.int("global_position")?, row.json("payload")?);
-            }
-        }
-        Ok(out)
-    }
-
     /// The steps of several executions (for a DataLoader), in node and
     /// attempt order; with `Documents::Skipped`, without their inputs and
     /// outputs.

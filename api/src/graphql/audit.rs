@@ -1,23 +1,18 @@
 //! The audit log and per-entity history (admins only). The entries are the
 //! same type the `events` subscription yields.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_graphql::connection::{Connection, EmptyFields};
-use async_graphql::dataloader::Loader;
 use async_graphql::{Context, InputObject, Object, ID};
 use chrono::{DateTime, Utc};
-use toolhub_domain::{Role, TenantId};
+use toolhub_domain::Role;
 use toolhub_eventstore::Position;
 
 use super::scalars::{AggregateType, Json};
-use super::{
-    caller, connection, loaders, page_request, parse_position, state, wait_for, Consistency,
-};
+use super::{caller, connection, page_request, parse_position, state, wait_for, Consistency};
 use crate::error::ApiError;
 use crate::read::{AuditEntryView, AuditFilter, Documents};
-use crate::state::AppState;
 
 /// One event of the log, as auditors see it: who, what, when, and the
 /// payload with every secret-bearing field redacted.
@@ -44,30 +39,6 @@ fn audit_documents(node: async_graphql::Lookahead<'_>) -> Documents {
         Documents::Included
     } else {
         Documents::Skipped
-    }
-}
-
-/// Loads audit payloads by global position, within the caller's tenant:
-/// one query for the entries of a list read without them (a safety net,
-/// as for workflows).
-pub struct PayloadLoader {
-    /// The read models the batch is read from.
-    pub(crate) state: Arc<AppState>,
-    /// The caller's tenant: every batch is read within it.
-    pub(crate) tenant: TenantId,
-}
-
-impl Loader<i64> for PayloadLoader {
-    type Value = serde_json::Value;
-    type Error = async_graphql::Error;
-
-    async fn load(&self, keys: &[i64]) -> Result<HashMap<i64, Self::Value>, Self::Error> {
-        Ok(self
-            .state
-            .read
-            .audit_payloads(&self.tenant, keys)
-            .await
-            .map_err(ApiError::from)?)
     }
 }
 
@@ -114,16 +85,9 @@ impl AuditEntry {
         self.entry.recorded_at
     }
     /// The payload, redacted.
-    async fn payload(&self, ctx: &Context<'_>) -> async_graphql::Result<Json> {
-        if self.documents == Documents::Included {
-            return Ok(async_graphql::Json(self.entry.payload.clone()));
-        }
-        let payload = loaders(ctx)?
-            .payloads
-            .load_one(self.entry.position.global)
-            .await?
-            .ok_or(ApiError::NotFound)?;
-        Ok(async_graphql::Json(payload))
+    async fn payload(&self) -> async_graphql::Result<Json> {
+        super::read_documents(self.documents)?;
+        Ok(async_graphql::Json(self.entry.payload.clone()))
     }
 }
 

@@ -148,16 +148,13 @@ impl Execution {
         &self.view.trigger
     }
     /// Its input.
-    async fn input(&self, ctx: &Context<'_>) -> async_graphql::Result<Json> {
-        Ok(async_graphql::Json(
-            self.with_documents(ctx).await?.input.clone(),
-        ))
+    async fn input(&self) -> async_graphql::Result<Json> {
+        Ok(async_graphql::Json(self.with_documents()?.input.clone()))
     }
     /// Its output, once completed.
-    async fn output(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Json>> {
+    async fn output(&self) -> async_graphql::Result<Option<Json>> {
         Ok(self
-            .with_documents(ctx)
-            .await?
+            .with_documents()?
             .output
             .clone()
             .map(async_graphql::Json))
@@ -423,22 +420,10 @@ impl Execution {
         }
     }
 
-    /// The row with its input and output: this one, or, for a row a list
-    /// read without them, the row read again (batched over the list), a
-    /// safety net as for workflows.
-    async fn with_documents<'a>(
-        &'a self,
-        ctx: &Context<'_>,
-    ) -> async_graphql::Result<std::borrow::Cow<'a, ExecutionView>> {
-        if self.documents == Documents::Included {
-            return Ok(std::borrow::Cow::Borrowed(&self.view));
-        }
-        let view = loaders(ctx)?
-            .executions
-            .load_one(self.view.id.clone())
-            .await?
-            .ok_or(ApiError::NotFound)?;
-        Ok(std::borrow::Cow::Owned(view))
+    /// The row, when it holds its input and output (see
+    /// [`super::read_documents`]).
+    fn with_documents(&self) -> Result<&ExecutionView, ApiError> {
+        super::read_documents(self.documents).map(|()| &*self.view)
     }
 
     /// For an as-of read, its events up to the point, read already.
@@ -697,30 +682,6 @@ impl Loader<String> for StepLoader {
                 .push(step.into());
         }
         Ok(by_execution)
-    }
-}
-
-/// Loads executions with their documents, by id, within the caller's
-/// tenant: one query for the rows of a list read without them.
-pub struct ExecutionLoader {
-    /// The read models the batch is read from.
-    pub(crate) state: Arc<AppState>,
-    /// The caller's tenant: every batch is read within it.
-    pub(crate) tenant: TenantId,
-}
-
-impl Loader<String> for ExecutionLoader {
-    type Value = ExecutionView;
-    type Error = async_graphql::Error;
-
-    async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
-        let views = self
-            .state
-            .read
-            .executions_by_id(&self.tenant, keys)
-            .await
-            .map_err(ApiError::from)?;
-        Ok(views.into_iter().map(|v| (v.id.clone(), v)).collect())
     }
 }
 

@@ -114,12 +114,6 @@ pub struct Loaders {
     pub webhooks: DataLoader<webhooks::WebhookLoader>,
     /// Execution steps by execution id, without their inputs and outputs.
     pub step_summaries: DataLoader<executions::StepLoader>,
-    /// Workflows with their documents, by id.
-    pub workflows: DataLoader<workflows::WorkflowLoader>,
-    /// Executions with their documents, by id.
-    pub executions: DataLoader<executions::ExecutionLoader>,
-    /// Audit payloads by global position.
-    pub payloads: DataLoader<audit::PayloadLoader>,
 }
 
 impl Loaders {
@@ -139,27 +133,6 @@ impl Loaders {
                     state: state.clone(),
                     tenant: caller.tenant.clone(),
                     documents: crate::read::Documents::Skipped,
-                },
-                tokio::spawn,
-            ),
-            workflows: DataLoader::new(
-                workflows::WorkflowLoader {
-                    state: state.clone(),
-                    tenant: caller.tenant.clone(),
-                },
-                tokio::spawn,
-            ),
-            executions: DataLoader::new(
-                executions::ExecutionLoader {
-                    state: state.clone(),
-                    tenant: caller.tenant.clone(),
-                },
-                tokio::spawn,
-            ),
-            payloads: DataLoader::new(
-                audit::PayloadLoader {
-                    state: state.clone(),
-                    tenant: caller.tenant.clone(),
                 },
                 tokio::spawn,
             ),
@@ -293,6 +266,21 @@ pub(crate) fn listed_documents(
         crate::read::Documents::Included
     } else {
         crate::read::Documents::Skipped
+    }
+}
+
+/// Whether a field may show a row's documents: yes when the row was read
+/// with them. [`listed_documents`] has a list read them whenever its query
+/// selects a field that shows them (look-ahead follows fragments, inline
+/// fragments and aliases), so a row read without them is never asked for
+/// them; if one were, that is a fault, answered as one instead of with
+/// `null` for a document that exists.
+pub(crate) fn read_documents(documents: crate::read::Documents) -> Result<(), ApiError> {
+    match documents {
+        crate::read::Documents::Included => Ok(()),
+        crate::read::Documents::Skipped => Err(ApiError::internal(
+            "a field asked for a document its list did not read",
+        )),
     }
 }
 

@@ -57,23 +57,10 @@ impl Workflow {
         }
     }
 
-    /// The row with its documents: this one, or, for a row a list read
-    /// without them, the row read again (batched over the list). Look-ahead
-    /// makes a list read them whenever its query selects them, so this
-    /// read is a safety net, not a path a query takes.
-    async fn with_documents<'a>(
-        &'a self,
-        ctx: &Context<'_>,
-    ) -> async_graphql::Result<std::borrow::Cow<'a, WorkflowView>> {
-        if self.documents == Documents::Included {
-            return Ok(std::borrow::Cow::Borrowed(&self.view));
-        }
-        let view = loaders(ctx)?
-            .workflows
-            .load_one(self.view.id.clone())
-            .await?
-            .ok_or(ApiError::NotFound)?;
-        Ok(std::borrow::Cow::Owned(view))
+    /// The row, when it holds its documents (see
+    /// [`super::read_documents`]).
+    fn with_documents(&self) -> Result<&WorkflowView, ApiError> {
+        super::read_documents(self.documents).map(|()| &*self.view)
     }
 }
 
@@ -105,9 +92,9 @@ impl Workflow {
         &self.view.description
     }
     /// The current definition.
-    async fn definition(&self, ctx: &Context<'_>) -> async_graphql::Result<Json> {
+    async fn definition(&self) -> async_graphql::Result<Json> {
         Ok(async_graphql::Json(
-            self.with_documents(ctx).await?.definition.clone(),
+            self.with_documents()?.definition.clone(),
         ))
     }
     /// The current definition's version number, from 1.
@@ -129,16 +116,13 @@ impl Workflow {
     /// `{"kind": "webhook", "key"}` recorded before webhooks were made by
     /// `createWebhook` is shown as recorded and starts nothing. Webhooks are
     /// `webhooks`.
-    async fn triggers(&self, ctx: &Context<'_>) -> async_graphql::Result<Json> {
-        Ok(async_graphql::Json(
-            self.with_documents(ctx).await?.triggers.clone(),
-        ))
+    async fn triggers(&self) -> async_graphql::Result<Json> {
+        Ok(async_graphql::Json(self.with_documents()?.triggers.clone()))
     }
     /// The next times its cron triggers fire, merged and ascending
     /// (computed, not stored); none while it is archived.
     async fn next_runs(
         &self,
-        ctx: &Context<'_>,
         #[graphql(desc = "How many (at most 100).")] count: i32,
     ) -> async_graphql::Result<Vec<DateTime<Utc>>> {
         if !(0..=100).contains(&count) {
@@ -148,8 +132,7 @@ impl Workflow {
             return Ok(Vec::new());
         }
         let triggers: Vec<Trigger> =
-            serde_json::from_value(self.with_documents(ctx).await?.triggers.clone())
-                .unwrap_or_default();
+            serde_json::from_value(self.with_documents()?.triggers.clone()).unwrap_or_default();
         Ok(next_runs(&triggers, Utc::now(), count as usize))
     }
     /// Its webhooks, oldest first (never their secrets).
@@ -217,30 +200,6 @@ pub struct VersionsKey {
     first: u32,
     /// The cursor to continue after, if any.
     after: Option<String>,
-}
-
-/// Loads workflows with their documents, by id, within the caller's
-/// tenant: one query for the rows of a list read without them.
-pub struct WorkflowLoader {
-    /// The read models the batch is read from.
-    pub(crate) state: Arc<AppState>,
-    /// The caller's tenant: every batch is read within it.
-    pub(crate) tenant: TenantId,
-}
-
-impl Loader<String> for WorkflowLoader {
-    type Value = WorkflowView;
-    type Error = async_graphql::Error;
-
-    async fn load(&self, keys: &[String]) -> Result<HashMap<String, Self::Value>, Self::Error> {
-        let views = self
-            .state
-            .read
-            .workflows_by_id(&self.tenant, keys)
-            .await
-            .map_err(ApiError::from)?;
-        Ok(views.into_iter().map(|v| (v.id.clone(), v)).collect())
-    }
 }
 
 /// Loads pages of versions for many workflows at once: one query per
