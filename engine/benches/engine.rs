@@ -16,8 +16,11 @@
 //!    `tools/call` to another warm instance of the same server — what a user
 //!    could write instead. Calls alternate between the two; medians. Also
 //!    shown, to say where the difference goes: the same call through the
-//!    engine's `McpPool` alone, and the step's span in the log (from the
-//!    commit of `StepStarted` to the commit of `StepSucceeded`).
+//!    engine's `McpPool` alone, the step's span in the log (from the
+//!    commit of `StepStarted` to the commit of `StepSucceeded`), and one
+//!    raw autocommitted `INSERT` through sqlx, timed between the calls: a
+//!    run commits twice before it is complete, so two such commits are the
+//!    floor of the difference on the machine at that moment.
 //! 3. **Step events per second** (PostgreSQL). The events the engine
 //!    recorded during each throughput window, against a hand-written
 //!    baseline that inserts the very same rows (same payloads and metadata,
@@ -542,6 +545,41 @@ async fn phases(
     phases
 }
 
+/// The table [`raw_commit`] writes to.
+async fn create_probe_table(db: &Db) {
+    let sql = "CREATE TABLE bench_commits (id TEXT PRIMARY KEY, payload TEXT NOT NULL)";
+    match db {
+        Db::Postgres(pool) => sqlx::query(sql).execute(pool).await.map(|_| ()),
+        Db::Sqlite(pool) => sqlx::query(sql).execute(pool).await.map(|_| ()),
+    }
+    .expect("create the probe table");
+}
+
+/// One autocommitted one-row `INSERT` through sqlx on the store's pool:
+/// what one commit costs on this machine right now, timed between the
+/// calls it is compared with.
+async fn raw_commit(db: &Db, message: &str) -> Duration {
+    let sql = "INSERT INTO bench_commits (id, payload) VALUES ($1, $2)";
+    let id = uuid::Uuid::new_v4().to_string();
+    let t = Instant::now();
+    match db {
+        Db::Postgres(pool) => sqlx::query(sql)
+            .bind(&id)
+            .bind(message)
+            .execute(pool)
+            .await
+            .map(|_| ()),
+        Db::Sqlite(pool) => sqlx::query(sql)
+            .bind(&id)
+            .bind(message)
+            .execute(pool)
+            .await
+            .map(|_| ()),
+    }
+    .expect("a raw insert");
+    t.elapsed()
+}
+
 /// A direct rmcp client to a fresh instance of the reference server.
 async fn direct_client() -> rmcp::service::RunningService<rmcp::service::RoleClient, ClientConfig> {
     let mut command = tokio::process::Command::new("node");
@@ -662,6 +700,8 @@ async fn main() {
         let workflow = backend.create_workflow("Echo", echo_workflow()).await;
         let before = backend.store.head().await.expect("head");
         let (mut engine_calls, mut pool_calls, mut direct_calls) = (vec![], vec![], vec![]);
+        let mut commits = vec![];
+        create_probe_table(backend.store.db()).await;
         let mut runs = HashMap::new();
         for i in 0..sizes.mcp_calls + 5 {
             let message = format!("hello {i}");
@@ -692,11 +732,13 @@ async fn main() {
                 .expect("a direct call");
             let through_rmcp = t.elapsed();
             assert_ne!(result.is_error, Some(true));
-            // The first few warm up all three.
+            let commit = raw_commit(backend.store.db(), &message).await;
+            // The first few warm up all four.
             if i >= 5 {
                 engine_calls.push(through_engine);
                 pool_calls.push(through_pool);
                 direct_calls.push(through_rmcp);
+                commits.push(commit);
                 runs.insert(id, (called, completed));
             }
         }
@@ -710,6 +752,7 @@ async fn main() {
             direct_calls,
             phases,
             conflicts,
+            commits,
         ));
     }
     let _ = direct.cancel().await;
@@ -742,28 +785,32 @@ async fn main() {
         "\n2. MCP `echo` on a warm stdio server, {} calls per path, alternating, medians (ms):\n",
         sizes.mcp_calls
     );
-    println!("| backend | through the engine (start → COMPLETED) | McpPool::call_tool | direct rmcp client | engine − direct | engine p99 | direct p99 | failed moves (whole run) |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    for (name, engine_calls, pool_calls, direct_calls, _, conflicts) in &mcp_rows {
+    println!("| backend | through the engine (start → COMPLETED) | McpPool::call_tool | direct rmcp client | engine − direct | engine p99 | direct p99 | one raw autocommitted INSERT | failed moves (whole run) |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (name, engine_calls, pool_calls, direct_calls, _, conflicts, commits) in &mcp_rows {
         let (e, d) = (
             quantile_ms(engine_calls, 0.5),
             quantile_ms(direct_calls, 0.5),
         );
         println!(
-            "| {name} | {e:.2} | {:.2} | {d:.2} | **{:+.2}** | {:.2} | {:.2} | {conflicts} |",
+            "| {name} | {e:.2} | {:.2} | {d:.2} | **{:+.2}** | {:.2} | {:.2} | {:.2} | {conflicts} |",
             quantile_ms(pool_calls, 0.5),
             e - d,
             quantile_ms(engine_calls, 0.99),
             quantile_ms(direct_calls, 0.99),
+            quantile_ms(commits, 0.5),
         );
     }
+    println!(
+        "\n(A run records two commits before it is complete — its start with the step started, then the result with the end — so two raw commits are the floor of engine − direct.)"
+    );
 
     println!(
         "\nWhere the time through the engine goes (medians, ms; commit times from the log):\n"
     );
     println!("| backend | start called → ExecutionStarted committed | → StepStarted committed | → StepSucceeded and the end committed | → completion seen |");
     println!("|---|---:|---:|---:|---:|");
-    for (name, _, _, _, phases, _) in &mcp_rows {
+    for (name, _, _, _, phases, _, _) in &mcp_rows {
         println!(
             "| {name} | {:.2} | {:.2} | {:.2} | {:.2} |",
             quantile_ms(&phases[0], 0.5),

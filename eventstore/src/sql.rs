@@ -648,7 +648,7 @@ pub async fn insert_rows(
 ) -> Result<Vec<Row>, StoreError> {
     match (rows.len(), &mut *conn) {
         (0, _) => Ok(Vec::new()),
-        (2.., Conn::Pg(c)) => insert_rows_pg(c, table, columns, rows, tail).await,
+        (2.., Conn::Pg(c)) => insert_rows_pg(c, None, table, columns, rows, tail).await,
         _ => insert_rows_values(conn, table, columns, rows, tail).await,
     }
 }
@@ -734,19 +734,70 @@ impl Column {
     }
 }
 
-async fn insert_rows_pg(
-    conn: &mut PgConnection,
+/// [`insert_rows`] on PostgreSQL behind another write: `head` (one
+/// `INSERT`, `UPDATE` or `DELETE` without `RETURNING`, its placeholders
+/// numbered from `$1`) runs as a data-modifying `WITH` of the same
+/// statement, so both commit or neither does, in one round trip. At most
+/// 10,000 rows (one statement). PostgreSQL only: on SQLite, run both in a
+/// [`Tx`].
+pub async fn insert_rows_after(
+    conn: &mut Conn<'_>,
+    head: (&str, &[Arg]),
     table: &str,
     columns: &[&str],
     rows: Vec<Vec<Arg>>,
     tail: &str,
 ) -> Result<Vec<Row>, StoreError> {
-    // Bounds the size of one message, not the number of parameters.
-    const CHUNK: usize = 10_000;
+    match conn {
+        Conn::Pg(c) if !rows.is_empty() && rows.len() <= PG_INSERT_CHUNK => {
+            insert_rows_pg(c, Some(head), table, columns, rows, tail).await
+        }
+        Conn::Pg(_) => Err(StoreError::Corrupt(format!(
+            "{} rows for one statement into {table}",
+            rows.len()
+        ))),
+        Conn::Lite(_) => Err(StoreError::Corrupt(
+            "a data-modifying WITH is for PostgreSQL only".into(),
+        )),
+    }
+}
+
+/// `sql` with every placeholder `$N` renumbered `$N+by`.
+pub(crate) fn shift_placeholders(sql: &str, by: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c != '$' || !chars.peek().is_some_and(char::is_ascii_digit) {
+            continue;
+        }
+        let mut digits = String::new();
+        while let Some(d) = chars.peek().copied().filter(char::is_ascii_digit) {
+            digits.push(d);
+            chars.next();
+        }
+        let n: usize = digits.parse().unwrap_or(0);
+        out.push_str(&(n + by).to_string());
+    }
+    out
+}
+
+/// The most rows one PostgreSQL `INSERT … UNNEST` carries: bounds the size
+/// of one message, not the number of parameters.
+const PG_INSERT_CHUNK: usize = 10_000;
+
+async fn insert_rows_pg(
+    conn: &mut PgConnection,
+    head: Option<(&str, &[Arg])>,
+    table: &str,
+    columns: &[&str],
+    rows: Vec<Vec<Arg>>,
+    tail: &str,
+) -> Result<Vec<Row>, StoreError> {
     let mut out = Vec::new();
     let mut rows = rows.into_iter().peekable();
     while rows.peek().is_some() {
-        let batch: Vec<Vec<Arg>> = rows.by_ref().take(CHUNK).collect();
+        let batch: Vec<Vec<Arg>> = rows.by_ref().take(PG_INSERT_CHUNK).collect();
         let mut arrays: Vec<Column> = batch[0]
             .iter()
             .map(|a| Column::like(a, batch.len()))
@@ -777,13 +828,20 @@ async fn insert_rows_pg(
             .map(|(a, c)| format!("u.{c}{}", a.element_cast()))
             .collect::<Vec<_>>()
             .join(", ");
+        let with = match head {
+            Some((sql, _)) => format!("WITH head AS ({}) ", shift_placeholders(sql, arrays.len())),
+            None => String::new(),
+        };
         let sql = format!(
-            "INSERT INTO {table} ({cols}) SELECT {select} FROM UNNEST({unnest}) AS u({cols}) {tail}",
+            "{with}INSERT INTO {table} ({cols}) SELECT {select} FROM UNNEST({unnest}) AS u({cols}) {tail}",
             cols = columns.join(", ")
         );
         let mut q = sqlx::query(&sql);
         for array in arrays {
             q = array.bind(q);
+        }
+        if let Some((_, args)) = head {
+            q = bind_pg(q, args);
         }
         out.extend(q.fetch_all(&mut *conn).await?.into_iter().map(Row::Pg));
     }
@@ -996,8 +1054,16 @@ pub fn upsert_tail(keys: &[&str], columns: &[&str]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{pg_json, pg_text, sqlite_sql};
+    use super::{pg_json, pg_text, shift_placeholders, sqlite_sql};
     use serde_json::json;
+
+    #[test]
+    fn placeholders_are_renumbered() {
+        assert_eq!(
+            shift_placeholders("INSERT INTO t VALUES ($1, $2, $10, '$x', $3)", 7),
+            "INSERT INTO t VALUES ($8, $9, $17, '$x', $10)"
+        );
+    }
 
     #[test]
     fn nul_is_spelled_out_for_postgresql_and_nothing_else_changes() {

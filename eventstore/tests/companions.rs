@@ -49,7 +49,9 @@ async fn a_companion_commits_with_the_events_or_not_at_all(db: TestDb) {
     assert!(refused.is_err(), "{refused:?}");
     assert_eq!(bus.load("c2").await.expect("load").1, 0, "no event of c2");
 
-    // Several events take the transaction path: all or nothing as well.
+    // Several events: on PostgreSQL still one statement (the companion a
+    // `WITH` in front of the events' `INSERT … UNNEST`), on SQLite one
+    // transaction; all or nothing as well.
     let many = CounterCommand::AddMany {
         amounts: vec![1, 2, 3],
     };

@@ -4,7 +4,7 @@
 
 use crate::error::{is_unique_violation, StoreError};
 use crate::position::Position;
-use crate::sql::{fetch, insert_rows, Arg, Conn, Pooled, Tx};
+use crate::sql::{fetch, insert_rows, insert_rows_after, Arg, Conn, Pooled, Tx};
 use crate::store::Db;
 
 /// One event ready to insert: serialised once, so a retry after a lost race
@@ -48,26 +48,6 @@ pub struct Companion {
     pub sql: String,
     /// Its arguments.
     pub args: Vec<Arg>,
-}
-
-/// `sql` with every placeholder `$N` renumbered `$N+by`.
-fn shift_placeholders(sql: &str, by: usize) -> String {
-    let mut out = String::with_capacity(sql.len() + 8);
-    let mut chars = sql.chars().peekable();
-    while let Some(c) = chars.next() {
-        out.push(c);
-        if c != '$' || !chars.peek().is_some_and(char::is_ascii_digit) {
-            continue;
-        }
-        let mut digits = String::new();
-        while let Some(d) = chars.peek().copied().filter(char::is_ascii_digit) {
-            digits.push(d);
-            chars.next();
-        }
-        let n: usize = digits.parse().unwrap_or(0);
-        out.push_str(&(n + by).to_string());
-    }
-    out
 }
 
 /// Why an append failed.
@@ -117,8 +97,8 @@ pub(crate) async fn append(
         (Db::Postgres(_), [event], [update], None) if !update.replaces => {
             return append_naming_in_one_statement(db, aggregate_type, event, update).await;
         }
-        (Db::Postgres(_), [event], [], Some(companion)) => {
-            return append_with_companion_in_one_statement(db, aggregate_type, event, companion)
+        (Db::Postgres(_), [_, ..], [], Some(companion)) => {
+            return append_with_companion_in_one_statement(db, aggregate_type, events, companion)
                 .await;
         }
         _ => {}
@@ -234,37 +214,27 @@ async fn append_naming_in_one_statement(
     }
 }
 
-/// On PostgreSQL, one event with a companion write is one autocommitted
+/// On PostgreSQL, events with a companion write are one autocommitted
 /// statement: the companion is a data-modifying `WITH` in front of the
-/// event's `INSERT`, as a name claim is.
+/// events' `INSERT`, as a name claim is. (A run's start with its first
+/// move and its work row is one round trip, not a transaction of four.)
 async fn append_with_companion_in_one_statement(
     db: &Db,
     aggregate_type: &str,
-    event: &NewEvent,
+    events: Vec<NewEvent>,
     companion: &Companion,
 ) -> Result<Position, AppendError> {
-    let sql = format!(
-        "WITH companion AS ({}) INSERT INTO events (aggregate_type, aggregate_id, sequence, \
-         event_type, event_version, payload, metadata) \
-         VALUES ($1, $2, $3, $4, $5, $6::json, $7::json) \
-         RETURNING CAST(transaction_id AS TEXT) AS tx, global_position",
-        shift_placeholders(&companion.sql, 7)
-    );
-    let mut args = vec![
-        Arg::from(aggregate_type),
-        event.aggregate_id.as_str().into(),
-        event.sequence.into(),
-        event.event_type.as_str().into(),
-        event.event_version.as_str().into(),
-        Arg::JsonText(Some(event.payload.clone())),
-        Arg::JsonText(Some(event.metadata.clone())),
-    ];
-    args.extend(companion.args.iter().cloned());
-    let rows = fetch(db, &sql, &args).await?;
-    match rows.first() {
-        Some(row) => Ok(row.position("tx", "global_position")?),
-        None => Err(StoreError::Corrupt("an append returned no position".into()).into()),
-    }
+    let mut conn = Pooled::acquire(db).await?;
+    let returned = insert_rows_after(
+        &mut conn.conn(),
+        (&companion.sql, &companion.args),
+        "events",
+        COLUMNS,
+        rows_of(aggregate_type, events),
+        RETURNING,
+    )
+    .await?;
+    Ok(last_position(&returned)?)
 }
 
 /// Inserts the events in one statement and returns the last one's position.
@@ -273,7 +243,23 @@ async fn insert_events(
     aggregate_type: &str,
     events: Vec<NewEvent>,
 ) -> Result<Position, StoreError> {
-    let rows = events
+    let returned = insert_rows(
+        conn,
+        "events",
+        COLUMNS,
+        rows_of(aggregate_type, events),
+        RETURNING,
+    )
+    .await?;
+    last_position(&returned)
+}
+
+/// What an append returns of each event: where it stands in the log.
+const RETURNING: &str = "RETURNING CAST(transaction_id AS TEXT) AS tx, global_position";
+
+/// The events as rows of [`COLUMNS`].
+fn rows_of(aggregate_type: &str, events: Vec<NewEvent>) -> Vec<Vec<Arg>> {
+    events
         .into_iter()
         .map(|e| {
             vec![
@@ -286,32 +272,16 @@ async fn insert_events(
                 Arg::JsonText(Some(e.metadata)),
             ]
         })
-        .collect();
-    let returned = insert_rows(
-        conn,
-        "events",
-        COLUMNS,
-        rows,
-        "RETURNING CAST(transaction_id AS TEXT) AS tx, global_position",
-    )
-    .await?;
+        .collect()
+}
+
+/// The position of the last of the appended events, from their
+/// [`RETURNING`] rows.
+fn last_position(returned: &[crate::sql::Row]) -> Result<Position, StoreError> {
     let mut last = None;
-    for row in &returned {
+    for row in returned {
         let position = row.position("tx", "global_position")?;
         last = last.max(Some(position));
     }
     last.ok_or_else(|| StoreError::Corrupt("an append returned no position".into()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::shift_placeholders;
-
-    #[test]
-    fn placeholders_are_renumbered() {
-        assert_eq!(
-            shift_placeholders("INSERT INTO t VALUES ($1, $2, $10, '$x', $3)", 7),
-            "INSERT INTO t VALUES ($8, $9, $17, '$x', $10)"
-        );
-    }
 }
