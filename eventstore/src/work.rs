@@ -138,15 +138,20 @@ impl WorkQueue {
             .collect()
     }
 
-    /// Extends `owner`'s leases on `ids`; returns the ids it still holds
-    /// (a lease that ran out may have been taken over).
+    /// Extends `owner`'s leases on `ids`; returns those of `ids` that
+    /// `owner` no longer holds: rows that another worker took over (its
+    /// lease ran out) or that were given back. An id without a row is not
+    /// among them: its run either ended (the row is removed) or has not
+    /// committed its start yet — a worker registers a run's driver before
+    /// the start commits, and a heartbeat in between must not take it for
+    /// lost.
     pub async fn heartbeat(
         &self,
         owner: &str,
         ids: &[String],
         lease_until: DateTime<Utc>,
     ) -> Result<Vec<String>, StoreError> {
-        let mut held = Vec::with_capacity(ids.len());
+        let mut lost = Vec::new();
         for chunk in ids.chunks(500) {
             let sql = format!(
                 "UPDATE engine_work SET lease_until = $1 WHERE owner = $2 AND execution_id IN ({}) \
@@ -155,11 +160,23 @@ impl WorkQueue {
             );
             let mut args = vec![Arg::from(lease_until), Arg::from(owner)];
             args.extend(chunk.iter().map(|id| Arg::from(id.as_str())));
+            let held = fetch(&self.db, &sql, &args).await?;
+            if held.len() == chunk.len() {
+                continue;
+            }
+            // Some were not extended: which of them belong to someone else?
+            let sql = format!(
+                "SELECT execution_id FROM engine_work \
+                 WHERE (owner IS NULL OR owner <> $1) AND execution_id IN ({})",
+                crate::sql::placeholders(2, chunk.len())
+            );
+            let mut args = vec![Arg::from(owner)];
+            args.extend(chunk.iter().map(|id| Arg::from(id.as_str())));
             for row in fetch(&self.db, &sql, &args).await? {
-                held.push(row.text("execution_id")?);
+                lost.push(row.text("execution_id")?);
             }
         }
-        Ok(held)
+        Ok(lost)
     }
 
     /// Gives an execution back: due again at `due_at` (never, while it

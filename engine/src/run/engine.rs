@@ -1027,9 +1027,9 @@ async fn heartbeat(engine: Engine) {
             .heartbeat(&inner.config.worker_id, &ids, lease_until)
             .await
         {
-            Ok(held) => {
+            Ok(lost) => {
                 let running = inner.running.lock();
-                for id in ids.iter().filter(|id| !held.contains(id)) {
+                for id in &lost {
                     if let Some(r) = running.get(id) {
                         tracing::warn!(execution = %id, "lost the lease on an execution; stopping its driver");
                         r.cancel.cancel();
